@@ -1,0 +1,97 @@
+"""
+A run directory's files, written so that a kill at any moment loses nothing:
+- ckpt.pt is replaced atomically (write ckpt.pt.tmp, fsync, rename); the one before it is kept as
+  ckpt_prev.pt and used if ckpt.pt turns out unreadable;
+- metrics.jsonl gets one fsync'd JSON line per eval; a torn last line (killed mid-append) is
+  dropped on read, and resume cuts the file back to the checkpoint's last eval.
+"""
+import json
+import os
+
+import torch
+
+CKPT = 'ckpt.pt'
+PREV_CKPT = 'ckpt_prev.pt'
+METRICS = 'metrics.jsonl'
+
+
+def _fsync_write(path, write):
+    with open(path, 'wb') as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_checkpoint(out_dir, state, name=CKPT):
+    path = os.path.join(out_dir, name)
+    tmp = path + '.tmp'
+    _fsync_write(tmp, lambda f: torch.save(state, f))
+    if name == CKPT and os.path.exists(path):
+        os.replace(path, os.path.join(out_dir, PREV_CKPT))
+    os.replace(tmp, path)
+
+
+def load_checkpoint(out_dir, name=CKPT, map_location='cpu'):
+    """The newest readable checkpoint; falls back to ckpt_prev.pt (with a message) when ckpt.pt is
+    missing or corrupt. Raises FileNotFoundError naming the paths when there is none."""
+    candidates = [name] + ([PREV_CKPT] if name == CKPT else [])
+    problems = []
+    for candidate in candidates:
+        path = os.path.join(out_dir, candidate)
+        if not os.path.exists(path):
+            problems.append(f"{path}: missing")
+            continue
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=False)
+            if not isinstance(state, dict) or 'model' not in state or 'iter_num' not in state:
+                raise ValueError("not a burstyicl checkpoint")
+        except Exception as e:  # truncated zip, unpickling error, wrong file
+            problems.append(f"{path}: unreadable ({type(e).__name__}: {e})")
+            print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}); trying the previous one")
+            continue
+        return state
+    raise FileNotFoundError("no usable checkpoint: " + "; ".join(problems))
+
+
+def has_checkpoint(out_dir):
+    return any(os.path.exists(os.path.join(out_dir, n)) for n in (CKPT, PREV_CKPT))
+
+
+def read_metrics(out_dir):
+    """Rows of metrics.jsonl, skipping a torn final line."""
+    path = os.path.join(out_dir, METRICS)
+    if not os.path.exists(path):
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # only a kill mid-append produces this, and only on the last line
+    return rows
+
+
+def append_metrics(out_dir, row):
+    with open(os.path.join(out_dir, METRICS), 'a') as f:
+        f.write(json.dumps(row) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def truncate_metrics(out_dir, last_iter):
+    """Keep only rows up to last_iter (those the checkpoint has seen), atomically."""
+    rows = [r for r in read_metrics(out_dir) if r['iter'] <= last_iter]
+    path = os.path.join(out_dir, METRICS)
+    if not os.path.exists(path):
+        return rows
+    text = ''.join(json.dumps(r) + '\n' for r in rows).encode()
+    _fsync_write(path + '.tmp', lambda f: f.write(text))
+    os.replace(path + '.tmp', path)
+    return rows
+
+
+def write_json(path, obj):
+    text = json.dumps(obj, indent=2).encode()
+    _fsync_write(path + '.tmp', lambda f: f.write(text))
+    os.replace(path + '.tmp', path)

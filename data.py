@@ -1,0 +1,292 @@
+"""
+Datasets and the episode sampler.
+
+A dataset is two ClassBanks (training classes and held-out classes) plus a fixed label id per
+training class. The sampler builds a whole batch of sequences at once with tensor ops on the
+training device: first it draws class and exemplar *indices*, then does one gather from the
+exemplar tensor. A sequence is `context_len` (item, label) pairs and one query item; the target
+is the query's label.
+
+Training sequences follow Chan et al. 2022 (and the DeepMind reference generator): with
+probability p_bursty a sequence holds `bursty_shots` exemplars of each of `ways` distinct classes
+(the query's class and its distractors), the remaining context slots drawn from the class
+distribution, the context order shuffled, the query from one of the bursty classes. Otherwise
+context and query are drawn i.i.d. from the class distribution (uniform or Zipf).
+Exemplars of one class inside one sequence are distinct, as in the reference.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class ClassBank:
+    """Exemplars of a set of classes: exemplars[c, e] is exemplar e of class c.
+
+    fresh_noise > 0 turns each draw into a new exemplar (x + eps*eta)/sqrt(1+eps^2), so a
+    class has infinitely many exemplars and nothing but the prototype can be memorised.
+    """
+    exemplars: torch.Tensor      # [n_classes, n_exemplars, *item_shape], float or uint8
+    fresh_noise: float = 0.0
+
+    @property
+    def n_classes(self):
+        return self.exemplars.shape[0]
+
+    @property
+    def n_exemplars(self):
+        return self.exemplars.shape[1]
+
+    def to(self, device):
+        return ClassBank(self.exemplars.to(device), self.fresh_noise)
+
+    def gather(self, classes, generator):
+        """Items for a [B, T] tensor of class ids, exemplars distinct within each row when possible."""
+        B, T = classes.shape
+        E = self.n_exemplars
+        if E >= T:  # the first T entries of a random permutation: distinct per row
+            exemplar = torch.rand(B, E, generator=generator, device=classes.device).argsort(dim=1)[:, :T]
+        else:
+            exemplar = torch.randint(E, (B, T), generator=generator, device=classes.device)
+        items = self.exemplars[classes, exemplar]
+        if self.fresh_noise > 0:
+            noise = torch.randn(items.shape, generator=generator, device=items.device) / math.sqrt(items.shape[-1])
+            items = (items + self.fresh_noise * noise) / math.sqrt(1 + self.fresh_noise ** 2)
+        return items
+
+
+@dataclass
+class Dataset:
+    """Training classes, held-out classes and the fixed label id of each training class."""
+    train: ClassBank
+    holdout: ClassBank
+    class_labels: torch.Tensor   # [n_train_classes] long, values in [0, n_labels)
+    n_labels: int
+    name: str = ''
+
+    def to(self, device):
+        return Dataset(self.train.to(device), self.holdout.to(device), self.class_labels.to(device),
+                       self.n_labels, self.name)
+
+
+def assign_labels(n_train_classes, n_labels, label_mode, seed):
+    """Fixed label id per training class. 'per_class': class k -> label k (needs n_labels >= classes);
+    'shared': a seeded random map into n_labels labels (several classes per label, as in Reddy 2024).
+    The map is prefix-stable: the first k classes get the same labels whatever n_train_classes is."""
+    if label_mode == 'per_class':
+        if n_labels < n_train_classes:
+            raise ValueError(f"n_labels={n_labels} is smaller than n_train_classes={n_train_classes}; "
+                             f"raise n_labels or use label_mode='shared'")
+        return torch.arange(n_train_classes)
+    if label_mode == 'shared':
+        rng = np.random.default_rng([seed, 2])
+        return torch.from_numpy(rng.integers(0, n_labels, size=n_train_classes)).long()
+    raise ValueError(f"label_mode={label_mode!r} must be 'per_class' or 'shared'")
+
+
+def make_synthetic(n_train_classes, n_holdout_classes, n_labels, dim=64, exemplars_per_class=20,
+                   within_class_noise=0.1, label_mode='per_class', seed=0):
+    """Gaussian class clusters (Reddy 2024): prototype mu_k ~ N(0, I/dim) and exemplars
+    x = (mu_k + eps*eta)/sqrt(1+eps^2). exemplars_per_class=0 draws fresh noise every time.
+    Held-out classes and the first k training classes do not depend on n_train_classes, so
+    Few and Many cells share their holdout set and their common classes."""
+    for name, value in [('n_train_classes', n_train_classes), ('n_holdout_classes', n_holdout_classes),
+                        ('dim', dim)]:
+        if value < 1:
+            raise ValueError(f"{name}={value} must be >= 1")
+    if exemplars_per_class < 0:
+        raise ValueError(f"exemplars_per_class={exemplars_per_class} must be >= 0 (0 = fresh noise per draw)")
+    if within_class_noise < 0:
+        raise ValueError(f"within_class_noise={within_class_noise} must be >= 0")
+
+    def clusters(stream, n_classes):
+        rng_proto = np.random.default_rng([seed, stream, 0])
+        rng_noise = np.random.default_rng([seed, stream, 1])
+        proto = rng_proto.standard_normal((n_classes, 1, dim), dtype=np.float32) / math.sqrt(dim)
+        if exemplars_per_class == 0:
+            return ClassBank(torch.from_numpy(proto), fresh_noise=within_class_noise)
+        eta = rng_noise.standard_normal((n_classes, exemplars_per_class, dim), dtype=np.float32) / math.sqrt(dim)
+        x = (proto + within_class_noise * eta) / math.sqrt(1 + within_class_noise ** 2)
+        return ClassBank(torch.from_numpy(x))
+
+    return Dataset(train=clusters(0, n_train_classes), holdout=clusters(1, n_holdout_classes),
+                   class_labels=assign_labels(n_train_classes, n_labels, label_mode, seed),
+                   n_labels=n_labels, name='synthetic')
+
+
+# ----------------------------------------------------------------------------------------------
+# index sampling helpers (all vectorised; no per-sequence Python)
+
+def class_cdf(n_classes, zipf_alpha, device):
+    """CDF of the class distribution p(k) ~ 1/(k+1)^alpha (alpha=0: uniform), for inverse-CDF draws."""
+    weights = 1.0 / torch.arange(1, n_classes + 1, dtype=torch.float64) ** zipf_alpha
+    cdf = torch.cumsum(weights / weights.sum(), 0)
+    cdf[-1] = 1.0
+    return cdf.to(device=device, dtype=torch.float32)
+
+
+def draw_classes(cdf, shape, generator):
+    u = torch.rand(shape, generator=generator, device=cdf.device)
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)
+
+
+def draw_classes_excluding(cdf, excluded, generator, rounds=8):
+    """One class per entry of `excluded` ([B, k]), from the class distribution but different from
+    every excluded class in its row: a few vectorised rejection rounds, then a deterministic
+    shift for the (vanishingly rare) leftovers so no host sync is needed."""
+    n_classes = cdf.numel()
+    draw = draw_classes(cdf, excluded.shape[:1], generator)
+    for _ in range(rounds):
+        clash = (draw[:, None] == excluded).any(1)
+        draw = torch.where(clash, draw_classes(cdf, draw.shape, generator), draw)
+    for _ in range(excluded.shape[1]):  # shift past any remaining clash
+        clash = (draw[:, None] == excluded).any(1)
+        draw = torch.where(clash, (draw + 1) % n_classes, draw)
+    return draw
+
+
+def shuffle_rows(x, generator):
+    order = torch.rand(x.shape, generator=generator, device=x.device).argsort(dim=1)
+    return x.gather(1, order)
+
+
+class EpisodeSampler:
+    """Bursty / non-bursty training sequences over one ClassBank, a whole batch per call.
+
+    sample(B) returns (items [B, T+1, *item_shape], labels [B, T+1], classes [B, T+1]) where
+    T = context_len; position T is the query and labels[:, T] is the target.
+    """
+
+    def __init__(self, bank, class_labels, context_len=8, p_bursty=0.9, bursty_shots=3, ways=2,
+                 zipf_alpha=0.0, seed=0, device='cpu'):
+        n_classes = bank.n_classes
+        if not 0.0 <= p_bursty <= 1.0:
+            raise ValueError(f"p_bursty={p_bursty} must be in [0, 1]")
+        if context_len < 1:
+            raise ValueError(f"context_len={context_len} must be >= 1")
+        if bursty_shots < 1:
+            raise ValueError(f"bursty_shots={bursty_shots} must be >= 1")
+        if ways < 1:
+            raise ValueError(f"ways={ways} must be >= 1")
+        if bursty_shots * ways > context_len:
+            raise ValueError(f"bursty_shots*ways={bursty_shots}*{ways}={bursty_shots * ways} is more "
+                             f"than the context_len={context_len} context slots")
+        if p_bursty > 0 and ways > n_classes:
+            raise ValueError(f"ways={ways} is more than the {n_classes} training classes")
+        if zipf_alpha < 0:
+            raise ValueError(f"zipf_alpha={zipf_alpha} must be >= 0")
+        if class_labels.shape != (n_classes,):
+            raise ValueError(f"class_labels has shape {tuple(class_labels.shape)}, expected ({n_classes},)")
+        self.bank = bank.to(device)
+        self.class_labels = class_labels.to(device)
+        self.context_len, self.p_bursty, self.bursty_shots, self.ways = context_len, p_bursty, bursty_shots, ways
+        self.cdf = class_cdf(n_classes, zipf_alpha, device)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(seed)
+
+    def sample_classes(self, batch_size):
+        """Class ids [B, context_len + 1] of a batch of training sequences (query last)."""
+        g, T = self.generator, self.context_len
+        # non-bursty: everything i.i.d. from the class distribution
+        iid = draw_classes(self.cdf, (batch_size, T + 1), g)
+        if self.p_bursty == 0:
+            return iid
+        # bursty: `ways` distinct classes (query's class first), `shots` each, rest filled i.i.d.
+        chosen = draw_classes(self.cdf, (batch_size, 1), g)
+        for _ in range(self.ways - 1):
+            chosen = torch.cat([chosen, draw_classes_excluding(self.cdf, chosen, g)[:, None]], 1)
+        n_fill = T - self.ways * self.bursty_shots
+        context = torch.cat([chosen.repeat_interleave(self.bursty_shots, dim=1), iid[:, :n_fill]], 1)
+        bursty = torch.cat([shuffle_rows(context, g), chosen[:, :1]], 1)
+        is_bursty = torch.rand(batch_size, 1, generator=g, device=iid.device) < self.p_bursty
+        return torch.where(is_bursty, bursty, iid)
+
+    def sample(self, batch_size):
+        classes = self.sample_classes(batch_size)
+        return self.bank.gather(classes, self.generator), self.class_labels[classes], classes
+
+    def state_dict(self):
+        return {'generator': self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state['generator'])
+
+
+# ----------------------------------------------------------------------------------------------
+# fixed evaluation episodes
+
+@dataclass
+class Episodes:
+    """A fixed set of evaluation sequences, same layout as the sampler's output."""
+    items: torch.Tensor     # [N, T+1, *item_shape]
+    labels: torch.Tensor    # [N, T+1]; labels[:, T] is the target
+    classes: torch.Tensor   # [N, T+1] class ids within their bank
+
+    def to(self, device):
+        return Episodes(self.items.to(device), self.labels.to(device), self.classes.to(device))
+
+    def __len__(self):
+        return self.labels.shape[0]
+
+
+def make_icl_episodes(holdout, n_episodes, context_len=8, ways=2, shots=4, seed=0):
+    """Few-shot episodes on held-out classes: `ways` *distinct* classes x `shots` exemplars,
+    shuffled; each class gets one of the labels 0..ways-1 at random (the reference's remapping,
+    without its with-replacement class draw that makes some episodes unsolvable); queries are
+    balanced over the ways. Built on CPU from `seed`, so every run sees the same episodes."""
+    if ways * shots != context_len:
+        raise ValueError(f"eval ways*shots={ways}*{shots} must equal context_len={context_len}")
+    if ways > holdout.n_classes:
+        raise ValueError(f"eval ways={ways} is more than the {holdout.n_classes} holdout classes")
+    if n_episodes < 1:
+        raise ValueError(f"n_episodes={n_episodes} must be >= 1")
+    g = torch.Generator().manual_seed(seed)
+    N = n_episodes
+    way_classes = torch.rand(N, holdout.n_classes, generator=g).argsort(1)[:, :ways]   # distinct
+    way_labels = torch.rand(N, ways, generator=g).argsort(1)                           # label perm
+    slot_way = shuffle_rows(torch.arange(ways).repeat_interleave(shots).expand(N, -1).contiguous(), g)
+    query_way = (torch.arange(N) % ways)[torch.randperm(N, generator=g)]               # balanced
+    way = torch.cat([slot_way, query_way[:, None]], 1)
+    classes = way_classes.gather(1, way)
+    labels = way_labels.gather(1, way)
+    return Episodes(holdout.gather(classes, g), labels, classes)
+
+
+def make_iwl_episodes(train, class_labels, n_episodes, context_len=8, zipf_alpha=0.0, seed=0):
+    """In-weights episodes: the query is a seen class, balanced over classes, and its class is
+    absent from the context (drawn from the training distribution minus the query's class), so
+    only a memorised class->label map answers it. Target = the class's fixed label."""
+    if train.n_classes < 2:
+        raise ValueError("IWL episodes need at least 2 training classes (the query's class is excluded from context)")
+    g = torch.Generator().manual_seed(seed)
+    N = n_episodes
+    query = (torch.arange(N) % train.n_classes)[torch.randperm(N, generator=g)]
+    cdf = class_cdf(train.n_classes, zipf_alpha, 'cpu')
+    context = torch.stack([draw_classes_excluding(cdf, query[:, None], g) for _ in range(context_len)], 1)
+    classes = torch.cat([context, query[:, None]], 1)
+    return Episodes(train.gather(classes, g), class_labels.cpu()[classes], classes)
+
+
+# ----------------------------------------------------------------------------------------------
+# one place that turns a run's config (train.py's globals, or a checkpoint's saved copy) into data
+
+def build_dataset(config):
+    """The Dataset named by config['dataset'] (on CPU; the caller moves it)."""
+    if config['dataset'] == 'synthetic':
+        return make_synthetic(config['n_train_classes'], config['n_holdout_classes'], config['n_labels'],
+                              dim=config['item_dim'], exemplars_per_class=config['exemplars_per_class'],
+                              within_class_noise=config['within_class_noise'],
+                              label_mode=config['label_mode'], seed=config['data_seed'])
+    raise ValueError(f"dataset={config['dataset']!r} is not known (expected 'synthetic' or 'omniglot')")
+
+
+def build_eval_episodes(dataset, config):
+    """(icl, iwl) Episodes, fixed by config['data_seed'] so every eval and every grid cell sees
+    the same ones (the IWL set depends on the training classes, so Few and Many differ there)."""
+    icl = make_icl_episodes(dataset.holdout, config['n_eval_episodes'], config['context_len'],
+                            config['eval_ways'], config['eval_shots'], seed=config['data_seed'] + 1000)
+    iwl = make_iwl_episodes(dataset.train, dataset.class_labels, config['n_eval_episodes'],
+                            config['context_len'], config['zipf_alpha'], seed=config['data_seed'] + 2000)
+    return icl, iwl

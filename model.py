@@ -1,0 +1,172 @@
+"""
+The sequence model: an exemplar encoder turns each item into one token, label ids are embedded,
+the two are interleaved as  x0 y0 x1 y1 ... x7 y7 xq  (17 tokens), sinusoidal positions are
+added, a pre-LayerNorm causal transformer runs over it, and a linear head over the label
+vocabulary reads the query's (last) position.
+
+The encoder is the seam between data sets: a linear map for the synthetic vectors, a small
+ResNet for Omniglot images (make_encoder picks one).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class ModelConfig:
+    n_labels: int = 1600         # label vocabulary (same in every cell of a grid)
+    item_shape: tuple = (64,)    # one item: (dim,) for vectors, (H, W) for images
+    encoder: str = 'linear'      # 'linear' or 'resnet'
+    n_layer: int = 12
+    n_head: int = 8
+    n_embd: int = 64
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    pixel_noise: float = 0.0     # resnet only: Gaussian pixel noise per image while training (the reference's noise_scale)
+
+
+class LinearEncoder(nn.Module):
+    """Synthetic vectors -> tokens."""
+
+    def __init__(self, config):
+        super().__init__()
+        if len(config.item_shape) != 1:
+            raise ValueError(f"encoder='linear' needs vector items, got item_shape={config.item_shape}")
+        self.proj = nn.Linear(config.item_shape[0], config.n_embd)
+
+    def forward(self, items):
+        return self.proj(items.float())
+
+
+def make_encoder(config):
+    if config.encoder == 'linear':
+        return LinearEncoder(config)
+    if config.encoder == 'resnet':
+        from resnet import ResNetEncoder  # noqa: deferred so the synthetic path needs no torchvision
+        return ResNetEncoder(config)
+    raise ValueError(f"encoder={config.encoder!r} must be 'linear' or 'resnet'")
+
+
+def sinusoidal_positions(n_positions, dim):
+    position = torch.arange(n_positions, dtype=torch.float32)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    table = torch.zeros(n_positions, dim)
+    table[:, 0::2] = torch.sin(position * freq)
+    table[:, 1::2] = torch.cos(position * freq[: dim // 2])
+    return table
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        if config.n_embd % config.n_head != 0:
+            raise ValueError(f"n_embd={config.n_embd} must be divisible by n_head={config.n_head}")
+        self.n_head = config.n_head
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.dropout = config.dropout
+
+    def forward(self, x, return_attention=False):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        if return_attention:
+            # explicit softmax(QK^T) so the probabilities can be returned; same math as SDPA
+            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            attention = scores.masked_fill(~causal, float('-inf')).softmax(dim=-1)
+            y = attention @ v
+        else:
+            attention = None
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                               dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.proj(y), attention
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = nn.Sequential(nn.Linear(config.n_embd, config.mlp_ratio * config.n_embd), nn.GELU(),
+                                 nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd),
+                                 nn.Dropout(config.dropout))
+
+    def forward(self, x, return_attention=False):
+        a, attention = self.attn(self.ln_1(x), return_attention)
+        x = x + a
+        x = x + self.mlp(self.ln_2(x))
+        return x, attention
+
+
+class ICLTransformer(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.encoder = make_encoder(config)
+        self.label_embedding = nn.Embedding(config.n_labels, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.head = nn.Linear(config.n_embd, config.n_labels)
+        self.register_buffer('positions', sinusoidal_positions(256, config.n_embd), persistent=False)
+
+    def forward(self, items, labels, return_attention=False):
+        """items [B, T+1, *item_shape], labels [B, T+1] (the query's label, labels[:, T], is
+        never read) -> logits [B, n_labels] at the query; with return_attention also a list of
+        per-layer attention probabilities [B, n_head, 2T+1, 2T+1]."""
+        B, S = labels.shape
+        item_tokens = self.encoder(items.flatten(0, 1)).view(B, S, -1)
+        label_tokens = self.label_embedding(labels[:, :-1])
+        # interleave: x0 y0 x1 y1 ... x_{T-1} y_{T-1} x_query
+        tokens = torch.stack([item_tokens[:, :-1], label_tokens], dim=2).flatten(1, 2)
+        x = torch.cat([tokens, item_tokens[:, -1:]], dim=1)
+        x = x + self.positions[: x.shape[1]]
+        attentions = []
+        for block in self.blocks:
+            x, attention = block(x, return_attention)
+            attentions.append(attention)
+        logits = self.head(self.ln_f(x[:, -1]))
+        return (logits, attentions) if return_attention else logits
+
+    def decayed_parameters(self):
+        """(decay, no_decay) parameter lists: weight decay only on Linear/Conv weights; never on
+        norms (LayerNorm/BatchNorm), any bias, or embedding tables."""
+        decay, no_decay = [], []
+        for module in self.modules():
+            for name, param in module.named_parameters(recurse=False):
+                if name == 'weight' and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                    decay.append(param)
+                else:
+                    no_decay.append(param)
+        return decay, no_decay
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True):
+        decay, no_decay = self.decayed_parameters()
+        groups = [{'params': decay, 'weight_decay': weight_decay},
+                  {'params': no_decay, 'weight_decay': 0.0}]
+        if verbose:
+            for label, params, wd in [('decay', decay, weight_decay), ('no decay', no_decay, 0.0)]:
+                print(f"optimizer group '{label}' (weight_decay={wd:g}): {len(params)} tensors, "
+                      f"{sum(p.numel() for p in params):,} parameters")
+        fused = device_type == 'cuda'  # one kernel for the whole update instead of one per tensor
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
+
+    def num_parameters(self):
+        return sum(p.numel() for p in self.parameters())
+
+
+def build_model(config, dataset):
+    """The ICLTransformer for a run's config dict and its Dataset (shared by train/eval/sample_attention)."""
+    item_shape = tuple(dataset.train.exemplars.shape[2:])
+    return ICLTransformer(ModelConfig(
+        n_labels=dataset.n_labels, item_shape=item_shape,
+        encoder='linear' if len(item_shape) == 1 else 'resnet',
+        n_layer=config['n_layer'], n_head=config['n_head'], n_embd=config['n_embd'],
+        dropout=config['dropout'], pixel_noise=config.get('pixel_noise', 0.0)))
