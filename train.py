@@ -34,7 +34,7 @@ n_train_classes = 16000
 n_holdout_classes = 1000
 n_labels = 32               # label vocabulary; fixed across Few/Many cells
 label_mode = 'shared'       # 'per_class' (class k -> label k) or 'shared' (seeded random class -> label)
-item_dim = 64               # synthetic: vector dimension
+item_dim = 16               # synthetic: vector dimension (16: the match is learned ~2x sooner than at 64)
 exemplars_per_class = 20    # synthetic: finite exemplars per class (0 = fresh noise on every draw)
 within_class_noise = 0.1    # synthetic: eps in x = (mu + eps*eta)/sqrt(1+eps^2)
 context_len = 8             # (item, label) pairs before the query
@@ -52,13 +52,13 @@ n_embd = 64
 dropout = 0.0
 # optimizer
 batch_size = 64
-max_iters = 8000
-learning_rate = 1e-3
+max_iters = 5000
+learning_rate = 2e-3
 weight_decay = 0.0          # AdamW decoupled decay on Linear/Conv weights only
 beta1 = 0.9
 beta2 = 0.999
 grad_clip = 0.0             # clip the global grad norm at this value (0 = off)
-lr_schedule = 'inverse_sqrt'  # 'inverse_sqrt' (Chan et al.), 'cosine' or 'constant', each after warmup
+lr_schedule = 'constant'    # 'inverse_sqrt' (Chan et al.), 'cosine' or 'constant', each after warmup
 warmup_iters = 200
 min_lr = 0.0                # cosine only
 # system

@@ -1,0 +1,111 @@
+"""Model shape, attention capture, decay groups, eval metrics."""
+import pytest
+import torch
+import torch.nn as nn
+
+from data import make_icl_episodes, make_synthetic
+from eval import attention_masses, evaluate, expected_calibration_error
+from model import ICLTransformer, ModelConfig
+
+
+def tiny_model(**kw):
+    args = dict(n_labels=32, item_shape=(16,), n_layer=3, n_head=4, n_embd=32)
+    args.update(kw)
+    torch.manual_seed(0)
+    return ICLTransformer(ModelConfig(**args))
+
+
+def batch(B=6, T=8, dim=16, n_labels=32):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(B, T + 1, dim, generator=g), torch.randint(n_labels, (B, T + 1), generator=g)
+
+
+def test_logits_shape_and_query_label_is_never_read():
+    model = tiny_model()
+    items, labels = batch()
+    logits = model(items, labels)
+    assert logits.shape == (6, 32)
+    other = labels.clone()
+    other[:, -1] = (other[:, -1] + 1) % 32
+    assert torch.equal(model(items, other), logits)
+
+
+def test_prediction_is_causal_in_the_context():
+    """Changing the last context label changes the query logits; the model sees the context."""
+    model = tiny_model()
+    items, labels = batch()
+    other = labels.clone()
+    other[:, -2] = (other[:, -2] + 1) % 32
+    assert not torch.allclose(model(items, other), model(items, labels))
+
+
+def test_attention_capture_gives_same_logits_and_valid_probabilities():
+    model = tiny_model()
+    items, labels = batch()
+    plain = model(items, labels)
+    logits, attentions = model(items, labels, return_attention=True)
+    torch.testing.assert_close(logits, plain, rtol=1e-5, atol=1e-5)
+    assert len(attentions) == 3
+    for a in attentions:
+        assert a.shape == (6, 4, 17, 17)
+        torch.testing.assert_close(a.sum(-1), torch.ones(6, 4, 17))
+        assert (a.triu(diagonal=1) == 0).all()   # causal
+
+
+def test_decay_groups_exclude_layernorm_bias_and_embeddings():
+    model = tiny_model()
+    decay, no_decay = model.decayed_parameters()
+    decay_ids = {id(p) for p in decay}
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            should_decay = name == 'weight' and isinstance(module, nn.Linear)
+            assert (id(p) in decay_ids) == should_decay, (type(module).__name__, name)
+    assert id(model.label_embedding.weight) not in decay_ids
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+    opt = model.configure_optimizers(0.01, 1e-3, (0.9, 0.99), 'cpu', verbose=False)
+    assert [g['weight_decay'] for g in opt.param_groups] == [0.01, 0.0]
+
+
+def test_configure_optimizers_prints_group_counts(capsys):
+    tiny_model().configure_optimizers(1e-3, 1e-3, (0.9, 0.99), 'cpu')
+    out = capsys.readouterr().out
+    assert "'decay' (weight_decay=0.001)" in out and "'no decay' (weight_decay=0)" in out
+    assert 'tensors' in out and 'parameters' in out
+
+
+def test_bad_model_config_raises():
+    with pytest.raises(ValueError, match='n_head'):
+        tiny_model(n_embd=30, n_head=4)
+    with pytest.raises(ValueError, match='encoder'):
+        tiny_model(encoder='mlp')
+
+
+def test_ece_known_values():
+    conf = torch.tensor([0.9, 0.9, 0.9, 0.9])
+    assert expected_calibration_error(conf, torch.tensor([True, True, True, True])) == pytest.approx(0.1)
+    assert expected_calibration_error(conf, torch.tensor([True, False, True, False])) == pytest.approx(0.4)
+
+
+def test_attention_masses_on_crafted_attention():
+    """Query attends 0.6 to position 2 (context image 1) and 0.3 to position 3 (its label)."""
+    T = 8
+    att = torch.zeros(1, 1, 2 * T + 1, 2 * T + 1)
+    att[0, 0, 2 * T, 2] = 0.6
+    att[0, 0, 2 * T, 3] = 0.3
+    att[0, 0, 2 * T, 4] = 0.1
+    classes = torch.tensor([[5, 7, 6, 6, 6, 6, 6, 6, 7]])   # query class 7 at context slots 1 only
+    image, label = attention_masses([att], classes, T)
+    assert image.item() == pytest.approx(0.6)
+    assert label.item() == pytest.approx(0.3)
+
+
+def test_evaluate_returns_all_keys_in_range():
+    ds = make_synthetic(20, 6, 32, dim=16, seed=0)
+    ep = make_icl_episodes(ds.holdout, 64, seed=0)
+    from data import make_iwl_episodes
+    iwl = make_iwl_episodes(ds.train, ds.class_labels, 64, seed=0)
+    m = evaluate(tiny_model(), ep, iwl, context_len=8)
+    for key in ('icl_acc', 'icl_acc_open', 'iwl_acc', 'ece', 'attn_match_image', 'attn_match_label'):
+        assert 0.0 <= m[key] <= 1.0, key
+    assert len(m['attn_match_image_by_layer']) == 3
+    assert m['attn_match_image'] == max(m['attn_match_image_by_layer'])

@@ -1,0 +1,136 @@
+"""train.py end to end on tiny CPU configs: outputs, resume, refusals, non-finite loss, SIGTERM."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+TINY = ['--n_train_classes=200', '--n_holdout_classes=20', '--n_labels=32', '--item_dim=8',
+        '--n_layer=1', '--n_embd=16', '--n_head=2', '--batch_size=16', '--n_eval_episodes=64',
+        '--warmup_iters=5', '--log_interval=10', '--eval_interval=20']
+
+
+def train(out_dir, *args, check=True, timeout=180):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), f'--out_dir={out_dir}', *TINY, *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def metrics(out_dir, drop=('wall_s',)):
+    with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
+        rows = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+
+
+@pytest.fixture(scope='module')
+def reference_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp('ref')
+    train(out, '--max_iters=60')
+    return out
+
+
+def test_run_writes_metrics_summary_and_checkpoint(reference_run):
+    rows = metrics(reference_run, drop=())
+    assert [r['iter'] for r in rows] == [0, 20, 40, 60]
+    for key in ('iter', 'tokens', 'train_loss', 'lr', 'icl_acc', 'icl_acc_open', 'iwl_acc', 'ece',
+                'attn_match_image', 'attn_match_label', 'attn_match_image_by_layer',
+                'attn_match_label_by_layer', 'weight_norm', 'wall_s'):
+        assert key in rows[-1], key
+    assert rows[1]['tokens'] == 20 * 16 * 17
+    assert rows[0]['train_loss'] is None and rows[1]['train_loss'] > 0
+    summary = json.load(open(os.path.join(reference_run, 'summary.json')))
+    assert summary['final_iter'] == 60
+    assert summary['peak_icl_acc'] == max(r['icl_acc'] for r in rows)
+    assert summary['config']['n_layer'] == 1
+    assert summary['tokens_per_step'] == 16 * 17
+    assert summary['exposure']['query']['max'] >= summary['exposure']['query']['min']
+    exposure = json.load(open(os.path.join(reference_run, 'exposure.json')))
+    assert sum(exposure['query_count']) == 60 * 16
+    assert sum(exposure['seen_count']) == 60 * 16 * 9
+    assert os.path.exists(os.path.join(reference_run, 'ckpt.pt'))
+
+
+def test_same_seed_same_metrics(reference_run, tmp_path):
+    train(tmp_path, '--max_iters=60')
+    assert metrics(tmp_path) == metrics(reference_run)
+
+
+def test_resume_continues_exactly(reference_run, tmp_path):
+    train(tmp_path, '--max_iters=40')
+    proc = train(tmp_path, '--max_iters=60', '--init_from=resume')
+    assert 'resumed from iter 40' in proc.stdout
+    assert metrics(tmp_path) == metrics(reference_run)
+
+
+def test_killed_run_resumes_without_duplicate_or_missing_rows(reference_run, tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--out_dir={tmp_path}', *TINY, '--max_iters=60']
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    deadline = time.time() + 120
+    path = os.path.join(tmp_path, 'metrics.jsonl')
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(path) and len(open(path).readlines()) >= 2:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    train(tmp_path, '--max_iters=60', '--init_from=resume')
+    assert metrics(tmp_path) == metrics(reference_run)
+
+
+def test_sigterm_checkpoints_and_exits_cleanly(reference_run, tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--out_dir={tmp_path}', *TINY, '--max_iters=60',
+           '--eval_interval=1000']
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    path = os.path.join(tmp_path, 'metrics.jsonl')
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(path):
+        time.sleep(0.01)
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert 'SIGTERM: checkpointed at iter' in out
+    train(tmp_path, '--max_iters=60', '--eval_interval=1000', '--init_from=resume')
+    rows = metrics(tmp_path)
+    assert [r['iter'] for r in rows] == [0, 60]
+
+
+def test_refuses_existing_run_and_different_config(reference_run, tmp_path):
+    before = open(os.path.join(reference_run, 'metrics.jsonl')).read()
+    proc = train(reference_run, '--max_iters=60', check=False)
+    assert proc.returncode == 2 and 'already holds a run' in proc.stderr
+    proc = train(reference_run, '--max_iters=80', '--init_from=resume', '--learning_rate=0.5', check=False)
+    assert proc.returncode == 2 and 'learning_rate' in proc.stderr and 'different config' in proc.stderr
+    assert open(os.path.join(reference_run, 'metrics.jsonl')).read() == before
+
+
+def test_non_finite_loss_stops_with_iter_and_keeps_checkpoint(tmp_path):
+    proc = train(tmp_path, '--max_iters=200', '--learning_rate=1e12', '--warmup_iters=0',
+                 '--lr_schedule=constant', check=False)
+    assert proc.returncode == 1
+    assert 'loss became non-finite at iter' in proc.stderr
+    assert os.path.exists(os.path.join(tmp_path, 'ckpt.pt'))
+
+
+@pytest.mark.parametrize('arg, message', [
+    ('--weight_decay=-1', 'weight_decay=-1.0 must be >= 0'),
+    ('--p_bursty=2', 'p_bursty=2.0 must be in [0, 1]'),
+    ('--lr_schedule=linear', "lr_schedule='linear'"),
+    ('--bursty_shots=5', 'bursty_shots*ways'),
+])
+def test_bad_values_fail_with_one_line_and_no_output_dir_damage(tmp_path, arg, message):
+    proc = train(tmp_path / 'run', arg, check=False)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+    assert 'Traceback' not in proc.stderr
+    assert not os.path.exists(tmp_path / 'run' / 'metrics.jsonl')
