@@ -7,12 +7,26 @@ A run directory's files, written so that a kill at any moment loses nothing:
 """
 import json
 import os
+import signal
 
 import torch
 
 CKPT = 'ckpt.pt'
 PREV_CKPT = 'ckpt_prev.pt'
 METRICS = 'metrics.jsonl'
+
+
+# Fault injection for the tests: BURSTYICL_FAULT='<point>:<n>' SIGKILLs this process the n-th time
+# it reaches fault_point('<point>'), so kills land exactly mid-checkpoint or mid-append.
+_fault = os.environ.get('BURSTYICL_FAULT', '').partition(':')
+_fault_hits = {}
+
+
+def fault_point(name):
+    if _fault[0] == name:
+        _fault_hits[name] = _fault_hits.get(name, 0) + 1
+        if _fault_hits[name] == int(_fault[2] or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_write(path, write):
@@ -26,8 +40,10 @@ def save_checkpoint(out_dir, state, name=CKPT):
     path = os.path.join(out_dir, name)
     tmp = path + '.tmp'
     _fsync_write(tmp, lambda f: torch.save(state, f))
+    fault_point('checkpoint_written')
     if name == CKPT and os.path.exists(path):
         os.replace(path, os.path.join(out_dir, PREV_CKPT))
+    fault_point('checkpoint_rotated')   # ckpt.pt is absent here: resume must fall back to ckpt_prev.pt
     os.replace(tmp, path)
 
 
@@ -73,8 +89,13 @@ def read_metrics(out_dir):
 
 
 def append_metrics(out_dir, row):
+    line = json.dumps(row) + '\n'
+    half = len(line) // 2
     with open(os.path.join(out_dir, METRICS), 'a') as f:
-        f.write(json.dumps(row) + '\n')
+        f.write(line[:half])
+        f.flush()
+        fault_point('metrics_append')   # a kill here leaves a torn line, as a real kill mid-write would
+        f.write(line[half:])
         f.flush()
         os.fsync(f.fileno())
 

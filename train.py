@@ -72,7 +72,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
-from checkpoint import (CKPT, append_metrics, has_checkpoint, load_checkpoint, read_metrics,
+from checkpoint import (CKPT, append_metrics, fault_point, has_checkpoint, load_checkpoint, read_metrics,
                         save_checkpoint, truncate_metrics, write_json)
 from data import EpisodeSampler, build_dataset, build_eval_episodes
 from eval import evaluate
@@ -275,6 +275,7 @@ while True:
         logits = train_model(items, labels)
     loss = F.cross_entropy(logits.float(), labels[:, -1])  # loss on the query token only
     loss.backward()
+    fault_point('train_step')  # test hook (no-op unless BURSTYICL_FAULT is set)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()

@@ -135,7 +135,7 @@ def test_fresh_noise_gives_new_exemplars_each_draw():
     (dict(p_bursty=1.5), 'p_bursty'),
     (dict(p_bursty=-0.1), 'p_bursty'),
     (dict(bursty_shots=5), 'bursty_shots'),
-    (dict(ways=60), 'ways'),
+    (dict(ways=60, bursty_shots=1, context_len=64), 'ways=60 is more than the 50 training classes'),
     (dict(zipf_alpha=-1.0), 'zipf_alpha'),
     (dict(context_len=0), 'context_len'),
 ])
