@@ -65,6 +65,7 @@ min_lr = 0.0                # cosine only
 device = 'auto'             # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
 dtype = 'bfloat16'          # autocast dtype on CUDA ('float32' to turn it off); CPU runs float32
 compile = True              # torch.compile the model on CUDA (CPU runs eagerly: compile time dominates short runs)
+compile_mode = 'default'    # torch.compile mode: 'default', 'reduce-overhead' (CUDA graphs: fewer launches) or 'max-autotune'
 seed = 0                    # model init and training stream
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
@@ -80,7 +81,7 @@ from model import build_model
 
 # keys that may change when a run is resumed; any other difference means a different experiment
 RESUMABLE_KEYS = {'out_dir', 'init_from', 'overwrite', 'max_iters', 'eval_interval', 'log_interval',
-                  'keep_checkpoints', 'device', 'compile', 'dtype'}
+                  'keep_checkpoints', 'device', 'compile', 'compile_mode', 'dtype'}
 
 
 def fail(message):
@@ -129,8 +130,10 @@ if device == 'auto':
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 if device_type == 'cuda' and not torch.cuda.is_available():
     fail(f"device={device!r} but CUDA is not available")
-if dtype not in ('bfloat16', 'float16', 'float32'):
-    fail(f"dtype={dtype!r} must be 'bfloat16', 'float16' or 'float32'")
+if compile_mode not in ('default', 'reduce-overhead', 'max-autotune'):
+    fail(f"compile_mode={compile_mode!r} must be 'default', 'reduce-overhead' or 'max-autotune'")
+if dtype not in ('bfloat16', 'float32'):
+    fail(f"dtype={dtype!r} must be 'bfloat16' or 'float32'")
 
 # ---- the run directory: resume, refuse, or start ------------------------------------------
 os.makedirs(out_dir, exist_ok=True)
@@ -196,7 +199,9 @@ if checkpoint is not None:
     print(f"resumed from iter {iter_num} ({len(rows)} metrics rows kept)")
     del checkpoint
 
-train_model = torch.compile(model) if (compile and device_type == 'cuda') else model
+# one compiled graph for the training forward (static shapes: batch and sequence length never change);
+# eval calls the eager model because it also returns attention maps
+train_model = torch.compile(model, mode=compile_mode) if (compile and device_type == 'cuda') else model
 autocast = (torch.autocast(device_type='cuda', dtype=getattr(torch, dtype))
             if device_type == 'cuda' and dtype != 'float32' else nullcontext())
 
@@ -269,8 +274,9 @@ while True:
     for group in optimizer.param_groups:
         group['lr'] = lr
     items, labels, classes = sampler.sample(batch_size)
-    query_count += torch.bincount(classes[:, -1], minlength=query_count.numel())
-    seen_count += torch.bincount(classes.flatten(), minlength=seen_count.numel())
+    # index_add_ rather than bincount: bincount on CUDA syncs with the host to size its output
+    query_count.index_add_(0, classes[:, -1], torch.ones_like(classes[:, -1]))
+    seen_count.index_add_(0, classes.flatten(), torch.ones_like(classes.flatten()))
     with autocast:
         logits = train_model(items, labels)
     loss = F.cross_entropy(logits.float(), labels[:, -1])  # loss on the query token only

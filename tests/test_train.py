@@ -152,3 +152,21 @@ def test_icl_emerges_on_a_tiny_config(tmp_path):
     assert rows[0]['icl_acc'] < 0.6
     assert max(r['icl_acc'] for r in rows) >= 0.75
     assert rows[-1]['attn_match_label'] > rows[0]['attn_match_label'] + 0.2   # the query looks up the label
+
+
+def test_eval_cli_reproduces_the_logged_metrics(reference_run):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={reference_run}'],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    logged = metrics(reference_run)[-1]
+    assert printed['iter'] == logged['iter'] == 60
+    for key in ('icl_acc', 'icl_acc_open', 'iwl_acc', 'ece', 'attn_match_image', 'attn_match_label_by_layer'):
+        assert printed[key] == logged[key], key
+
+
+def test_eval_cli_without_checkpoint_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={tmp_path}'],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 1
+    assert 'no usable checkpoint' in proc.stderr and 'Traceback' not in proc.stderr
