@@ -88,10 +88,12 @@ def measure(model, icl, iwl, config, autocast=None):
             'label_image': label_reads_image(attentions, config['context_len']).cpu()}
 
 
-def fixed_episodes(dataset, config, n_icl, n_bursty, seed):
-    """[(name, Episodes)]: the first n_icl ICL eval episodes (exactly those train.py evaluates) and
-    n_bursty training-style bursty episodes (every one bursty) from a sampler seeded with `seed`."""
-    icl, _ = build_eval_episodes(dataset, config)
+def fixed_episodes(dataset, config, n_icl, n_bursty, seed, icl=None):
+    """[(name, Episodes)]: the first n_icl ICL eval episodes (exactly those train.py evaluates; pass
+    `icl` if already built) and n_bursty training-style bursty episodes (every one bursty) from a CPU
+    sampler seeded with `seed`, so they are the same whatever device the model runs on."""
+    if icl is None:
+        icl, _ = build_eval_episodes(dataset, config)
     if not 0 <= n_icl <= len(icl):
         raise ValueError(f"n_icl={n_icl} must be between 0 and the run's n_eval_episodes={len(icl)}")
     if n_bursty < 0:
@@ -100,7 +102,8 @@ def fixed_episodes(dataset, config, n_icl, n_bursty, seed):
            for i in range(n_icl)]
     if n_bursty:
         sampler = EpisodeSampler(dataset.train, dataset.class_labels, config['context_len'], 1.0,
-                                 config['bursty_shots'], config['ways'], config['zipf_alpha'], seed=seed)
+                                 config['bursty_shots'], config['ways'], config['zipf_alpha'], seed=seed,
+                                 device='cpu')
         items, labels, classes = sampler.sample(n_bursty)
         out += [(f'bursty{i:02d}', Episodes(items[i:i + 1], labels[i:i + 1], classes[i:i + 1]))
                 for i in range(n_bursty)]
@@ -165,7 +168,7 @@ def plot_episode(path, items, labels, classes, query_rows, context_len, title, d
     image_items = items.dim() >= 3
     strip_h = 1.6 if image_items else 1.1
     fig = plt.figure(figsize=(max(9.0, 1.9 * H), 1.3 + strip_h + 1.25 * L))
-    outer = fig.add_gridspec(2, 1, height_ratios=[strip_h, 1.25 * L], hspace=0.45 / (1 + 0.15 * L) + 0.12)
+    outer = fig.add_gridspec(2, 1, height_ratios=[strip_h, 1.25 * L], hspace=0.8 / ((strip_h + 1.25 * L) / 2))  # ~0.8 inch
     strip = outer[0].subgridspec(1, T + 1, wspace=0.3)
     for i in range(T + 1):
         ax = fig.add_subplot(strip[0, i])
@@ -400,7 +403,9 @@ if __name__ == '__main__':
     tag = f'iter{iteration}'
     print(f"checkpoint {os.path.join(out_dir, ckpt_name)}: iter {iteration}, {L} layers x {H} heads, "
           f"{dataset.name} data, item shape {tuple(dataset.train.exemplars.shape[2:])}")
-    dataset = dataset.to(device)
+    # data stays on the CPU: the eval episodes come from CPU generators (as in train.py), only the
+    # finished episodes move to the model's device
+    icl, iwl = (e.to(device) for e in build_eval_episodes(dataset, config))
     rows = read_metrics(out_dir)
     logged = {r['iter']: r for r in rows}
     written = []
@@ -408,7 +413,6 @@ if __name__ == '__main__':
 
     # ---- the full ICL eval set: the numbers train.py logged -----------------------------------
     if full_eval:
-        icl, iwl = (e.to(device) for e in build_eval_episodes(dataset, config))
         m = measure(model, icl, iwl, config, autocast)
         print(f"\nfull ICL eval set ({len(icl)} episodes, the ones train.py evaluates):")
         print(f"  icl_acc {m['icl_acc']:.4f}  iwl_acc {m['iwl_acc']:.4f}  "
@@ -451,7 +455,8 @@ if __name__ == '__main__':
 
     # ---- a few fixed episodes ------------------------------------------------------------------
     try:
-        episodes = fixed_episodes(dataset, config, n_icl, n_bursty, bursty_seed)
+        episodes = [(name, ep.to(device)) for name, ep in
+                    fixed_episodes(dataset, config, n_icl, n_bursty, bursty_seed, icl=icl)]
     except ValueError as e:
         fail(str(e))
     if episodes:
@@ -498,7 +503,6 @@ if __name__ == '__main__':
             fail(f"track: no ckpt_<iter>.pt in {out_dir} for iters {missing} (kept: {list(kept) or 'none'})")
     tracked = {}
     if track_iters:
-        icl, iwl = (e.to(device) for e in build_eval_episodes(dataset, config))
         print(f"\nover training ({len(track_iters)} kept checkpoints, full ICL eval set):")
         for i in track_iters:
             state = load_checkpoint(out_dir, kept[i], map_location=device)
