@@ -13,8 +13,15 @@ probability p_bursty a sequence holds `bursty_shots` exemplars of each of `ways`
 distribution, the context order shuffled, the query from one of the bursty classes. Otherwise
 context and query are drawn i.i.d. from the class distribution (uniform or Zipf).
 Exemplars of one class inside one sequence are distinct, as in the reference.
+
+Omniglot (Lake et al. 2015, 1623 characters x 20 drawers) is decoded once into a uint8 array that is
+cached outside the data folder; its classes are characters, or characters x 8 flips/rotations.
 """
+import hashlib
+import json
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,7 +57,9 @@ class ClassBank:
             exemplar = torch.rand(B, E, generator=generator, device=classes.device).argsort(dim=1)[:, :T]
         else:
             exemplar = torch.randint(E, (B, T), generator=generator, device=classes.device)
-        items = self.exemplars[classes, exemplar]
+        # index_select copies whole item rows; advanced indexing walks element by element (~3x slower on images)
+        flat = self.exemplars.flatten(0, 1)
+        items = flat.index_select(0, (classes * E + exemplar).flatten()).view(B, T, *flat.shape[1:])
         if self.fresh_noise > 0:
             noise = torch.randn(items.shape, generator=generator, device=items.device) / math.sqrt(items.shape[-1])
             items = (items + self.fresh_noise * noise) / math.sqrt(1 + self.fresh_noise ** 2)
@@ -114,6 +123,237 @@ def make_synthetic(n_train_classes, n_holdout_classes, n_labels, dim=64, exempla
     return Dataset(train=clusters(0, n_train_classes), holdout=clusters(1, n_holdout_classes),
                    class_labels=assign_labels(n_train_classes, n_labels, label_mode, seed),
                    n_labels=n_labels, name='synthetic')
+
+
+# ----------------------------------------------------------------------------------------------
+# Omniglot: 1623 characters x 20 drawers, 105x105 binary images (Lake et al. 2015)
+
+REPO_ROOT = os.path.dirname(os.path.abspath(__file__))
+OMNIGLOT_SPLITS = ('images_background', 'images_evaluation')   # 964 + 659 characters
+N_CHARACTERS, N_DRAWERS, OMNIGLOT_SIZE = 1623, 20, 105
+OMNIGLOT_CLASSES = {'all_exemplars': 1, 'augmented': 8}         # classes per character
+CACHE_VERSION = 1
+
+
+def resolve_path(path):
+    """'~' expanded; a relative path is taken from the repository root, so configs work from any cwd."""
+    path = os.path.expanduser(path)
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(REPO_ROOT, path))
+
+
+def check_omniglot_config(classes, image_size):
+    if classes not in OMNIGLOT_CLASSES:
+        raise ValueError(f"omniglot_classes={classes!r} must be one of {sorted(OMNIGLOT_CLASSES)}")
+    if not 8 <= image_size <= OMNIGLOT_SIZE:
+        raise ValueError(f"image_size={image_size} must be in [8, {OMNIGLOT_SIZE}] (105 = the original images)")
+
+
+def _download_hint(data_dir):
+    return (f"get it with: python -c \"import torchvision as tv; [tv.datasets.Omniglot('{data_dir}', "
+            f"background=b, download=True) for b in (True, False)]\" (or point --data_dir at a folder "
+            f"holding omniglot-py/images_background and omniglot-py/images_evaluation)")
+
+
+def omniglot_files(data_dir, download=True):
+    """Paths [1623][20] of the PNGs under data_dir/omniglot-py (background characters first, then
+    evaluation; alphabets, characters and drawers in name order) and a fingerprint of the file
+    list and sizes. If neither folder exists, torchvision downloads them (only then: its integrity
+    check wants the original zips, which an extracted copy does not have)."""
+    root = os.path.join(resolve_path(data_dir), 'omniglot-py')
+    split_dirs = [os.path.join(root, s) for s in OMNIGLOT_SPLITS]
+    if download and not any(os.path.isdir(d) for d in split_dirs):
+        try:
+            import torchvision
+            for background in (True, False):
+                torchvision.datasets.Omniglot(resolve_path(data_dir), background=background, download=True)
+        except Exception as e:  # no network, no write access, ...: say where the data belongs
+            raise FileNotFoundError(f"Omniglot not found in {root} and downloading it failed "
+                                    f"({type(e).__name__}: {e}); {_download_hint(data_dir)}") from None
+    for d in split_dirs:
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"Omniglot folder {d} not found (data_dir={data_dir!r}); "
+                                    f"{_download_hint(data_dir)}")
+    files, digest = [], hashlib.sha1()
+    for d in split_dirs:
+        for alphabet in sorted(e.name for e in os.scandir(d) if e.is_dir()):
+            for character in sorted(e.name for e in os.scandir(os.path.join(d, alphabet)) if e.is_dir()):
+                folder = os.path.join(d, alphabet, character)
+                entries = sorted((e for e in os.scandir(folder) if e.name.endswith('.png')), key=lambda e: e.name)
+                if len(entries) != N_DRAWERS:
+                    raise ValueError(f"Omniglot is incomplete: {folder} holds {len(entries)} PNGs, expected "
+                                     f"{N_DRAWERS}; {_download_hint(data_dir)}")
+                files.append([e.path for e in entries])
+                for e in entries:
+                    digest.update(f"{alphabet}/{character}/{e.name} {e.stat().st_size}\n".encode())
+    if len(files) != N_CHARACTERS:
+        raise ValueError(f"Omniglot is incomplete: {root} holds {len(files)} characters, expected "
+                         f"{N_CHARACTERS}; {_download_hint(data_dir)}")
+    return files, digest.hexdigest()
+
+
+def _decode_png(path):
+    from PIL import Image
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert('L'))
+    except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for missing, truncated and non-PNG files
+        raise ValueError(f"cannot read Omniglot image {path}: {type(e).__name__}: {e}") from None
+    if pixels.shape != (OMNIGLOT_SIZE, OMNIGLOT_SIZE):
+        raise ValueError(f"Omniglot image {path} is {pixels.shape[1]}x{pixels.shape[0]}, expected 105x105")
+    return pixels
+
+
+def decode_omniglot(files):
+    """uint8 [n_characters, 20, 105, 105]: background white (255), strokes black (0), like the
+    reference's images in [0, 1]. PIL releases the GIL while decoding, so threads help."""
+    images = np.empty((len(files), N_DRAWERS, OMNIGLOT_SIZE, OMNIGLOT_SIZE), dtype=np.uint8)
+
+    def decode_character(c):
+        for d, path in enumerate(files[c]):
+            images[c, d] = _decode_png(path)
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        list(pool.map(decode_character, range(len(files))))
+    return images
+
+
+def resize_images(images, size):
+    """Antialiased bilinear downsampling of uint8 [..., H, W] images, in chunks (float copies are large)."""
+    flat = torch.from_numpy(images).reshape(-1, 1, *images.shape[-2:])
+    out = torch.empty(flat.shape[0], 1, size, size, dtype=torch.uint8)
+    for start in range(0, flat.shape[0], 4096):
+        chunk = torch.nn.functional.interpolate(flat[start:start + 4096].float(), size=(size, size),
+                                                mode='bilinear', antialias=True, align_corners=False)
+        out[start:start + 4096] = chunk.round().clamp(0, 255).to(torch.uint8)
+    return out.reshape(*images.shape[:-2], size, size).numpy()
+
+
+def _cache_meta(fingerprint, image_size):
+    return {'version': CACHE_VERSION, 'fingerprint': fingerprint,
+            'shape': [N_CHARACTERS, N_DRAWERS, image_size, image_size]}
+
+
+def read_cache(path, meta):
+    """The cached array, or None (with the reason printed) if it is missing, stale or unreadable.
+    The .npz is a zip: its CRC-32 check catches damaged bytes as well as truncation."""
+    if not os.path.exists(path):
+        return None
+    try:
+        with np.load(path) as npz:
+            if json.loads(str(npz['meta'])) != meta:
+                print(f"omniglot: cache {path} is stale (the source files or settings changed); rebuilding")
+                return None
+            if 'bits' in npz.files:  # binary images are stored 1 bit per pixel: 8x less to read
+                images = np.unpackbits(npz['bits'], count=math.prod(meta['shape']))
+                images *= 255
+                images = images.reshape(meta['shape'])
+            else:
+                images = npz['images']
+        if list(images.shape) != meta['shape'] or images.dtype != np.uint8:
+            raise ValueError(f"array is {images.dtype} {list(images.shape)}, expected uint8 {meta['shape']}")
+        return images
+    except Exception as e:  # zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError, ...
+        print(f"omniglot: cache {path} is unreadable ({type(e).__name__}: {e}); rebuilding")
+        return None
+
+
+def write_cache(path, images, meta):
+    """Atomic: written to a temporary name, then renamed, so a concurrent or killed run never
+    leaves a half-written cache behind. Black-and-white arrays (the 105x105 originals) are bit-packed."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    binary = images == 255
+    arrays = {'bits': np.packbits(binary)} if np.all(binary | (images == 0)) else {'images': images}
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, 'wb') as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+    os.replace(tmp, path)
+
+
+def load_omniglot(data_dir, cache_dir, image_size=OMNIGLOT_SIZE, download=True):
+    """uint8 [1623, 20, image_size, image_size] (see decode_omniglot), from the cache in cache_dir
+    when it matches the current files, else decoded (and downsampled) and cached."""
+    cache_root, data_root = resolve_path(cache_dir), resolve_path(data_dir)
+    if os.path.commonpath([cache_root, data_root]) == data_root:
+        raise ValueError(f"cache_dir={cache_dir!r} is inside data_dir={data_dir!r}; the data folder stays read-only")
+    files, fingerprint = omniglot_files(data_dir, download)
+
+    def cached(size, build):
+        path = os.path.join(cache_root, f'omniglot_{size}.npz')
+        meta = _cache_meta(fingerprint, size)
+        images = read_cache(path, meta)
+        if images is None:
+            images = build()
+            write_cache(path, images, meta)
+        return images
+
+    def decode():
+        print(f"omniglot: decoding {N_CHARACTERS * N_DRAWERS:,} PNGs from {data_root} (once; cached in {cache_root})")
+        return decode_omniglot(files)
+
+    full = lambda: cached(OMNIGLOT_SIZE, decode)  # noqa: E731
+    if image_size == OMNIGLOT_SIZE:
+        return full()
+    return cached(image_size, lambda: resize_images(full(), image_size))
+
+
+def transform_images(images, transform):
+    """Transform t of the augmented classes: a left-right flip if t >= 4, then t % 4 counter-clockwise
+    quarter turns (the reference's flip_left_right + rot90). images [..., H, W]."""
+    if transform >= 4:
+        images = images.flip(-1)
+    return torch.rot90(images, transform % 4, dims=(-2, -1))
+
+
+def omniglot_class_split(n_train_classes, n_holdout_classes, classes='all_exemplars', seed=0):
+    """(train_ids, holdout_ids): [n, 2] long tensors of (character, transform) per class.
+
+    A seeded permutation of the characters puts the holdout characters at its end, with all their
+    transforms, so no flip/rotation of a held-out character is ever trained on. The training
+    classes are a seeded order over every class of the remaining characters; a run uses its first
+    n_train_classes. So, for one data_seed, the holdout set is the same whatever n_train_classes
+    is, and Few's classes are a prefix of Many's."""
+    per_char = OMNIGLOT_CLASSES[classes]
+    if n_holdout_classes < 1 or n_holdout_classes % per_char:
+        raise ValueError(f"n_holdout_classes={n_holdout_classes} must be a positive multiple of {per_char} "
+                         f"(omniglot_classes={classes!r} holds out all {per_char} transforms of a character)")
+    n_holdout_chars = n_holdout_classes // per_char
+    n_available = (N_CHARACTERS - n_holdout_chars) * per_char
+    if not 1 <= n_train_classes <= n_available:
+        raise ValueError(f"n_train_classes={n_train_classes} must be in [1, {n_available}]: omniglot_classes="
+                         f"{classes!r} has {N_CHARACTERS * per_char} classes and n_holdout_classes="
+                         f"{n_holdout_classes} are held out")
+    characters = torch.from_numpy(np.random.default_rng([seed, 3]).permutation(N_CHARACTERS))
+    transforms = torch.arange(per_char)
+
+    def classes_of(chars):
+        return torch.stack([chars.repeat_interleave(per_char), transforms.repeat(len(chars))], 1)
+
+    holdout = classes_of(characters[N_CHARACTERS - n_holdout_chars:])
+    pool = classes_of(characters[:N_CHARACTERS - n_holdout_chars])
+    order = torch.from_numpy(np.random.default_rng([seed, 4]).permutation(len(pool)))
+    return pool[order[:n_train_classes]], holdout
+
+
+def class_exemplars(images, ids):
+    """uint8 [n, 20, H, W] for (character, transform) ids [n, 2]."""
+    out = torch.empty((len(ids), *images.shape[1:]), dtype=images.dtype)
+    for t in ids[:, 1].unique().tolist():
+        rows = (ids[:, 1] == t).nonzero().flatten()
+        out[rows] = transform_images(images[ids[rows, 0]], t)
+    return out
+
+
+def make_omniglot(images, n_train_classes, n_holdout_classes, n_labels, classes='all_exemplars',
+                  label_mode='per_class', seed=0):
+    """Dataset of Omniglot classes from images uint8 [1623, 20, H, W] (load_omniglot). Each class
+    keeps all 20 drawers as exemplars; the banks stay uint8 (the encoder converts per batch)."""
+    if classes not in OMNIGLOT_CLASSES:
+        raise ValueError(f"omniglot_classes={classes!r} must be one of {sorted(OMNIGLOT_CLASSES)}")
+    train_ids, holdout_ids = omniglot_class_split(n_train_classes, n_holdout_classes, classes, seed)
+    return Dataset(train=ClassBank(class_exemplars(images, train_ids)),
+                   holdout=ClassBank(class_exemplars(images, holdout_ids)),
+                   class_labels=assign_labels(n_train_classes, n_labels, label_mode, seed),
+                   n_labels=n_labels, name=f'omniglot-{classes}')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -279,6 +519,12 @@ def build_dataset(config):
                               dim=config['item_dim'], exemplars_per_class=config['exemplars_per_class'],
                               within_class_noise=config['within_class_noise'],
                               label_mode=config['label_mode'], seed=config['data_seed'])
+    if config['dataset'] == 'omniglot':
+        check_omniglot_config(config['omniglot_classes'], config['image_size'])
+        images = load_omniglot(config['data_dir'], config['cache_dir'], config['image_size'])
+        return make_omniglot(torch.from_numpy(images), config['n_train_classes'], config['n_holdout_classes'],
+                             config['n_labels'], classes=config['omniglot_classes'],
+                             label_mode=config['label_mode'], seed=config['data_seed'])
     raise ValueError(f"dataset={config['dataset']!r} is not known (expected 'synthetic' or 'omniglot')")
 
 

@@ -41,11 +41,62 @@ class LinearEncoder(nn.Module):
         return self.proj(items.float())
 
 
+class ResNetEncoder(nn.Module):
+    """Images -> tokens: the reference's small ResNet-v1 (Chan et al. 2022). A 7x7 stride-2 conv with
+    64 channels, BatchNorm, ReLU, 3x3 stride-2 max-pool; four groups of 2 bottleneck blocks with
+    widths (16, 32, 32, n_embd) and strides (1, 2, 2, 2), inner width = width/4, a projection
+    shortcut on each group's first block, the last BatchNorm of each block zero-initialised;
+    then the mean over space: one n_embd token per image.
+
+    Items arrive as uint8 [N, H, W] (the data stays uint8 on the device) and become floats in
+    [0, 1] here, one batch at a time. pixel_noise > 0 adds N(0, pixel_noise^2) to every pixel of
+    every image while training (the reference's noise_scale)."""
+
+    eval_chunk = 2048  # images per forward in eval mode: bounds activation memory (105x105 x 512 episodes)
+
+    def __init__(self, config):
+        super().__init__()
+        from torchvision.models.resnet import Bottleneck  # deferred: the synthetic path needs no torchvision
+        if len(config.item_shape) != 2:
+            raise ValueError(f"encoder='resnet' needs image items (H, W), got item_shape={config.item_shape}")
+        if config.n_embd % Bottleneck.expansion:
+            raise ValueError(f"encoder='resnet' needs n_embd={config.n_embd} divisible by {Bottleneck.expansion} "
+                             f"(its last bottleneck group is n_embd wide, inner width n_embd/4)")
+        if config.pixel_noise < 0:
+            raise ValueError(f"pixel_noise={config.pixel_noise} must be >= 0")
+        self.pixel_noise = config.pixel_noise
+        layers = [nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
+                  nn.MaxPool2d(3, stride=2, padding=1)]
+        channels = 64
+        for width, stride in zip((16, 32, 32, config.n_embd), (1, 2, 2, 2)):
+            for i in range(2):
+                shortcut = None
+                if i == 0:
+                    shortcut = nn.Sequential(nn.Conv2d(channels, width, 1, stride=stride, bias=False),
+                                             nn.BatchNorm2d(width))
+                block = Bottleneck(channels, width // Bottleneck.expansion, stride=stride if i == 0 else 1,
+                                   downsample=shortcut)
+                nn.init.zeros_(block.bn3.weight)  # each block starts as its shortcut (the reference's scale_init)
+                layers.append(block)
+                channels = width
+        self.net = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+
+    def encode(self, items):
+        x = items[:, None].float() / 255
+        if self.training and self.pixel_noise > 0:
+            x = x + self.pixel_noise * torch.randn_like(x)
+        return self.net(x.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
+
+    def forward(self, items):
+        if not self.training and items.shape[0] > self.eval_chunk:  # BatchNorm uses running stats: exact
+            return torch.cat([self.encode(chunk) for chunk in items.split(self.eval_chunk)])
+        return self.encode(items)
+
+
 def make_encoder(config):
     if config.encoder == 'linear':
         return LinearEncoder(config)
     if config.encoder == 'resnet':
-        from resnet import ResNetEncoder  # noqa: deferred so the synthetic path needs no torchvision
         return ResNetEncoder(config)
     raise ValueError(f"encoder={config.encoder!r} must be 'linear' or 'resnet'")
 

@@ -37,6 +37,11 @@ label_mode = 'shared'       # 'per_class' (class k -> label k) or 'shared' (seed
 item_dim = 16               # synthetic: vector dimension (16: the match is learned ~2x sooner than at 64)
 exemplars_per_class = 20    # synthetic: finite exemplars per class (0 = fresh noise on every draw)
 within_class_noise = 0.1    # synthetic: eps in x = (mu + eps*eta)/sqrt(1+eps^2)
+data_dir = '../shared/data/omniglot'  # omniglot: holds omniglot-py/images_{background,evaluation} (relative: from the repo root)
+cache_dir = '~/.cache/burstyicl'      # omniglot: decoded uint8 arrays, rebuilt when the source files change
+omniglot_classes = 'all_exemplars'    # omniglot: 'all_exemplars' (1623 characters) or 'augmented' (x8 flips/rotations)
+image_size = 105            # omniglot: images downsampled to image_size x image_size (105 = original)
+pixel_noise = 0.0           # omniglot: std of Gaussian noise added to every pixel (0-1 scale) while training
 context_len = 8             # (item, label) pairs before the query
 p_bursty = 0.9
 bursty_shots = 3
@@ -81,7 +86,8 @@ from model import build_model
 
 # keys that may change when a run is resumed; any other difference means a different experiment
 RESUMABLE_KEYS = {'out_dir', 'init_from', 'overwrite', 'max_iters', 'eval_interval', 'log_interval',
-                  'keep_checkpoints', 'device', 'compile', 'compile_mode', 'dtype'}
+                  'keep_checkpoints', 'device', 'compile', 'compile_mode', 'dtype',
+                  'data_dir', 'cache_dir'}
 
 
 def fail(message):

@@ -1,0 +1,325 @@
+"""grid.py: cell enumeration and sharding, skip/resume/retry with a fake trainer, the per-cell lock,
+the report from hand-written metrics, the verdict rule on crafted inputs, and one tiny real cell."""
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+# A stand-in for train.py: writes metrics rows and summary.json like train.py, records each call in
+# $FAKE_CALLS, sleeps $FAKE_SLEEP seconds, and fails (exit 3) when $FAKE_FAIL names its cell.
+FAKE_TRAIN = r'''
+import json, os, sys, time
+args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if a.startswith('--'))
+out = args['out_dir']
+name = os.path.basename(out)
+os.makedirs(out, exist_ok=True)
+resumed = os.path.exists(os.path.join(out, 'ckpt.pt'))
+with open(os.environ['FAKE_CALLS'], 'a') as f:
+    f.write(f"{name} init_from={args['init_from']} resumed={resumed} threads={os.environ.get('OMP_NUM_THREADS')}\n")
+open(os.path.join(out, 'ckpt.pt'), 'w').close()
+time.sleep(float(os.environ.get('FAKE_SLEEP', '0')))
+if os.environ.get('FAKE_FAIL') == name:
+    print('boom: fake failure', file=sys.stderr)
+    sys.exit(3)
+wd, many = float(args['weight_decay']), args.get('n_train_classes') == '16000'
+rows = [{'iter': it, 'icl_acc': 0.5 + (0.45 if many else wd * 20) * it / 100, 'iwl_acc': 0.0 if many else 0.9,
+         'ece': 0.1, 'attn_match_image': 0.2, 'attn_match_label': 0.8 if many else 0.3} for it in (0, 50, 100)]
+with open(os.path.join(out, 'metrics.jsonl'), 'w') as f:
+    f.writelines(json.dumps(r) + '\n' for r in rows)
+config = {'learning_rate': 1e-3, 'warmup_iters': 0, 'max_iters': 100, 'lr_schedule': 'constant', 'min_lr': 0.0,
+          'weight_decay': wd, 'seed': int(args['seed']), 'dataset': 'synthetic', 'data_seed': 0, 'n_labels': 32,
+          'label_mode': 'shared', 'batch_size': 8, 'context_len': 8, 'n_layer': 1}
+json.dump({'peak_icl_acc': max(r['icl_acc'] for r in rows), 'final_iwl_acc': rows[-1]['iwl_acc'], 'config': config},
+          open(os.path.join(out, 'summary.json'), 'w'))
+'''
+
+
+@pytest.fixture(scope='module')
+def grid():
+    """grid.py imported as a module (its configurator reads sys.argv, so give it a clean one)."""
+    argv = sys.argv
+    sys.argv = ['grid.py']
+    try:
+        sys.modules.pop('grid', None)
+        return importlib.import_module('grid')
+    finally:
+        sys.argv = argv
+
+
+@pytest.fixture
+def fake(tmp_path):
+    script = tmp_path / 'fake_train.py'
+    script.write_text(FAKE_TRAIN)
+    calls = tmp_path / 'calls.txt'
+    calls.write_text('')
+    return {'script': str(script), 'calls': calls, 'dir': tmp_path / 'grid'}
+
+
+def run_grid(fake, *args, env=None, wait=True):
+    cmd = [sys.executable, os.path.join(ROOT, 'grid.py'), f"--grid_dir={fake['dir']}",
+           f"--train_script={fake['script']}", '--seeds=0,1', '--weight_decays=0,1e-3', '--jobs=2', *args]
+    full_env = {**os.environ, 'FAKE_CALLS': str(fake['calls']), 'MPLBACKEND': 'Agg', **(env or {})}
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=120)
+
+
+def calls(fake):
+    return [line.split()[0] for line in fake['calls'].read_text().splitlines()]
+
+
+# ---- enumeration and sharding ----------------------------------------------------------------------
+
+def test_enumerate_cells_names_args_and_fixed_keys(grid):
+    cells = grid.enumerate_cells(['few', 'many'], [0.0, 3e-4, 1e-3, 3e-3, 1e-2], [0, 1, 2], [], [],
+                                 {'few': ['--n_train_classes=100'], 'many': ['--n_train_classes=16000']},
+                                 ['--max_iters=4000'])
+    assert len(cells) == 30 and len({c['name'] for c in cells}) == 30
+    first = cells[0]
+    assert first['name'] == 'few_wd0_s0'
+    assert first['args'] == ['--n_train_classes=100', '--max_iters=4000', '--weight_decay=0.0', '--seed=0']
+    assert {c['name'] for c in cells} >= {'many_wd0.0003_s2', 'few_wd0.01_s1'}
+    for c in cells:  # only classes, decay and seed vary; nothing sets data_seed
+        assert not any('data_seed' in a for a in c['args'])
+    wide = grid.enumerate_cells(['few'], [0.0], [0], ['d48', '96'], ['config/omniglot.py'],
+                                {'few': ['config/few.py']}, [])
+    assert [c['name'] for c in wide] == ['few_wd0_s0_d48', 'few_wd0_s0_96']
+    assert wide[0]['args'][:3] == ['config/omniglot.py', 'config/few.py', os.path.join('config', 'd48.py')]
+    assert '--n_embd=96' in wide[1]['args']
+
+
+@pytest.mark.parametrize('count', [1, 3, 4, 7, 30, 31])
+def test_shards_cover_every_cell_exactly_once(grid, count):
+    cells = grid.enumerate_cells(['few', 'many'], [0.0, 3e-4, 1e-3, 3e-3, 1e-2], [0, 1, 2], [], [],
+                                 {'few': [], 'many': []}, [])
+    names = [c['name'] for i in range(count) for c in grid.shard_cells(cells, i, count)]
+    assert sorted(names) == sorted(c['name'] for c in cells)
+
+
+def test_shard_from_flag_and_slurm(grid):
+    assert grid.parse_shard('', {}) == (0, 1)
+    assert grid.parse_shard('2/5', {'SLURM_ARRAY_TASK_ID': '0', 'SLURM_ARRAY_TASK_COUNT': '3'}) == (2, 5)
+    assert grid.parse_shard('', {'SLURM_ARRAY_TASK_ID': '2', 'SLURM_ARRAY_TASK_COUNT': '3'}) == (2, 3)
+    assert grid.parse_shard('', {'SLURM_ARRAY_TASK_ID': '11', 'SLURM_ARRAY_TASK_COUNT': '4',
+                                 'SLURM_ARRAY_TASK_MIN': '8'}) == (3, 4)
+    assert grid.parse_shard('', {'SLURM_ARRAY_TASK_ID': '6', 'SLURM_ARRAY_TASK_COUNT': '4',
+                                 'SLURM_ARRAY_TASK_MIN': '0', 'SLURM_ARRAY_TASK_STEP': '2'}) == (3, 4)
+    for bad in ('3/3', 'a/b', '1'):
+        with pytest.raises(ValueError, match='shard'):
+            grid.parse_shard(bad, {})
+    with pytest.raises(ValueError, match='SLURM_ARRAY_TASK_ID'):
+        grid.parse_shard('', {'SLURM_ARRAY_TASK_ID': '5', 'SLURM_ARRAY_TASK_COUNT': '4'})
+
+
+def test_slurm_array_runs_only_its_shard(fake):
+    proc = run_grid(fake, env={'SLURM_ARRAY_TASK_ID': '1', 'SLURM_ARRAY_TASK_COUNT': '3'})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # 8 cells in seed-major order; shard 1 of 3 takes cells 1, 4, 7
+    assert sorted(calls(fake)) == sorted(['few_wd0.001_s0', 'few_wd0_s1', 'many_wd0.001_s1'])
+
+
+# ---- running: skip, resume, fail and retry, threads ------------------------------------------------
+
+def test_run_skip_resume_fail_and_retry(fake):
+    d = fake['dir']
+    (d / 'many_wd0_s1').mkdir(parents=True)
+    (d / 'many_wd0_s1' / 'ckpt.pt').write_text('interrupted')        # a cell killed mid-run
+    proc = run_grid(fake, env={'FAKE_FAIL': 'few_wd0.001_s0'})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert f"FAILED few_wd0.001_s0 (exit code 3); log: {d / 'few_wd0.001_s0' / 'train.log'}" in out
+    assert 'boom: fake failure' in (d / 'few_wd0.001_s0' / 'train.log').read_text()
+    lines = fake['calls'].read_text().splitlines()
+    assert len(lines) == 8                                              # the failure stopped nothing else
+    assert all('init_from=resume' in line and 'threads=' in line for line in lines)
+    assert [line for line in lines if line.startswith('many_wd0_s1')][0].split()[2] == 'resumed=True'
+    cmd = (d / 'few_wd0_s0' / 'cmd.txt').read_text()
+    assert f"--out_dir={d / 'few_wd0_s0'}" in cmd and '--init_from=resume' in cmd and 'fake_train.py' in cmd
+    assert not any(p.name == 'lock' for p in d.rglob('lock'))           # every lock released
+    assert (d / 'report.md').exists()                                   # report written at the end of a run
+
+    fake['calls'].write_text('')
+    proc = run_grid(fake)                                               # next invocation: only the failed cell
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert calls(fake) == ['few_wd0.001_s0']
+    assert '1 run, 7 already finished' in proc.stdout
+    fake['calls'].write_text('')
+    proc = run_grid(fake)
+    assert calls(fake) == [] and '0 run, 8 already finished' in proc.stdout
+
+
+def test_threads_per_job_is_cores_over_jobs(fake):
+    run_grid(fake, '--jobs=1', '--seeds=0', '--weight_decays=0', '--classes=few')
+    cores = len(os.sched_getaffinity(0))
+    assert fake['calls'].read_text().split()[-1] == f"threads={cores}"
+
+
+# ---- locks ---------------------------------------------------------------------------------------
+
+def test_lock_keeps_a_second_grid_off_a_running_cell(fake):
+    args = ('--seeds=0', '--weight_decays=0', '--classes=few')
+    first = run_grid(fake, *args, env={'FAKE_SLEEP': '4'}, wait=False)
+    lock = fake['dir'] / 'few_wd0_s0' / 'lock'
+    deadline = time.time() + 30
+    while not lock.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert lock.exists()
+    assert lock.read_text().split()[1] == str(first.pid)
+    second = run_grid(fake, *args)
+    assert 'few_wd0_s0 is locked by' in second.stdout and '1 busy elsewhere' in second.stdout
+    first.communicate(timeout=60)
+    assert first.returncode == 0
+    assert calls(fake) == ['few_wd0_s0']                                  # ran once
+    assert not lock.exists()
+
+
+def test_stale_lock_of_dead_pid_is_reclaimed(grid, tmp_path):
+    import socket
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    lock = tmp_path / 'lock'
+    lock.write_text(f"{socket.gethostname()} {dead.pid}\n")
+    assert grid.acquire_lock(str(lock))
+    assert lock.read_text() == f"{socket.gethostname()} {os.getpid()}\n"
+    assert not grid.acquire_lock(str(lock))                 # held by a live pid (us): refused
+    grid.release_lock(str(lock))
+    assert not lock.exists()
+    lock.write_text("otherhost 1\n")                        # another host's lock is never reclaimed
+    assert not grid.acquire_lock(str(lock))
+
+
+# ---- verdict ---------------------------------------------------------------------------------------
+
+def runs(*peaks, attn=0.8, iwl=0.9):
+    return [{'peak_icl': p, 'attn_label_at_peak': attn, 'final_iwl': iwl} for p in peaks]
+
+
+def base_groups():
+    return {('many', 0.0): runs(0.96, 0.97, 0.98, attn=0.8, iwl=0.03),
+            ('few', 0.0): runs(0.50, 0.51, 0.49, attn=0.2, iwl=1.0)}
+
+
+def test_verdict_supported(grid):
+    g = {**base_groups(), ('few', 1e-3): runs(0.60, 0.62, 0.61, attn=0.3), ('few', 1e-2): runs(0.93, 0.95, 0.94, attn=0.7)}
+    v = grid.verdict(g)
+    assert v['verdict'] == 'SUPPORTED'
+    assert v['best']['weight_decay'] == 1e-2
+    assert v['best']['ratio'] == pytest.approx(0.94 / 0.97)
+    assert v['best']['ratio_lo'] == pytest.approx(0.93 / 0.98)
+    g[('few', 3e-3)] = runs(0.85, 1.0, 1.0)     # higher mean ratio, but its range straddles 0.9
+    assert grid.verdict(g)['verdict'] == 'SUPPORTED' and grid.verdict(g)['best']['weight_decay'] == 1e-2
+
+
+def test_verdict_not_supported(grid):
+    g = {**base_groups(), ('few', 1e-3): runs(0.55, 0.60, 0.58), ('few', 1e-2): runs(0.70, 0.75, 0.72)}
+    v = grid.verdict(g)
+    assert v['verdict'] == 'NOT SUPPORTED' and v['best']['weight_decay'] == 1e-2
+    assert v['few_wd0_ratio'] == pytest.approx(0.5 / 0.97)
+
+
+def test_verdict_inconclusive_when_seed_range_straddles(grid):
+    g = {**base_groups(), ('few', 1e-2): runs(0.80, 0.92, 0.96), ('few', 1e-3): runs(0.5, 0.55, 0.6)}
+    v = grid.verdict(g)  # wd=1e-2: mean ratio 0.92, seed range 0.82-0.99
+    assert v['verdict'] == 'INCONCLUSIVE'
+    assert v['best']['ratio_lo'] < 0.9 <= v['best']['ratio_hi']
+
+
+def test_verdict_ignores_collapsed_cells(grid):
+    # wd=1e-2 reaches the baseline but its attention circuit is gone; wd=3e-3 erased IWL: neither counts
+    g = {**base_groups(), ('few', 1e-2): runs(0.97, 0.97, 0.97, attn=0.1),
+         ('few', 3e-3): runs(0.97, 0.97, 0.97, iwl=0.2), ('few', 1e-3): runs(0.6, 0.6, 0.6)}
+    v = grid.verdict(g)
+    assert v['verdict'] == 'NOT SUPPORTED' and v['best']['weight_decay'] == 1e-3
+    assert {c['weight_decay']: c['eligible'] for c in v['candidates']} == {1e-3: True, 3e-3: False, 1e-2: False}
+    assert 'collapsed: wd=0.003 (IWL), wd=0.01 (attention)' in v['reason']
+    v = grid.verdict({**base_groups(), ('few', 1e-2): runs(0.97, 0.97, 0.97, attn=0.1)})
+    assert v['verdict'] == 'NOT SUPPORTED' and 'fails the collapse check' in v['reason']
+    # a cell that straddles but collapsed does not make the verdict INCONCLUSIVE; an eligible one does
+    v = grid.verdict({**base_groups(), ('few', 1e-2): runs(0.85, 0.90, 0.95, attn=0.1), ('few', 1e-3): runs(0.6)})
+    assert v['verdict'] == 'NOT SUPPORTED'
+    v = grid.verdict({**base_groups(), ('few', 1e-2): runs(0.85, 0.90, 0.95), ('few', 1e-3): runs(0.99, attn=0.1)})
+    assert v['verdict'] == 'INCONCLUSIVE' and v['best']['weight_decay'] == 1e-2
+
+
+def test_verdict_needs_the_baselines(grid):
+    with pytest.raises(ValueError, match='many wd=0'):
+        grid.verdict({('few', 0.0): runs(0.5), ('few', 1e-2): runs(0.9)})
+
+
+def test_lr_sum_follows_the_schedule(grid):
+    cfg = {'learning_rate': 2e-3, 'warmup_iters': 0, 'max_iters': 4000, 'lr_schedule': 'constant', 'min_lr': 0.0}
+    assert grid.lr_sum(cfg) * 1e-2 == pytest.approx(2e-3 * 1e-2 * 4000)
+    warm = {**cfg, 'warmup_iters': 200}
+    assert grid.lr_sum(warm) == pytest.approx(2e-3 * (3800 + 201 / 2))
+    cos = {**cfg, 'lr_schedule': 'cosine'}
+    assert grid.lr_sum(cos) == pytest.approx(2e-3 * 4000 / 2, rel=1e-3)
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+def write_cell(root, name, cls, wd, seed, icl, iwl, attn, finished=True):
+    d = root / name
+    d.mkdir(parents=True)
+    (d / 'cell.json').write_text(json.dumps({'name': name, 'classes': cls, 'weight_decay': wd, 'seed': seed, 'width': ''}))
+    rows = [{'iter': 100 * i, 'icl_acc': a, 'iwl_acc': b, 'ece': 0.05, 'attn_match_image': 0.1,
+             'attn_match_label': attn * a} for i, (a, b) in enumerate(zip(icl, iwl))]
+    (d / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    if finished:
+        config = {'learning_rate': 1e-3, 'warmup_iters': 0, 'max_iters': 100 * (len(rows) - 1),
+                  'lr_schedule': 'constant', 'min_lr': 0.0, 'weight_decay': wd, 'seed': seed, 'dataset': 'synthetic',
+                  'data_seed': 0, 'n_labels': 32, 'label_mode': 'shared', 'batch_size': 64, 'context_len': 8,
+                  'n_layer': 2, 'n_train_classes': 16000 if cls == 'many' else 100}
+        (d / 'summary.json').write_text(json.dumps({'config': config}))
+
+
+def test_report_figures_table_and_verdict(grid, tmp_path):
+    root = tmp_path / 'g'
+    for seed in range(3):
+        for wd in (0.0, 1e-3, 1e-2):
+            write_cell(root, f'many_{grid.wd_name(wd)}_s{seed}', 'many', wd, seed,
+                       [0.5, 0.6, 0.97 - 0.01 * seed, 0.9], [0.0, 0.02, 0.03, 0.03], 0.9)
+            few_peak = {0.0: 0.55, 1e-3: 0.7, 1e-2: 0.95}[wd]
+            write_cell(root, f'few_{grid.wd_name(wd)}_s{seed}', 'few', wd, seed,
+                       [0.5, few_peak - 0.01 * seed, 0.52, 0.5], [0.1, 0.9, 1.0, 1.0], 0.8)
+    write_cell(root, 'few_wd0.01_s3', 'few', 1e-2, 3, [0.5, 0.4], [0.1, 0.2], 0.5, finished=False)  # still running
+    verdicts = grid.write_report(str(root))
+    for f in ('icl_vs_steps.png', 'peak_icl.png', 'report.md', 'verdict.json',
+              'figures/group_few_wd0.01.png', 'figures/group_many_wd0.png'):
+        assert (root / f).stat().st_size > 0, f
+    assert len(list((root / 'figures').glob('group_*.png'))) == 6
+    text = (root / 'report.md').read_text()
+    assert '**SUPPORTED**' in text and 'wd=0.01' in text
+    assert verdicts[0]['verdict'] == 'SUPPORTED'
+    # table: one row per cell group, peak ICL with the seed min-max, lr*wd*steps = 1e-3 * 1e-2 * 300
+    row = [line for line in text.splitlines() if line.startswith('| Few wd=0.01 |')][0]
+    assert '3/4' in row and '[0.930-0.950]' in row and '0.003' in row
+    assert 'still running or interrupted: few_wd0.01_s3' in text
+    assert 'attn_match_label' in text and 'Rule:' in text
+    assert '| few_wd0_s1 | 300 | 0.540 | 100 |' in text
+
+
+# ---- one tiny real cell: the command a cell runs is a working train.py command ----------------------
+
+def test_tiny_real_cell_runs_then_is_skipped(tmp_path):
+    tiny = ('--n_train_classes=200 --n_holdout_classes=20 --item_dim=8 --n_layer=1 --n_embd=16 --n_head=2 '
+            '--batch_size=16 --n_eval_episodes=32 --warmup_iters=5 --log_interval=10 --eval_interval=10 --max_iters=20')
+    cmd = [sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path}', '--classes=many',
+           '--weight_decays=1e-2', '--seeds=0', '--jobs=1', '--threads=1', f'--synthetic_args={tiny}']
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, 'MPLBACKEND': 'Agg'})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = json.load(open(tmp_path / 'many_wd0.01_s0' / 'summary.json'))
+    assert summary['config']['weight_decay'] == 1e-2 and summary['config']['n_train_classes'] == 200
+    assert summary['config']['init_from'] == 'resume'
+    assert 'No verdict yet' in (tmp_path / 'report.md').read_text()
+    os.remove(tmp_path / 'report.md')
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path}', '--report'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and (tmp_path / 'report.md').exists(), proc.stdout + proc.stderr
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert '0 run, 1 already finished' in proc.stdout
