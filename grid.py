@@ -24,7 +24,6 @@ Finished cells (summary.json) are skipped, interrupted or crashed ones resume on
 a lock file per cell (O_CREAT|O_EXCL, 'host pid' inside) keeps two grid processes off the same cell.
 """
 import json
-import math
 import os
 import shlex
 import signal
@@ -296,27 +295,13 @@ _lr_sums = {}
 
 
 def lr_sum(config):
-    """Sum of the learning rate over the run's steps, with train.py's schedule (warmup, then constant,
-    inverse_sqrt or cosine). lr*wd per step is AdamW's shrink factor, so wd * lr_sum is the total decay
-    exponent: weights untouched by gradients shrink by exp(-wd * lr_sum)."""
-    lr, warmup, n = config['learning_rate'], config['warmup_iters'], config['max_iters']
-    schedule, min_lr = config['lr_schedule'], config.get('min_lr', 0.0)
-    key = (lr, warmup, n, schedule, min_lr)
-    if key in _lr_sums:
-        return _lr_sums[key]
-    total = 0.0
-    for it in range(n):
-        if it < warmup:
-            total += lr * (it + 1) / warmup
-        elif schedule == 'inverse_sqrt':
-            total += lr * math.sqrt(max(warmup, 1) / (it + 1))
-        elif schedule == 'cosine':
-            progress = min(1.0, (it - warmup) / max(1, n - warmup))
-            total += min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
-        else:
-            total += lr
-    _lr_sums[key] = total
-    return total
+    """Sum of the learning rate over the run's steps, with train.py's own schedule function (cached: a
+    paper-scale grid has 30 cells of 500k steps with one schedule). wd * lr_sum is the decay exponent."""
+    from model import learning_rate_at
+    key = tuple(config.get(k) for k in ('learning_rate', 'warmup_iters', 'max_iters', 'lr_schedule', 'min_lr'))
+    if key not in _lr_sums:
+        _lr_sums[key] = sum(learning_rate_at(it, config) for it in range(config['max_iters']))
+    return _lr_sums[key]
 
 
 def run_stats(rows):

@@ -213,6 +213,27 @@ class ICLTransformer(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
+
+def learning_rate_at(it, config):
+    """Learning rate at iteration `it` for a run's config: linear warmup, then constant, 1/sqrt(step)
+    (Chan et al.) or cosine to min_lr. train.py trains with it; grid.py sums it for lr*wd*steps."""
+    lr, warmup = config['learning_rate'], config['warmup_iters']
+    if it < warmup:
+        return lr * (it + 1) / warmup
+    if config['lr_schedule'] == 'inverse_sqrt':
+        return lr * math.sqrt(max(warmup, 1) / (it + 1))
+    if config['lr_schedule'] == 'cosine':
+        min_lr = config.get('min_lr', 0.0)
+        progress = min(1.0, (it - warmup) / max(1, config['max_iters'] - warmup))
+        return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)
+    return lr
+
+
+def decay_exponent(config):
+    """wd * (sum of lr over the run): AdamW shrinks a decayed weight by lr*wd per step, so a weight the
+    gradients leave alone ends at exp(-decay_exponent) of its start."""
+    return config['weight_decay'] * sum(learning_rate_at(it, config) for it in range(config['max_iters']))
+
 def build_model(config, dataset):
     """The ICLTransformer for a run's config dict and its Dataset (shared by train/eval/sample_attention)."""
     item_shape = tuple(dataset.train.exemplars.shape[2:])

@@ -7,7 +7,6 @@ Train a transformer on bursty few-shot sequences and track in-context vs in-weig
 Every eval_interval it appends a row to out_dir/metrics.jsonl and checkpoints atomically;
 --init_from=resume continues a run exactly where it stopped (SIGTERM also checkpoints first).
 """
-import math
 import os
 import signal
 import subprocess
@@ -82,7 +81,7 @@ from checkpoint import (CKPT, append_metrics, fault_point, has_checkpoint, load_
                         save_checkpoint, truncate_metrics, write_json)
 from data import EpisodeSampler, build_dataset, build_eval_episodes
 from eval import evaluate
-from model import build_model
+from model import build_model, decay_exponent, learning_rate_at
 
 # keys that may change when a run is resumed; any other difference means a different experiment
 RESUMABLE_KEYS = {'out_dir', 'init_from', 'overwrite', 'max_iters', 'eval_interval', 'log_interval',
@@ -96,15 +95,7 @@ def fail(message):
 
 
 def lr_at(it):
-    """Learning rate at iteration it: linear warmup, then the chosen decay."""
-    if it < warmup_iters:
-        return learning_rate * (it + 1) / warmup_iters
-    if lr_schedule == 'inverse_sqrt':
-        return learning_rate * math.sqrt(max(warmup_iters, 1) / (it + 1))
-    if lr_schedule == 'cosine':
-        progress = min(1.0, (it - warmup_iters) / max(1, max_iters - warmup_iters))
-        return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (learning_rate - min_lr)
-    return learning_rate
+    return learning_rate_at(it, config)
 
 
 def git_commit():
@@ -320,7 +311,7 @@ summary = {
     'peak_icl_acc': best['icl_acc'], 'peak_icl_iter': best['iter'],
     'final_icl_acc': final['icl_acc'], 'final_iwl_acc': final['iwl_acc'], 'final_iter': final['iter'],
     'tokens_per_step': tokens_per_step, 'total_tokens': final['tokens'],
-    'decay_exponent': learning_rate * weight_decay * max_iters,  # ~ lr*wd*steps: how hard decay can bite
+    'decay_exponent': decay_exponent(config),  # wd * sum of lr = lr*wd*steps at constant lr: how hard decay bites
     'exposure': {'query': spread(query_count), 'seen': spread(seen_count)},
     'wall_s': final['wall_s'], 'git_commit': git_commit(), 'torch_version': torch.__version__,
     'device': torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu',

@@ -1,5 +1,4 @@
 """configurator.py: overrides, type checks and one-line errors with exit code 2."""
-import os
 import subprocess
 import sys
 import textwrap

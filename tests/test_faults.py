@@ -1,6 +1,5 @@
 """Real faults: SIGKILL at exact points (mid-step, mid-checkpoint, mid-append), corrupt checkpoints.
 After each, --init_from=resume must give the same metrics.jsonl as an uninterrupted run."""
-import os
 
 import pytest
 

@@ -109,3 +109,16 @@ def test_evaluate_returns_all_keys_in_range():
         assert 0.0 <= m[key] <= 1.0, key
     assert len(m['attn_match_image_by_layer']) == 3
     assert m['attn_match_image'] == max(m['attn_match_image_by_layer'])
+
+
+def test_schedule_and_decay_exponent():
+    from model import decay_exponent, learning_rate_at
+    cfg = {'learning_rate': 1e-3, 'warmup_iters': 100, 'max_iters': 1000, 'lr_schedule': 'inverse_sqrt',
+           'min_lr': 0.0, 'weight_decay': 0.1}
+    assert learning_rate_at(0, cfg) == pytest.approx(1e-5)
+    assert learning_rate_at(99, cfg) == pytest.approx(1e-3)
+    assert learning_rate_at(399, cfg) == pytest.approx(5e-4)          # sqrt(100/400)
+    assert learning_rate_at(999, {**cfg, 'lr_schedule': 'cosine'}) == pytest.approx(0.0, abs=1e-8)
+    constant = {**cfg, 'lr_schedule': 'constant', 'warmup_iters': 0}
+    assert decay_exponent(constant) == pytest.approx(1e-3 * 0.1 * 1000)   # lr*wd*steps
+    assert decay_exponent(cfg) < 0.5 * decay_exponent(constant)         # the 1/sqrt decay weakens it
