@@ -60,8 +60,10 @@ def run_episodes(model, episodes, batch_size=512, return_attention=False, autoca
 
 
 @torch.no_grad()
-def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_size=512, autocast=None):
-    """All eval metrics as a dict of plain Python numbers/lists (one metrics.jsonl row's worth)."""
+def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_size=512, autocast=None,
+             keep_attention=False):
+    """All eval metrics as a dict of plain Python numbers/lists (one metrics.jsonl row's worth);
+    with keep_attention also the ICL episodes' per-layer attention (for per-head diagnostics)."""
     was_training = model.training
     model.eval()
     logits, attentions = run_episodes(model, icl_episodes, batch_size, return_attention=True, autocast=autocast)
@@ -86,7 +88,7 @@ def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_siz
         'attn_match_label_by_layer': label_by_layer,
     }
     model.train(was_training)
-    return metrics
+    return (metrics, attentions) if keep_attention else metrics
 
 
 def load_run(out_dir, ckpt_name='ckpt.pt', device='cpu'):

@@ -80,9 +80,9 @@ def path_heads(image_mass, label_mass, label_image):
 
 def measure(model, icl, iwl, config, autocast=None):
     """The metrics train.py logs (eval.evaluate, same episodes and batch size, so the same numbers)
-    plus their per-head breakdown (eval.attention_masses on eval.run_episodes) for the ICL set."""
-    metrics = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast)
-    _, attentions = run_episodes(model, icl, return_attention=True, autocast=autocast)
+    plus their per-head breakdown (eval.attention_masses on the same forward pass) for the ICL set."""
+    metrics, attentions = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast,
+                                   keep_attention=True)
     image_mass, label_mass = attention_masses(attentions, icl.classes, config['context_len'])
     return {**metrics, 'image_mass': image_mass.cpu(), 'label_mass': label_mass.cpu(),
             'label_image': label_reads_image(attentions, config['context_len']).cpu()}
