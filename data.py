@@ -53,6 +53,10 @@ class ClassBank:
         """Items for a [B, T] tensor of class ids, exemplars distinct within each row when possible."""
         B, T = classes.shape
         E = self.n_exemplars
+        if classes.device != self.exemplars.device:  # a clear error instead of index_select's, before any work
+            raise ValueError(f"class ids are on {classes.device} but the exemplars are on {self.exemplars.device}: "
+                             f"draw episodes from the bank on the generator's device, then move them "
+                             f"(data.build_run_data does it in that order)")
         if E >= T:  # the first T entries of a random permutation: distinct per row
             exemplar = torch.rand(B, E, generator=generator, device=classes.device).argsort(dim=1)[:, :T]
         else:
@@ -474,8 +478,9 @@ class Episodes:
 def make_icl_episodes(holdout, n_episodes, context_len=8, ways=2, shots=4, seed=0):
     """Few-shot episodes on held-out classes: `ways` *distinct* classes x `shots` exemplars,
     shuffled; each class gets one of the labels 0..ways-1 at random (the reference's remapping,
-    without its with-replacement class draw that makes some episodes unsolvable); queries are
-    balanced over the ways. Built on CPU from `seed`, so every run sees the same episodes."""
+    without its with-replacement class draw that makes some episodes unsolvable); the query's
+    label is balanced over 0..ways-1, so chance is exactly 1/ways (icl_chance gives the constant-
+    answer baseline of any episode set). Built on CPU from `seed`, so every run sees the same episodes."""
     if ways * shots != context_len:
         raise ValueError(f"eval ways*shots={ways}*{shots} must equal context_len={context_len}")
     if ways > holdout.n_classes:
@@ -487,7 +492,10 @@ def make_icl_episodes(holdout, n_episodes, context_len=8, ways=2, shots=4, seed=
     way_classes = torch.rand(N, holdout.n_classes, generator=g).argsort(1)[:, :ways]   # distinct
     way_labels = torch.rand(N, ways, generator=g).argsort(1)                           # label perm
     slot_way = shuffle_rows(torch.arange(ways).repeat_interleave(shots).expand(N, -1).contiguous(), g)
-    query_way = (torch.arange(N) % ways)[torch.randperm(N, generator=g)]               # balanced
+    # balance the query's *label* (not only its way): with N a multiple of `ways`, every label is the
+    # answer equally often, so always answering one label scores exactly 1/ways
+    query_label = (torch.arange(N) % ways)[torch.randperm(N, generator=g)]
+    query_way = (way_labels == query_label[:, None]).float().argmax(1)
     way = torch.cat([slot_way, query_way[:, None]], 1)
     classes = way_classes.gather(1, way)
     labels = way_labels.gather(1, way)
@@ -526,6 +534,40 @@ def build_dataset(config):
                              config['n_labels'], classes=config['omniglot_classes'],
                              label_mode=config['label_mode'], seed=config['data_seed'])
     raise ValueError(f"dataset={config['dataset']!r} is not known (expected 'synthetic' or 'omniglot')")
+
+
+def icl_chance(episodes, ways):
+    """Accuracy of the best constant answer on these episodes (0.5 on balanced 2-way episodes):
+    the chance line the report draws, measured rather than assumed."""
+    counts = torch.bincount(episodes.labels[:, -1].cpu(), minlength=ways)[:ways]
+    return counts.max().item() / len(episodes)
+
+
+# config keys that do not change a run's data (dataset, eval episodes): runs differing only in these share them
+NOT_DATA_KEYS = {'seed', 'weight_decay', 'l2', 'out_dir', 'init_from', 'overwrite'}
+
+
+def build_run_data(config, device, cache=None):
+    """Everything a training run reads, on `device`: (dataset, sampler, icl_episodes, iwl_episodes).
+
+    The one place where data is moved: the eval episodes are drawn with CPU generators from the CPU
+    dataset (so they are the same on every device), and only then is everything moved. Moving the
+    dataset first made every CUDA run index CUDA data with CPU indices (issue 11). With a `cache` dict,
+    runs whose data is the same (group.py's members) share one copy on the device; each gets its own
+    sampler, seeded by config['seed']."""
+    key = repr(sorted((k, v) for k, v in config.items() if k not in NOT_DATA_KEYS))
+    if cache is None or key not in cache:
+        data = build_dataset(config)
+        icl, iwl = build_eval_episodes(data, config)
+        moved = data.to(device), icl.to(device), iwl.to(device)
+        if cache is None:
+            cache = {}
+        cache[key] = moved
+    data, icl, iwl = cache[key]
+    sampler = EpisodeSampler(data.train, data.class_labels, config['context_len'], config['p_bursty'],
+                             config['bursty_shots'], config['ways'], config['zipf_alpha'],
+                             seed=config['seed'], device=device)
+    return data, sampler, icl, iwl
 
 
 def build_eval_episodes(dataset, config):

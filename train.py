@@ -9,13 +9,11 @@ Every eval_interval it appends a row to out_dir/metrics.jsonl and checkpoints at
 """
 import os
 import signal
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
 # default config: the embedded synthetic run (ICL on held-out classes in minutes on a CPU)
@@ -59,6 +57,7 @@ batch_size = 64
 max_iters = 5000
 learning_rate = 2e-3
 weight_decay = 0.0          # AdamW decoupled decay on Linear/Conv weights only
+l2 = 0.0                    # classical L2: 1/2*l2*||w||^2 added to the loss, same weights as weight_decay
 beta1 = 0.9
 beta2 = 0.999
 grad_clip = 0.0             # clip the global grad norm at this value (0 = off)
@@ -77,16 +76,11 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
-from checkpoint import (CKPT, append_metrics, fault_point, has_checkpoint, load_checkpoint, read_metrics,
-                        save_checkpoint, truncate_metrics, write_json)
-from data import EpisodeSampler, build_dataset, build_eval_episodes
-from eval import evaluate
-from model import build_model, decay_exponent, learning_rate_at
-
-# keys that may change when a run is resumed; any other difference means a different experiment
-RESUMABLE_KEYS = {'out_dir', 'init_from', 'overwrite', 'max_iters', 'eval_interval', 'log_interval',
-                  'keep_checkpoints', 'device', 'compile', 'compile_mode', 'dtype',
-                  'data_dir', 'cache_dir'}
+from checkpoint import CKPT, append_metrics, read_metrics, save_checkpoint, truncate_metrics
+from data import build_run_data
+from model import build_model, learning_rate_at
+from training import (Exposure, better_peak, check_config, eval_row, open_run_dir, resolve_device, train_step,
+                      write_run_files)
 
 
 def fail(message):
@@ -98,71 +92,20 @@ def lr_at(it):
     return learning_rate_at(it, config)
 
 
-def git_commit():
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=here, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-# ---- checks that need no data: fail before touching out_dir --------------------------------
-if init_from not in ('scratch', 'resume'):
-    fail(f"init_from={init_from!r} must be 'scratch' or 'resume'")
-if lr_schedule not in ('inverse_sqrt', 'cosine', 'constant'):
-    fail(f"lr_schedule={lr_schedule!r} must be 'inverse_sqrt', 'cosine' or 'constant'")
-for key in ('weight_decay', 'learning_rate', 'grad_clip', 'warmup_iters', 'min_lr', 'dropout'):
-    if globals()[key] < 0:
-        fail(f"{key}={globals()[key]} must be >= 0")
-for key in ('batch_size', 'max_iters', 'eval_interval', 'log_interval', 'n_eval_episodes'):
-    if globals()[key] < 1:
-        fail(f"{key}={globals()[key]} must be >= 1")
+# ---- checks that need no data, then the run directory: resume, refuse, or start ---------------
 try:
-    keep_iters = {int(s) for s in keep_checkpoints.split(',') if s.strip()}
-except ValueError:
-    fail(f"keep_checkpoints={keep_checkpoints!r} must be comma-separated iteration numbers")
-if device == 'auto':
-    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    check_config(config)
+    device = resolve_device(device)
+    checkpoint = open_run_dir(config)
+except ValueError as e:
+    fail(str(e))
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-if device_type == 'cuda' and not torch.cuda.is_available():
-    fail(f"device={device!r} but CUDA is not available")
-if compile_mode not in ('default', 'reduce-overhead', 'max-autotune'):
-    fail(f"compile_mode={compile_mode!r} must be 'default', 'reduce-overhead' or 'max-autotune'")
-if dtype not in ('bfloat16', 'float32'):
-    fail(f"dtype={dtype!r} must be 'bfloat16' or 'float32'")
+keep_iters = {int(s) for s in keep_checkpoints.split(',') if s.strip()}
 
-# ---- the run directory: resume, refuse, or start ------------------------------------------
-os.makedirs(out_dir, exist_ok=True)
-checkpoint = None
-existing_run = has_checkpoint(out_dir) or bool(read_metrics(out_dir))
-if init_from == 'resume' and has_checkpoint(out_dir):
-    try:
-        checkpoint = load_checkpoint(out_dir, map_location='cpu')
-    except FileNotFoundError as e:
-        fail(f"cannot resume: {e}")
-    changed = sorted(k for k in config if k not in RESUMABLE_KEYS and checkpoint['config'].get(k) != config[k])
-    if changed:
-        fail(f"cannot resume {out_dir}: its run used a different config for "
-             + ", ".join(f"{k} ({checkpoint['config'].get(k)!r} there, {config[k]!r} now)" for k in changed))
-elif existing_run and not overwrite:
-    fail(f"out_dir {out_dir!r} already holds a run; use --init_from=resume to continue it, "
-         f"--overwrite=True to replace it, or another --out_dir")
-elif existing_run and overwrite:
-    print(f"overwrite=True: replacing the run in {out_dir}")
-    for name in os.listdir(out_dir):
-        if name.startswith('ckpt') or name in ('metrics.jsonl', 'summary.json', 'exposure.json'):
-            os.remove(os.path.join(out_dir, name))
-elif init_from == 'resume':
-    print(f"init_from='resume' but {out_dir} has no checkpoint: starting from scratch")
-
-# ---- data, model, optimizer -------------------------------------------------------------
+# ---- data, model, optimizer -------------------------------------------------------------------
 torch.manual_seed(seed)
 try:
-    data = build_dataset(config).to(device)
-    sampler = EpisodeSampler(data.train, data.class_labels, context_len, p_bursty, bursty_shots, ways,
-                             zipf_alpha, seed=seed, device=device)
-    icl_episodes, iwl_episodes = (e.to(device) for e in build_eval_episodes(data, config))
+    data, sampler, icl_episodes, iwl_episodes = build_run_data(config, device)  # all on `device`
 except (ValueError, FileNotFoundError) as e:
     fail(str(e))
 model = build_model(config, data).to(device)
@@ -170,15 +113,13 @@ optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta
 decayed_params, _ = model.decayed_parameters()
 print(f"model: {model.num_parameters():,} parameters, {n_layer} layers, d={n_embd}; "
       f"data: {data.name}, {data.train.n_classes} train / {data.holdout.n_classes} holdout classes, "
-      f"{data.n_labels} labels; device {device}")
+      f"{data.n_labels} labels; device {device}" + (f"; l2={l2:g} on the decayed group" if l2 else ''))
 
-tokens_per_step = batch_size * (2 * context_len + 1)
-query_count = torch.zeros(data.train.n_classes, dtype=torch.long, device=device)
-seen_count = torch.zeros(data.train.n_classes, dtype=torch.long, device=device)
+exposure = Exposure(data.train.n_classes, device)
 iter_num, last_eval_iter, wall_offset = 0, -1, 0.0
 loss_sum = torch.zeros((), device=device)
 loss_count = 0
-best = {'icl_acc': -1.0, 'iter': None}
+best = {'icl_acc': -1.0, 'iter': None}  # peak ICL after step 0 (the untrained model's value is no peak)
 if checkpoint is not None:
     model.load_state_dict(checkpoint['model'])
     optimizer.load_state_dict(checkpoint['optimizer'])
@@ -190,8 +131,8 @@ if checkpoint is not None:
     wall_offset, best = checkpoint['wall_s'], checkpoint['best']
     loss_sum += checkpoint['loss_sum']
     loss_count = checkpoint['loss_count']
-    query_count.copy_(checkpoint['query_count'])
-    seen_count.copy_(checkpoint['seen_count'])
+    exposure.query.copy_(checkpoint['query_count'])
+    exposure.seen.copy_(checkpoint['seen_count'])
     rows = truncate_metrics(out_dir, last_eval_iter)
     print(f"resumed from iter {iter_num} ({len(rows)} metrics rows kept)")
     del checkpoint
@@ -209,7 +150,7 @@ def state_dict():
             'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None,
             'iter_num': iter_num, 'last_eval_iter': last_eval_iter, 'wall_s': wall_offset + time.time() - t0,
             'best': best, 'loss_sum': loss_sum.item(), 'loss_count': loss_count,
-            'query_count': query_count.cpu(), 'seen_count': seen_count.cpu(), 'config': config}
+            'query_count': exposure.query.cpu(), 'seen_count': exposure.seen.cpu(), 'config': config}
 
 
 # SIGTERM (SLURM pre-emption, kill): finish the current step, checkpoint, exit 0 so a requeue resumes
@@ -241,16 +182,12 @@ def check_finite():
 while True:
     if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > last_eval_iter:
         check_finite()
-        metrics = evaluate(model, icl_episodes, iwl_episodes, context_len, eval_ways, autocast=autocast)
-        row = {'iter': iter_num, 'tokens': iter_num * tokens_per_step,
-               'train_loss': loss_sum.item() / loss_count if loss_count else None,
-               'lr': lr_at(iter_num), **metrics,
-               'weight_norm': torch.linalg.vector_norm(torch.stack(
-                   [torch.linalg.vector_norm(p.detach().float()) for p in decayed_params])).item() if decayed_params else 0.0,
-               'wall_s': round(wall_offset + time.time() - t0, 2)}
+        row = eval_row(model, icl_episodes, iwl_episodes, config, iter_num,
+                       loss_sum.item() / loss_count if loss_count else None, decayed_params,
+                       wall_offset + time.time() - t0, lr_at(iter_num), autocast)
         loss_sum.zero_()
         loss_count = 0
-        if row['icl_acc'] > best['icl_acc']:
+        if better_peak(row, best):
             best = {'icl_acc': row['icl_acc'], 'iter': iter_num}
         append_metrics(out_dir, row)
         last_eval_iter = iter_num
@@ -268,22 +205,8 @@ while True:
         sys.exit(0)
 
     lr = lr_at(iter_num)
-    for group in optimizer.param_groups:
-        group['lr'] = lr
-    items, labels, classes = sampler.sample(batch_size)
-    # index_add_ rather than bincount: bincount on CUDA syncs with the host to size its output
-    query_count.index_add_(0, classes[:, -1], torch.ones_like(classes[:, -1]))
-    seen_count.index_add_(0, classes.flatten(), torch.ones_like(classes.flatten()))
-    with autocast:
-        logits = train_model(items, labels)
-    loss = F.cross_entropy(logits.float(), labels[:, -1])  # loss on the query token only
-    loss.backward()
-    fault_point('train_step')  # test hook (no-op unless BURSTYICL_FAULT is set)
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    loss = loss.detach()
+    loss = train_step(train_model, optimizer, sampler, batch_size, lr, exposure, decayed_params, l2, grad_clip,
+                      autocast)
     first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss), iter_num, first_bad_iter)
     loss_sum += loss
     loss_count += 1
@@ -298,27 +221,7 @@ while True:
         t_log, iter_log = now, iter_num
 
 # ---- summary ------------------------------------------------------------------------------
-rows = read_metrics(out_dir)
-final = rows[-1]
-
-
-def spread(counts):
-    counts = counts.float().cpu()
-    return {'min': int(counts.min()), 'median': float(counts.median()), 'max': int(counts.max())}
-
-
-summary = {
-    'peak_icl_acc': best['icl_acc'], 'peak_icl_iter': best['iter'],
-    'final_icl_acc': final['icl_acc'], 'final_iwl_acc': final['iwl_acc'], 'final_iter': final['iter'],
-    'tokens_per_step': tokens_per_step, 'total_tokens': final['tokens'],
-    'decay_exponent': decay_exponent(config),  # wd * sum of lr = lr*wd*steps at constant lr: how hard decay bites
-    'exposure': {'query': spread(query_count), 'seen': spread(seen_count)},
-    'wall_s': final['wall_s'], 'git_commit': git_commit(), 'torch_version': torch.__version__,
-    'device': torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu',
-    'config': config,
-}
-write_json(os.path.join(out_dir, 'summary.json'), summary)
-write_json(os.path.join(out_dir, 'exposure.json'),
-           {'query_count': query_count.tolist(), 'seen_count': seen_count.tolist()})
+final = read_metrics(out_dir)[-1]
+write_run_files(config, best, exposure, torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu')
 print(f"done: peak icl {best['icl_acc']:.3f} at iter {best['iter']}, final icl {final['icl_acc']:.3f}, "
       f"final iwl {final['iwl_acc']:.3f}; wrote {out_dir}/summary.json")

@@ -1,0 +1,356 @@
+"""
+Member-batched training: K grid cells trained together in one process as one stacked model.
+
+    python group.py --seed=0 --out_dir=out_a :: --seed=1 --weight_decay=1e-2 --out_dir=out_b
+    python group.py config/omniglot.py config/few.py --seed=0 --out_dir=a :: config/omniglot.py config/many.py --out_dir=b
+    python group.py cells.json            # a JSON list of train.py argument lists (what grid.py writes)
+
+Each member is given exactly the arguments a solo `python train.py ...` run would get, and writes exactly
+the files that run writes (metrics.jsonl, summary.json, exposure.json, ckpt.pt with a solo-format optimizer
+state), so grid.py's report, skip/resume, eval.py, sample_attention.py and even a solo train.py
+--init_from=resume work on a member's folder unchanged.
+
+How: every parameter and buffer of model.py's unchanged ICLTransformer gets a leading member axis
+(torch.func.stack_module_state), the forward is vmap over functional_call, and one optimizer step updates
+all members (decoupled decay with each member's own weight_decay, then Adam). Each member draws its own
+batch from its own sampler and seed stream, so its numbers do not depend on which cells share its group:
+members may differ in seed, weight_decay, l2, n_train_classes (Few and Many together) and out_dir only.
+On a CPU this buys nothing (the step is compute-bound); on a GPU one small cell leaves the chip idle.
+"""
+import copy
+import json
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+from torch.func import functional_call, stack_module_state, vmap
+
+from checkpoint import CKPT, append_metrics, save_checkpoint, truncate_metrics
+from data import build_run_data
+from model import build_model, learning_rate_at
+from training import (Exposure, better_peak, check_config, eval_row, open_run_dir, parse_train_args,
+                      resolve_device, train_step, write_run_files)
+
+MEMBER_KEYS = {'seed', 'weight_decay', 'l2', 'n_train_classes', 'out_dir'}  # all other keys: one value per group
+
+
+def fail(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def member_arguments(argv):
+    """Argument lists of the members: a JSON file of lists, or the command line split at '::'."""
+    if len(argv) == 1 and argv[0].endswith('.json'):
+        with open(argv[0]) as f:
+            members = json.load(f)
+        if not (isinstance(members, list) and all(isinstance(m, list) for m in members)):
+            fail(f"{argv[0]} must hold a JSON list of train.py argument lists")
+        return members
+    members, current = [], []
+    for arg in argv:
+        if arg == '::':
+            members.append(current)
+            current = []
+        else:
+            current.append(arg)
+    return members + [current]
+
+
+def check_group(configs):
+    """ValueError unless the members differ only in MEMBER_KEYS (they share one stacked model and loop)."""
+    if len(configs) < 1:
+        raise ValueError("a group needs at least one member")
+    for key in configs[0]:
+        values = [c[key] for c in configs]
+        if key not in MEMBER_KEYS and any(v != values[0] for v in values):
+            raise ValueError(f"members differ in {key} ({', '.join(repr(v) for v in values)}); a group's members may "
+                             f"differ only in {', '.join(sorted(MEMBER_KEYS))}")
+    out_dirs = [os.path.abspath(c['out_dir']) for c in configs]
+    if len(set(out_dirs)) != len(out_dirs):
+        raise ValueError(f"two members share an out_dir: {out_dirs}")
+
+
+class StackedModel:
+    """K copies of one ICLTransformer as stacked tensors; __call__(items [K, B, ...], labels [K, B, S])
+    -> logits [K, B, n_labels] through vmap(functional_call) of the unchanged module."""
+
+    def __init__(self, models):
+        self.base = copy.deepcopy(models[0]).to('meta')
+        for module in self.base.modules():
+            if hasattr(module, 'explicit'):
+                module.explicit = True  # SDPA has no vmap batching rule on CPU; the explicit form batches
+        params, self.buffers = stack_module_state(models)
+        self.params = {name: torch.nn.Parameter(p.detach()) for name, p in params.items()}
+        self.n_members = len(models)
+
+        def one(params, buffers, items, labels):
+            return functional_call(self.base, (params, buffers), (items, labels))
+        self.forward = vmap(one, randomness='different')
+
+    def __call__(self, items, labels):
+        return self.forward(self.params, self.buffers, items, labels)
+
+    def member_state(self, k, keys):
+        """Member k's model.state_dict() (the keys of a solo model's state_dict)."""
+        every = {**self.params, **self.buffers}
+        return {name: every[name][k].detach().clone() for name in keys}
+
+    def load_member_state(self, k, state):
+        with torch.no_grad():
+            for name, value in state.items():
+                target = self.params.get(name, self.buffers.get(name))
+                target[k].copy_(value)
+
+
+class MemberAdamW:
+    """AdamW over stacked parameters with one weight decay per member. PyTorch's AdamW first shrinks each
+    decayed weight by lr*wd and then applies Adam's update (its update with weight_decay=0); this does the
+    same with wd a [K] vector, so member k follows exactly its solo AdamW."""
+
+    def __init__(self, decay, no_decay, weight_decays, lr, betas, fused):
+        self.inner = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.0},
+                                        {'params': no_decay, 'weight_decay': 0.0}], lr=lr, betas=betas, fused=fused)
+        self.param_groups = self.inner.param_groups
+        self.weight_decays = torch.tensor(weight_decays, dtype=torch.float64)
+
+    @torch.no_grad()
+    def step(self):
+        lr = self.param_groups[0]['lr']
+        if bool((self.weight_decays != 0).any()):
+            factor = 1 - lr * self.weight_decays  # float64 then one rounding, as AdamW's Python-float factor
+            for p in self.param_groups[0]['params']:
+                p.mul_(factor.to(device=p.device, dtype=p.dtype).view(-1, *[1] * (p.dim() - 1)))
+        self.inner.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+
+class GroupSampler:
+    """Each member's own EpisodeSampler (own classes, own seed stream), batches stacked on a member axis."""
+
+    def __init__(self, samplers):
+        self.samplers = samplers
+
+    def sample(self, batch_size):
+        draws = [s.sample(batch_size) for s in self.samplers]
+        return torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws]), [d[2] for d in draws]
+
+
+class GroupExposure:
+    def __init__(self, exposures):
+        self.members = exposures
+
+    def add(self, classes):
+        for exposure, c in zip(self.members, classes):
+            exposure.add(c)
+
+
+# ---- members: configs, run directories, data, models ---------------------------------------------
+configs = [parse_train_args(args) for args in member_arguments(sys.argv[1:])]
+try:
+    for c in configs:
+        check_config(c)
+    check_group(configs)
+    device = resolve_device(configs[0]['device'])
+    checkpoints = [open_run_dir(c) for c in configs]
+except ValueError as e:
+    fail(str(e))
+starts = {ck['iter_num'] if ck else 0 for ck in checkpoints}
+if len(starts) > 1:
+    fail("members are at different steps (" + ", ".join(
+        f"{c['out_dir']}: {ck['iter_num'] if ck else 0}" for c, ck in zip(configs, checkpoints))
+         + "); group cells that are at the same step, or run them with train.py")
+K = len(configs)
+shared = configs[0]
+device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+data_cache, models, samplers, episodes = {}, [], [], []
+try:
+    for c in configs:
+        torch.manual_seed(c['seed'])  # as train.py: the same init as the member's solo run
+        data, sampler, icl, iwl = build_run_data(c, device, cache=data_cache)
+        models.append(build_model(c, data).to(device))
+        samplers.append(sampler)
+        episodes.append((icl, iwl))
+except (ValueError, FileNotFoundError) as e:
+    fail(str(e))
+template = models[0]                        # a solo model: eval and checkpoints go through it
+state_keys = list(template.state_dict().keys())
+name_of = {id(p): name for name, p in template.named_parameters()}
+template_decay, template_no_decay = template.decayed_parameters()
+stacked = StackedModel(models)
+del models
+decayed = [stacked.params[name_of[id(p)]] for p in template_decay]
+optimizer = MemberAdamW(decayed, [stacked.params[name_of[id(p)]] for p in template_no_decay],
+                        [c['weight_decay'] for c in configs], shared['learning_rate'], (shared['beta1'], shared['beta2']),
+                        fused=device_type == 'cuda')
+# the same optimizer solo train.py builds, used only to write (and read) solo-format optimizer state
+solo_optimizer = template.configure_optimizers(0.0, shared['learning_rate'], (shared['beta1'], shared['beta2']),
+                                               device_type, verbose=False)
+print(f"group: {K} members, {template.num_parameters():,} parameters each, device {device}")
+for c in configs:
+    print(f"  {c['out_dir']}: seed {c['seed']}, weight_decay {c['weight_decay']:g}, l2 {c['l2']:g}, "
+          f"{c['n_train_classes']} train classes")
+l2 = torch.tensor([c['l2'] for c in configs], device=device) if any(c['l2'] for c in configs) else 0.0
+exposure = GroupExposure([Exposure(s.bank.n_classes, device) for s in samplers])
+sampler = GroupSampler(samplers)
+iter_num, last_eval_iter, wall_offset = 0, -1, 0.0
+loss_sum = torch.zeros(K, device=device)
+loss_count = 0
+best = [{'icl_acc': -1.0, 'iter': None} for _ in configs]
+
+
+def member_optimizer_state(k):
+    """Member k's optimizer state in the format of its solo AdamW's state_dict()."""
+    state = solo_optimizer.state_dict()
+    state['param_groups'][0]['weight_decay'] = configs[k]['weight_decay']
+    index = 0
+    for group in solo_optimizer.param_groups:
+        for p in group['params']:
+            inner = optimizer.inner.state.get(stacked.params[name_of[id(p)]])
+            if inner:
+                state['state'][index] = {'step': inner['step'].detach().clone(),
+                                         'exp_avg': inner['exp_avg'][k].clone(),
+                                         'exp_avg_sq': inner['exp_avg_sq'][k].clone()}
+            index += 1
+    return state
+
+
+def load_optimizer_states(states):
+    """The stacked optimizer state from each member's solo-format optimizer state."""
+    index = 0
+    for group in solo_optimizer.param_groups:
+        for p in group['params']:
+            per_member = [s['state'].get(index) for s in states]
+            if all(per_member):
+                target = stacked.params[name_of[id(p)]]
+                step = per_member[0]['step']
+                optimizer.inner.state[target] = {
+                    'step': step.to(target.device) if device_type == 'cuda' else step.cpu(),
+                    'exp_avg': torch.stack([m['exp_avg'] for m in per_member]).to(target.device),
+                    'exp_avg_sq': torch.stack([m['exp_avg_sq'] for m in per_member]).to(target.device)}
+            index += 1
+
+
+if checkpoints[0] is not None:
+    for k, ck in enumerate(checkpoints):
+        stacked.load_member_state(k, ck['model'])
+        samplers[k].load_state_dict(ck['sampler'])
+        best[k] = ck['best']
+        loss_sum[k] = ck['loss_sum']
+        exposure.members[k].query.copy_(ck['query_count'])
+        exposure.members[k].seen.copy_(ck['seen_count'])
+        truncate_metrics(configs[k]['out_dir'], ck['last_eval_iter'])
+    load_optimizer_states([ck['optimizer'] for ck in checkpoints])
+    torch.set_rng_state(checkpoints[0]['torch_rng'])
+    if device_type == 'cuda' and checkpoints[0].get('cuda_rng') is not None:
+        torch.cuda.set_rng_state(checkpoints[0]['cuda_rng'])
+    iter_num, last_eval_iter = checkpoints[0]['iter_num'], checkpoints[0]['last_eval_iter']
+    wall_offset, loss_count = checkpoints[0]['wall_s'], checkpoints[0]['loss_count']
+    print(f"resumed {K} members from iter {iter_num}")
+del checkpoints
+
+autocast = (torch.autocast(device_type='cuda', dtype=getattr(torch, shared['dtype']))
+            if device_type == 'cuda' and shared['dtype'] != 'float32' else nullcontext())
+keep_iters = {int(s) for s in shared['keep_checkpoints'].split(',') if s.strip()}
+
+
+def member_checkpoint(k):
+    return {'model': stacked.member_state(k, state_keys), 'optimizer': member_optimizer_state(k),
+            'sampler': samplers[k].state_dict(), 'torch_rng': torch.get_rng_state(),
+            'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None,
+            'iter_num': iter_num, 'last_eval_iter': last_eval_iter, 'wall_s': wall_offset + time.time() - t0,
+            'best': best[k], 'loss_sum': loss_sum[k].item(), 'loss_count': loss_count,
+            'query_count': exposure.members[k].query.cpu(), 'seen_count': exposure.members[k].seen.cpu(),
+            'config': configs[k], 'group': [c['out_dir'] for c in configs]}
+
+
+stop_requested = False
+
+
+def request_stop(signum, frame):
+    global stop_requested
+    stop_requested = True
+
+
+signal.signal(signal.SIGTERM, request_stop)
+
+# ---- training loop: train.py's, with a member axis --------------------------------------------
+first_bad_iter = torch.full((K,), -1, dtype=torch.long, device=device)
+failed = set()  # members whose loss became non-finite: they keep their last good checkpoint, others go on
+t0 = time.time()
+t_log, iter_log = t0, iter_num
+
+
+def check_finite():
+    bad = first_bad_iter.tolist()
+    for k, it in enumerate(bad):
+        if it >= 0 and k not in failed:
+            failed.add(k)
+            print(f"error: {configs[k]['out_dir']}: loss became non-finite at iter {it}; this member stops here "
+                  f"(its last good checkpoint, {os.path.join(configs[k]['out_dir'], CKPT)}, is kept)", file=sys.stderr)
+
+
+while True:
+    lr = learning_rate_at(iter_num, shared)
+    if (iter_num % shared['eval_interval'] == 0 or iter_num == shared['max_iters']) and iter_num > last_eval_iter:
+        check_finite()
+        rows = []
+        for k, c in enumerate(configs):
+            if k in failed:
+                continue
+            template.load_state_dict(stacked.member_state(k, state_keys))
+            row = eval_row(template, *episodes[k], c, iter_num,
+                           loss_sum[k].item() / loss_count if loss_count else None, template_decay,
+                           wall_offset + time.time() - t0, lr, autocast)
+            if better_peak(row, best[k]):
+                best[k] = {'icl_acc': row['icl_acc'], 'iter': iter_num}
+            append_metrics(c['out_dir'], row)
+            rows.append(row)
+        loss_sum.zero_()
+        loss_count = 0
+        last_eval_iter = iter_num
+        for k, c in enumerate(configs):
+            if k not in failed:
+                save_checkpoint(c['out_dir'], member_checkpoint(k))
+                if iter_num in keep_iters:
+                    save_checkpoint(c['out_dir'], member_checkpoint(k), name=f'ckpt_{iter_num}.pt')
+        print(f"eval {iter_num}: icl " + " ".join(f"{r['icl_acc']:.3f}" for r in rows)
+              + " | iwl " + " ".join(f"{r['iwl_acc']:.3f}" for r in rows), flush=True)
+    if iter_num >= shared['max_iters'] or len(failed) == K:
+        break
+    if stop_requested:
+        check_finite()
+        for k, c in enumerate(configs):
+            if k not in failed:
+                save_checkpoint(c['out_dir'], member_checkpoint(k))
+        print(f"SIGTERM: checkpointed {K - len(failed)} members at iter {iter_num}; rerun to continue")
+        sys.exit(1 if failed else 0)
+
+    loss = train_step(stacked, optimizer, sampler, shared['batch_size'], lr, exposure, decayed, l2,
+                      shared['grad_clip'], autocast)
+    first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss), iter_num, first_bad_iter)
+    loss_sum += loss
+    loss_count += 1
+    iter_num += 1
+
+    if iter_num % shared['log_interval'] == 0:
+        check_finite()
+        now = time.time()
+        steps_per_s = (iter_num - iter_log) / (now - t_log)
+        print(f"iter {iter_num}: mean loss {loss.mean().item():.4f}, lr {lr:.2e}, {steps_per_s:.1f} steps/s "
+              f"({steps_per_s * K:.1f} cell-steps/s)", flush=True)
+        t_log, iter_log = now, iter_num
+
+# ---- summaries ----------------------------------------------------------------------------------
+device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'
+for k, c in enumerate(configs):
+    if k not in failed:
+        summary = write_run_files(c, best[k], exposure.members[k], device_name)
+        print(f"done {c['out_dir']}: peak icl {summary['peak_icl_acc']}, final icl {summary['final_icl_acc']:.3f}, "
+              f"final iwl {summary['final_iwl_acc']:.3f}")
+sys.exit(1 if failed else 0)

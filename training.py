@@ -1,0 +1,251 @@
+"""
+What a training run is made of, kept in one place so that train.py (one run, read top to bottom),
+group.py (K grid cells trained together as one stacked model) and bench.py train the same way:
+
+- check_config:      a run's config checked before anything touches out_dir (clear errors);
+- open_run_dir:      resume, refuse or start the run in out_dir;
+- train_step:        sample -> exposure counts -> forward -> query loss (+ l2) -> backward -> clip -> AdamW,
+                     with no host sync; for a group every tensor simply has a leading member axis;
+- eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run.
+"""
+import os
+import subprocess
+
+import torch
+import torch.nn.functional as F
+
+from checkpoint import fault_point, has_checkpoint, load_checkpoint, read_metrics, write_json
+from eval import evaluate
+from model import decay_exponent
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# keys that may change when a run is resumed; any other difference means a different experiment
+RESUMABLE_KEYS = {'out_dir', 'init_from', 'overwrite', 'max_iters', 'eval_interval', 'log_interval',
+                  'keep_checkpoints', 'device', 'compile', 'compile_mode', 'dtype',
+                  'data_dir', 'cache_dir'}
+
+
+# ---- config ---------------------------------------------------------------------------------------
+
+def train_defaults():
+    """train.py's globals block (its embedded default config), read from its source so nothing drifts."""
+    source = open(os.path.join(HERE, 'train.py')).read()
+    start = source.index('# default config')
+    block = source[source.index('\n', start):source.index('config_keys =')]
+    namespace = {}
+    exec(block, namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith('_')}
+
+
+def parse_train_args(args):
+    """The config a `python train.py <args>` run would have: train.py's defaults, then config files and
+    --key=value through the same configurator (it prints one line and exits 2 on a bad argument)."""
+    import sys
+    namespace = dict(train_defaults())
+    saved = sys.argv
+    sys.argv = ['train.py', *args]
+    try:
+        exec(open(os.path.join(HERE, 'configurator.py')).read(), namespace)
+    finally:
+        sys.argv = saved
+    return {k: namespace[k] for k in train_defaults()}
+
+
+def check_config(config):
+    """ValueError naming the key for a config no run should start with (checked before out_dir is touched)."""
+    if config['init_from'] not in ('scratch', 'resume'):
+        raise ValueError(f"init_from={config['init_from']!r} must be 'scratch' or 'resume'")
+    if config['lr_schedule'] not in ('inverse_sqrt', 'cosine', 'constant'):
+        raise ValueError(f"lr_schedule={config['lr_schedule']!r} must be 'inverse_sqrt', 'cosine' or 'constant'")
+    for key in ('weight_decay', 'l2', 'learning_rate', 'grad_clip', 'warmup_iters', 'min_lr', 'dropout'):
+        if config[key] < 0:
+            raise ValueError(f"{key}={config[key]} must be >= 0")
+    for key in ('batch_size', 'max_iters', 'eval_interval', 'log_interval', 'n_eval_episodes'):
+        if config[key] < 1:
+            raise ValueError(f"{key}={config[key]} must be >= 1")
+    if config['compile_mode'] not in ('default', 'reduce-overhead', 'max-autotune'):
+        raise ValueError(f"compile_mode={config['compile_mode']!r} must be 'default', 'reduce-overhead' or 'max-autotune'")
+    if config['dtype'] not in ('bfloat16', 'float32'):
+        raise ValueError(f"dtype={config['dtype']!r} must be 'bfloat16' or 'float32'")
+    try:
+        {int(s) for s in config['keep_checkpoints'].split(',') if s.strip()}
+    except ValueError:
+        raise ValueError(f"keep_checkpoints={config['keep_checkpoints']!r} must be comma-separated iteration numbers")
+
+
+def resolve_device(device):
+    """'auto' -> 'cuda' when present, else 'cpu'; ValueError for a CUDA device on a machine without one."""
+    if device == 'auto':
+        device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available")
+    return device
+
+
+def open_run_dir(config):
+    """The checkpoint to resume from (or None to start from scratch) for config['out_dir'], after
+    refusing what would lose data: ValueError when out_dir holds a run and neither resume nor
+    overwrite was asked for, or when the checkpoint's run used a different config."""
+    out_dir = config['out_dir']
+    os.makedirs(out_dir, exist_ok=True)
+    existing_run = has_checkpoint(out_dir) or bool(read_metrics(out_dir))
+    if config['init_from'] == 'resume' and has_checkpoint(out_dir):
+        try:
+            checkpoint = load_checkpoint(out_dir, map_location='cpu')
+        except FileNotFoundError as e:
+            raise ValueError(f"cannot resume: {e}")
+        saved = checkpoint['config']
+        changed = sorted(k for k in config if k not in RESUMABLE_KEYS and saved.get(k, _default(k)) != config[k])
+        if changed:
+            raise ValueError(f"cannot resume {out_dir}: its run used a different config for "
+                             + ", ".join(f"{k} ({saved.get(k)!r} there, {config[k]!r} now)" for k in changed))
+        return checkpoint
+    if existing_run and not config['overwrite']:
+        raise ValueError(f"out_dir {out_dir!r} already holds a run; use --init_from=resume to continue it, "
+                         f"--overwrite=True to replace it, or another --out_dir")
+    if existing_run:
+        print(f"overwrite=True: replacing the run in {out_dir}")
+        for name in os.listdir(out_dir):
+            if name.startswith('ckpt') or name in ('metrics.jsonl', 'summary.json', 'exposure.json'):
+                os.remove(os.path.join(out_dir, name))
+    elif config['init_from'] == 'resume':
+        print(f"init_from='resume' but {out_dir} has no checkpoint: starting from scratch")
+    return None
+
+
+def _default(key):
+    """A key newer than a checkpoint counts as its default there (l2 = 0 in runs from before it existed)."""
+    return {'l2': 0.0}.get(key)
+
+
+# ---- the step -------------------------------------------------------------------------------------
+
+class Exposure:
+    """How often each training class was the query, and was seen at all; counted on the device with
+    index_add_ (bincount on CUDA syncs with the host to size its output)."""
+
+    def __init__(self, n_classes, device):
+        self.query = torch.zeros(n_classes, dtype=torch.long, device=device)
+        self.seen = torch.zeros(n_classes, dtype=torch.long, device=device)
+
+    def add(self, classes):
+        self.query.index_add_(0, classes[:, -1], torch.ones_like(classes[:, -1]))
+        self.seen.index_add_(0, classes.flatten(), torch.ones_like(classes.flatten()))
+
+
+def query_loss(logits, labels):
+    """Cross-entropy at the query token only, averaged over the batch: shape [] for one run, [K] for a
+    group whose logits are [K, B, n_labels] (each member's loss is exactly its solo loss)."""
+    if logits.dim() == 2:
+        return F.cross_entropy(logits.float(), labels[:, -1])
+    return F.cross_entropy(logits.float().flatten(0, 1), labels[..., -1].flatten(),
+                           reduction='none').view(labels.shape[:-1]).mean(-1)
+
+
+def l2_penalty(decayed, l2, member_shape=()):
+    """1/2 * l2 * ||w||^2 over the decayed parameter group only (Linear/Conv weights: the same group
+    weight_decay acts on). Unlike decoupled decay, this enters the loss, so Adam rescales its
+    gradient per weight. l2 is a float, or a [K] tensor for a group (one value per member)."""
+    squares = sum(p.float().pow(2).reshape(*member_shape, -1).sum(-1) for p in decayed)
+    return 0.5 * l2 * squares
+
+
+def clip_gradients(params, max_norm, member_shape=()):
+    """Clip the global gradient norm at max_norm: of the whole run, or of each member of a group."""
+    if not member_shape:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    norms = sum(g.float().pow(2).reshape(*member_shape, -1).sum(-1) for g in grads).sqrt()
+    scale = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(scale.view(*member_shape, *[1] * (g.dim() - len(member_shape))).to(g.dtype))
+
+
+def train_step(forward, optimizer, sampler, batch_size, lr, exposure, decayed, l2=0.0, grad_clip=0.0,
+               autocast=None):
+    """One optimisation step; returns the detached query loss (shape [] or [K] for a group of K).
+
+    forward(items, labels) -> logits: the (compiled) model, or a group's stacked model.
+    sampler.sample(B) -> (items, labels, classes) with a leading member axis for a group.
+    optimizer: torch AdamW (decay on its 'decay' group), or a group's per-member AdamW.
+    l2 (float or [K]) adds l2_penalty to the loss; the returned loss is the data loss alone."""
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    items, labels, classes = sampler.sample(batch_size)
+    exposure.add(classes)
+    with autocast if autocast is not None else torch.autocast('cpu', enabled=False):
+        logits = forward(items, labels)
+    loss = query_loss(logits, labels)
+    total = loss + l2_penalty(decayed, l2, loss.shape) if _nonzero(l2) else loss
+    total.sum().backward()
+    fault_point('train_step')  # test hook (no-op unless BURSTYICL_FAULT is set)
+    if grad_clip > 0:
+        clip_gradients([p for g in optimizer.param_groups for p in g['params']], grad_clip, loss.shape)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _nonzero(value):
+    return bool((value != 0).any()) if torch.is_tensor(value) else value != 0
+
+
+# ---- eval rows and the files a finished run writes ---------------------------------------------
+
+def weight_norm(decayed):
+    """L2 norm of the decayed weights (what weight decay and l2 act on)."""
+    if not decayed:
+        return 0.0
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.detach().float())
+                                                 for p in decayed])).item()
+
+
+def eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr, autocast=None):
+    """One metrics.jsonl row: eval.evaluate's metrics plus the step, tokens, loss and weight norm."""
+    metrics = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast)
+    return {'iter': iter_num, 'tokens': iter_num * tokens_per_step(config), 'train_loss': train_loss,
+            'lr': lr, **metrics, 'weight_norm': weight_norm(decayed), 'wall_s': round(wall_s, 2)}
+
+
+def tokens_per_step(config):
+    return config['batch_size'] * (2 * config['context_len'] + 1)
+
+
+def better_peak(row, best):
+    """Does this eval row set a new peak ICL? Step 0 (the untrained model) never counts as a peak."""
+    return row['iter'] > 0 and row['icl_acc'] > best['icl_acc']
+
+
+def git_commit():
+    try:
+        return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=HERE, capture_output=True, text=True,
+                              timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _spread(counts):
+    counts = counts.float().cpu()
+    return {'min': int(counts.min()), 'median': float(counts.median()), 'max': int(counts.max())}
+
+
+def write_run_files(config, best, exposure, device_name):
+    """summary.json and exposure.json of a finished run (from its metrics.jsonl); returns the summary."""
+    out_dir = config['out_dir']
+    final = read_metrics(out_dir)[-1]
+    summary = {
+        'peak_icl_acc': best['icl_acc'] if best['iter'] is not None else None, 'peak_icl_iter': best['iter'],
+        'final_icl_acc': final['icl_acc'], 'final_iwl_acc': final['iwl_acc'], 'final_iter': final['iter'],
+        'weight_decay': config['weight_decay'], 'l2': config['l2'],
+        'tokens_per_step': tokens_per_step(config), 'total_tokens': final['tokens'],
+        'decay_exponent': decay_exponent(config),  # wd * sum of lr = lr*wd*steps at constant lr: how hard decay bites
+        'exposure': {'query': _spread(exposure.query), 'seen': _spread(exposure.seen)},
+        'wall_s': final['wall_s'], 'git_commit': git_commit(), 'torch_version': torch.__version__,
+        'device': device_name, 'config': config,
+    }
+    write_json(os.path.join(out_dir, 'summary.json'), summary)
+    write_json(os.path.join(out_dir, 'exposure.json'),
+               {'query_count': exposure.query.tolist(), 'seen_count': exposure.seen.tolist()})
+    return summary
