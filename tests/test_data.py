@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from data import (ClassBank, EpisodeSampler, assign_labels, draw_classes_excluding, class_cdf,
+from data import (ClassBank, EpisodeSampler, assign_labels, draw_classes_excluding, class_cdf, icl_chance,
                   make_icl_episodes, make_iwl_episodes, make_synthetic)
 
 
@@ -94,8 +94,42 @@ def test_icl_episodes_distinct_classes_remapped_labels_balanced(dataset):
         for c in set(row_c.tolist()):                           # one label per class
             assert len(set(row_l[row_c == c].tolist())) == 1
     assert ((ctx == query[:, None]).sum(1) == 4).all()
-    assert (ep.labels[:, 8] == 0).float().mean().item() == pytest.approx(0.5, abs=0.08)
+    assert (ep.labels[:, 8] == 0).float().mean().item() == 0.5   # the query's label, not only its way
+    assert icl_chance(ep, 2) == 0.5
     assert set(ep.classes.unique().tolist()) <= set(range(dataset.holdout.n_classes))
+
+
+def test_icl_chance_is_the_best_constant_answer(dataset):
+    ep = make_icl_episodes(dataset.holdout, 101, context_len=8, ways=2, shots=4, seed=5)
+    assert icl_chance(ep, 2) == 51 / 101
+    assert icl_chance(ep, 2) == max((ep.labels[:, 8] == lbl).sum().item() for lbl in (0, 1)) / 101
+
+
+def test_episodes_drawn_on_cpu_from_a_moved_bank_is_a_clear_error(dataset):
+    """The CUDA bug of issue 11 on a CPU machine: a bank already on another device ('meta' stands in for
+    cuda) indexed with CPU class ids. It must fail with a message that names the fix, not index_select's."""
+    with pytest.raises(ValueError, match='class ids are on cpu but the exemplars are on meta'):
+        make_icl_episodes(dataset.holdout.to('meta'), 16, context_len=8, ways=2, shots=4, seed=0)
+
+
+def test_build_run_data_moves_everything_after_drawing_on_cpu(monkeypatch):
+    """train.py and group.py get their data from build_run_data: with 'meta' standing in for cuda, every
+    tensor it returns is on that device, and the episodes equal those drawn on the CPU."""
+    import data as data_module
+    from training import train_defaults
+    config = {**train_defaults(), 'n_train_classes': 60, 'n_holdout_classes': 10, 'n_eval_episodes': 32}
+    monkeypatch.setattr(data_module, 'EpisodeSampler', lambda bank, labels, *a, **k: (bank, labels))
+    moved, (bank, labels), icl, iwl = data_module.build_run_data(config, 'meta')
+    tensors = [moved.train.exemplars, moved.holdout.exemplars, moved.class_labels, bank.exemplars, labels,
+               icl.items, icl.labels, icl.classes, iwl.items, iwl.labels, iwl.classes]
+    assert all(t.device.type == 'meta' for t in tensors)
+    _, _, cpu_icl, _ = data_module.build_run_data(config, 'cpu')
+    assert cpu_icl.items.shape == icl.items.shape
+    cache = {}
+    first = data_module.build_run_data(config, 'cpu', cache=cache)
+    second = data_module.build_run_data({**config, 'seed': 1, 'weight_decay': 0.1}, 'cpu', cache=cache)
+    assert second[0] is first[0] and second[2] is first[2] and len(cache) == 1   # shared, not copied
+    assert torch.equal(first[2].labels, cpu_icl.labels)
 
 
 def test_iwl_episodes_query_class_absent_and_target_is_fixed_label(dataset):

@@ -49,7 +49,9 @@ def test_run_writes_metrics_summary_and_checkpoint(reference_run):
     assert rows[0]['train_loss'] is None and rows[1]['train_loss'] > 0
     summary = json.load(open(os.path.join(reference_run, 'summary.json')))
     assert summary['final_iter'] == 60
-    assert summary['peak_icl_acc'] == max(r['icl_acc'] for r in rows)
+    assert summary['peak_icl_acc'] == max(r['icl_acc'] for r in rows[1:])   # step 0 is never a peak
+    assert summary['peak_icl_iter'] > 0
+    assert summary['weight_decay'] == 0.0 and summary['l2'] == 0.0
     assert summary['config']['n_layer'] == 1
     assert summary['tokens_per_step'] == 16 * 17
     assert summary['exposure']['query']['max'] >= summary['exposure']['query']['min']
@@ -134,6 +136,7 @@ def test_non_finite_loss_stops_with_iter_and_keeps_checkpoint(tmp_path):
     ('--p_bursty=2', 'p_bursty=2.0 must be in [0, 1]'),
     ('--lr_schedule=linear', "lr_schedule='linear'"),
     ('--bursty_shots=5', 'bursty_shots*ways'),
+    ('--l2=-0.1', 'l2=-0.1 must be >= 0'),
 ])
 def test_bad_values_fail_with_one_line_and_no_output_dir_damage(tmp_path, arg, message):
     proc = train(tmp_path / 'run', *arg.split(), check=False)
