@@ -48,6 +48,9 @@ synthetic_many = '--n_train_classes=16000'
 synthetic_args = ''
 train_args = ''             # extra train.py arguments for every cell, e.g. "--device=cuda:0 --compile=False"
 train_script = 'train.py'   # what a cell runs (the tests put a fake trainer here)
+group_size = 0              # > 1: train up to this many cells (at the same step) as one stacked model in one
+                            # group.py process (member-batched; pays on a GPU, not on a CPU); 0 or 1: one train.py each
+group_script = 'group.py'
 jobs = 0                    # cells at a time on this machine; 0 = number of CPU cores (1 when CUDA is present)
 threads = 0                 # OMP_NUM_THREADS per cell; 0 = cores // jobs
 shard = ''                  # 'i/n': run cells i, i+n, i+2n, ...; '' = SLURM array variables if set, else all
@@ -206,85 +209,153 @@ def cell_command(cell, cell_dir):
     return [sys.executable, train_script, *cell['args'], f'--out_dir={cell_dir}', '--init_from=resume']
 
 
+def unit_command(unit, root_dir):
+    """One train.py cell, or a group.py line whose members are the cells' own train.py arguments."""
+    if len(unit) == 1:
+        return cell_command(unit[0], os.path.join(root_dir, unit[0]['name']))
+    argv = []
+    for cell in unit:
+        argv += [*cell_command(cell, os.path.join(root_dir, cell['name']))[2:], '::']
+    return [sys.executable, group_script, *argv[:-1]]
+
+
 def is_finished(cell_dir):
     return os.path.exists(os.path.join(cell_dir, 'summary.json'))
 
 
-def run_grid(cells, root_dir, n_jobs, n_threads):
-    """Run the cells n_jobs at a time. Returns {'done': [...], 'skipped': [...], 'busy': [...],
-    'failed': [(name, returncode, log path)], 'interrupted': [...]}."""
+def cell_step(cell_dir):
+    """The step a cell's checkpoint is at (0 without one): group.py trains only cells at the same step."""
+    from checkpoint import has_checkpoint, load_checkpoint
+    if not has_checkpoint(cell_dir):
+        return 0
+    try:
+        return load_checkpoint(cell_dir)['iter_num']
+    except FileNotFoundError:
+        return 0
+
+
+def pack_units(cells, root_dir, size):
+    """The processes to run: [cell] each, or (size > 1) groups of up to `size` unfinished cells that are at
+    the same step, in grid order, so an interrupted group resumes as the same group."""
+    if size <= 1:
+        return [[c] for c in cells]
+    by_step = {}
+    for c in cells:
+        by_step.setdefault(cell_step(os.path.join(root_dir, c['name'])), []).append(c)
+    return [group[i:i + size] for group in by_step.values() for i in range(0, len(group), size)]
+
+
+def claim(unit, root_dir, result):
+    """The cells of a unit this process now holds the lock of (finished or busy ones are reported and left)."""
+    mine = []
+    for cell in unit:
+        cell_dir = os.path.join(root_dir, cell['name'])
+        if is_finished(cell_dir):
+            result['skipped'].append(cell['name'])
+            continue
+        os.makedirs(cell_dir, exist_ok=True)
+        lock = os.path.join(cell_dir, 'lock')
+        if not acquire_lock(lock):
+            result['busy'].append(cell['name'])
+            print(f"grid: {cell['name']} is locked by {(_read(lock) or '?').strip()}: skipped")
+            continue
+        if is_finished(cell_dir):  # finished by another process between the check and the lock
+            release_lock(lock)
+            result['skipped'].append(cell['name'])
+            continue
+        mine.append(cell)
+    return mine
+
+
+def start_unit(unit, root_dir, env, n_threads):
+    """Write each cell's cmd.txt (its own train.py line: any cell reruns by hand) and cell.json, start the
+    process with its output in the first cell's train.log (a group's other members point to it)."""
+    cmd = unit_command(unit, root_dir)
+    line = f"cd {shlex.quote(ROOT)} && OMP_NUM_THREADS={n_threads} {shlex.join(cmd)}"
+    logs = []
+    for cell in unit:
+        cell_dir = os.path.join(root_dir, cell['name'])
+        solo = f"cd {shlex.quote(ROOT)} && OMP_NUM_THREADS={n_threads} {shlex.join(cell_command(cell, cell_dir))}"
+        with open(os.path.join(cell_dir, 'cmd.txt'), 'w') as f:
+            f.write(solo + '\n')
+        with open(os.path.join(cell_dir, 'cell.json'), 'w') as f:
+            json.dump({k: cell[k] for k in ('name', 'classes', 'weight_decay', 'seed', 'width')}, f)
+        log = open(os.path.join(cell_dir, 'train.log'), 'a')
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} grid.py pid {os.getpid()} on {socket.gethostname()}: "
+                  + (line if not logs else f"in a group of {len(unit)}; output in {unit[0]['name']}/train.log") + '\n')
+        log.flush()
+        logs.append(log)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT)
+    for log in logs[1:]:
+        log.close()
+    names = ', '.join(c['name'] for c in unit)
+    print(f"grid: started {names} (pid {proc.pid}{', one group' if len(unit) > 1 else ''})")
+    return proc, logs[0]
+
+
+def finish_unit(unit, rc, root_dir, result):
+    for cell in unit:
+        name, cell_dir = cell['name'], os.path.join(root_dir, cell['name'])
+        release_lock(os.path.join(cell_dir, 'lock'))
+        log_path = os.path.join(root_dir, unit[0]['name'], 'train.log')
+        if is_finished(cell_dir):
+            summary = json.load(open(os.path.join(cell_dir, 'summary.json')))
+            result['done'].append(name)
+            print(f"grid: finished {name}: peak icl {_fmt(summary['peak_icl_acc'])}, "
+                  f"final iwl {summary['final_iwl_acc']:.3f}")
+        elif rc == 0:
+            result['interrupted'].append(name)
+            print(f"grid: {name} stopped early (checkpointed); the next grid.py run resumes it")
+        else:
+            result['failed'].append((name, rc, log_path))
+            print(f"grid: FAILED {name} (exit code {rc}); log: {log_path}")
+
+
+def _fmt(value, spec='.3f'):
+    return '-' if value is None else format(value, spec)
+
+
+def run_grid(cells, root_dir, n_jobs, n_threads, size=0):
+    """Run the cells n_jobs processes at a time (each one train.py cell, or with size > 1 a group.py group).
+    Returns {'done': [...], 'skipped': [...], 'busy': [...], 'failed': [(name, returncode, log path)],
+    'interrupted': [...]}."""
     result = {'done': [], 'skipped': [], 'busy': [], 'failed': [], 'interrupted': []}
     env = {**os.environ, 'OMP_NUM_THREADS': str(n_threads), 'MKL_NUM_THREADS': str(n_threads)}
-    pending = list(cells)
-    running = {}  # name -> (proc, cell, cell_dir, log file)
+    pending = pack_units([c for c in cells if not is_finished(os.path.join(root_dir, c['name']))], root_dir, size)
+    result['skipped'] = [c['name'] for c in cells if is_finished(os.path.join(root_dir, c['name']))]
+    running = []  # (proc, unit, log file)
     stop = {'flag': False}
 
     def on_term(signum, frame):  # SLURM pre-emption / kill: let each train.py checkpoint, then leave
         stop['flag'] = True
-        for proc, *_ in running.values():
+        for proc, *_ in running:
             proc.send_signal(signal.SIGTERM)
 
     old_handler = signal.signal(signal.SIGTERM, on_term)
     try:
         while (pending and not stop['flag']) or running:
             while pending and len(running) < n_jobs and not stop['flag']:
-                cell = pending.pop(0)
-                cell_dir = os.path.join(root_dir, cell['name'])
-                if is_finished(cell_dir):
-                    result['skipped'].append(cell['name'])
-                    continue
-                os.makedirs(cell_dir, exist_ok=True)
-                lock = os.path.join(cell_dir, 'lock')
-                if not acquire_lock(lock):
-                    result['busy'].append(cell['name'])
-                    print(f"grid: {cell['name']} is locked by {(_read(lock) or '?').strip()}: skipped")
-                    continue
-                if is_finished(cell_dir):  # finished by another process between the check and the lock
-                    release_lock(lock)
-                    result['skipped'].append(cell['name'])
-                    continue
-                cmd = cell_command(cell, cell_dir)
-                line = f"cd {shlex.quote(ROOT)} && OMP_NUM_THREADS={n_threads} {shlex.join(cmd)}"
-                with open(os.path.join(cell_dir, 'cmd.txt'), 'w') as f:
-                    f.write(line + '\n')
-                with open(os.path.join(cell_dir, 'cell.json'), 'w') as f:
-                    json.dump({k: cell[k] for k in ('name', 'classes', 'weight_decay', 'seed', 'width')}, f)
-                log = open(os.path.join(cell_dir, 'train.log'), 'a')
-                log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} grid.py pid {os.getpid()} on "
-                          f"{socket.gethostname()}: {line}\n")
-                log.flush()
-                proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-                running[cell['name']] = (proc, cell, cell_dir, log)
-                print(f"grid: started {cell['name']} (pid {proc.pid})")
+                unit = claim(pending.pop(0), root_dir, result)
+                if unit:
+                    running.append((*start_unit(unit, root_dir, env, n_threads), unit))
             time.sleep(0.2)
-            for name, (proc, cell, cell_dir, log) in list(running.items()):
-                rc = proc.poll()
-                if rc is None:
+            for entry in list(running):
+                proc, log, unit = entry
+                if proc.poll() is None:
                     continue
                 log.close()
-                release_lock(os.path.join(cell_dir, 'lock'))
-                del running[name]
-                log_path = os.path.join(cell_dir, 'train.log')
-                if rc == 0 and is_finished(cell_dir):
-                    summary = json.load(open(os.path.join(cell_dir, 'summary.json')))
-                    result['done'].append(name)
-                    print(f"grid: finished {name}: peak icl {summary['peak_icl_acc']:.3f}, "
-                          f"final iwl {summary['final_iwl_acc']:.3f}")
-                elif rc == 0:
-                    result['interrupted'].append(name)
-                    print(f"grid: {name} stopped early (checkpointed); the next grid.py run resumes it")
-                else:
-                    result['failed'].append((name, rc, log_path))
-                    print(f"grid: FAILED {name} (exit code {rc}); log: {log_path}")
+                running.remove(entry)
+                finish_unit(unit, proc.returncode, root_dir, result)
     finally:
-        for proc, cell, cell_dir, log in running.values():  # KeyboardInterrupt etc.: stop children first
+        for proc, log, unit in running:  # KeyboardInterrupt etc.: stop children first
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
-            release_lock(os.path.join(cell_dir, 'lock'))
+            for cell in unit:
+                release_lock(os.path.join(root_dir, cell['name'], 'lock'))
         signal.signal(signal.SIGTERM, old_handler)
     return result
 
@@ -305,13 +376,21 @@ def lr_sum(config):
 
 
 def run_stats(rows):
-    """One seed's numbers from its metrics rows: peak ICL (first max), its step, and the attention /
-    calibration at that step; final ICL and IWL."""
-    peak = max(rows, key=lambda r: r['icl_acc'])  # max() keeps the first of equal values
+    """One seed's numbers from its metrics rows: peak ICL (first max after step 0: the untrained model's
+    value is no peak), its step, and the attention / calibration at that step; final ICL and IWL; the
+    chance level of its episodes (best constant answer) with flags for 'no learning' (the peak is within
+    2 standard errors of chance) and 'below chance' (the final ICL is more than 2 standard errors under it)."""
+    trained = [r for r in rows if r['iter'] > 0] or rows
+    peak = max(trained, key=lambda r: r['icl_acc'])  # max() keeps the first of equal values
     final = rows[-1]
+    chance = rows[0].get('icl_chance', 0.5)
+    n = rows[0].get('icl_episodes')
+    se = (chance * (1 - chance) / n) ** 0.5 if n else 0.0
     return {'peak_icl': peak['icl_acc'], 'peak_iter': peak['iter'], 'ece_at_peak': peak['ece'],
             'attn_image_at_peak': peak['attn_match_image'], 'attn_label_at_peak': peak['attn_match_label'],
-            'final_icl': final['icl_acc'], 'final_iwl': final['iwl_acc'], 'final_iter': final['iter']}
+            'final_icl': final['icl_acc'], 'final_iwl': final['iwl_acc'], 'final_iter': final['iter'],
+            'chance': chance, 'icl_se': se, 'no_learning': peak['icl_acc'] <= chance + 2 * se,
+            'below_chance': final['icl_acc'] < chance - 2 * se}
 
 
 def _mean(values):
@@ -389,18 +468,6 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
                           + ", ".join(f"wd={c['weight_decay']:g} ({'attention' if not c['attn_ok'] else 'IWL'})"
                                       for c in collapsed))
     return out
-    best = max(eligible, key=lambda c: c['ratio'])
-    out['best'] = best
-    span = f"{best['ratio']:.3f} (seed range {best['ratio_lo']:.3f}-{best['ratio_hi']:.3f})"
-    if best['ratio_lo'] >= threshold:
-        out['verdict'], rel = 'SUPPORTED', '>='
-    elif best['ratio_hi'] < threshold:
-        out['verdict'], rel = 'NOT SUPPORTED', '<'
-    else:
-        out['verdict'], rel = 'INCONCLUSIVE', 'straddles'
-    out['reason'] = (f"best Few cell without collapse: wd={best['weight_decay']:g}, its peak ICL is {span} of the "
-                     f"Many+wd=0 peak, {rel} {threshold:g}")
-    return out
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -443,6 +510,34 @@ def _save(fig, path):
     os.replace(tmp, path)
 
 
+def cells_table(groups, class_names, label, shown):
+    """report.md's per-cell-group table (mean over finished seeds, [min-max] over seeds), with the
+    regularisers side by side (lr·wd·steps for decay, l2) and flags: 'no learning' when every seed's peak
+    ICL is within 2 standard errors of chance, 'ends below chance' when the mean final ICL is more than
+    2 standard errors under it (a bias toward one of the two context labels, not ICL)."""
+    lines = ["## Cells (mean over finished seeds; [min-max] over seeds)", "",
+             "| cell | seeds | peak ICL [min-max] | step of peak | final ICL | final IWL | ECE @peak | attn image @peak | "
+             "attn label @peak | lr·wd·steps | l2 | flags |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for (width, cls, wd), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], class_names.index(kv[0][1]), kv[0][2])):
+        done = shown(runs)
+        s = [r['stats'] for r in done]
+        peaks = [x['peak_icl'] for x in s]
+        exps = [r['exponent'] for r in done if r['exponent'] is not None]
+        l2s = sorted({r['summary']['config'].get('l2', 0.0) for r in done if r['summary']})
+        final = _mean([x['final_icl'] for x in s])
+        flags = (['no learning'] if all(x['no_learning'] for x in s) else []) + \
+            (['ends below chance'] if final < _mean([x['chance'] - 2 * x['icl_se'] for x in s]) else [])
+        lines.append(
+            f"| {label(width, cls, wd)} | {sum(1 for r in runs if r['summary'])}/{len(runs)} | {_mean(peaks):.3f} "
+            f"[{min(peaks):.3f}-{max(peaks):.3f}] | {_mean([x['peak_iter'] for x in s]):.0f} "
+            f"[{min(x['peak_iter'] for x in s)}-{max(x['peak_iter'] for x in s)}] | "
+            f"{final:.3f} | {_mean([x['final_iwl'] for x in s]):.3f} | "
+            f"{_mean([x['ece_at_peak'] for x in s]):.3f} | {_mean([x['attn_image_at_peak'] for x in s]):.2f} | "
+            f"{_mean([x['attn_label_at_peak'] for x in s]):.2f} | {_fmt(_mean(exps) if exps else None, '.3g')} | "
+            f"{', '.join(f'{v:g}' for v in l2s) or '-'} | {', '.join(flags) or '-'} |")
+    return lines
+
+
 def write_report(root_dir, threshold=0.9):
     """Figures and report.md from every cell in root_dir. Returns the verdict dicts (one per width)."""
     import matplotlib
@@ -466,6 +561,7 @@ def write_report(root_dir, threshold=0.9):
         groups.setdefault((c['width'], c['classes'], c['weight_decay']), []).append(c)
     colors = plt.get_cmap('viridis')
     color_of = {wd: colors(i / max(1, len(decays) - 1) * 0.9) for i, wd in enumerate(decays)}
+    chance = _mean([c['stats']['chance'] for c in cells])  # measured on the ICL episodes (0.5 when balanced)
 
     def label(width, cls, wd=None):
         return ' '.join(s for s in (cls.capitalize(), width, None if wd is None else f"wd={wd:g}") if s)
@@ -488,7 +584,7 @@ def write_report(root_dir, threshold=0.9):
                         label=f"seed peaks: mean {_mean([p['peak_icl'] for p in peaks]):.3f} "
                               f"@ {_mean([p['peak_iter'] for p in peaks]):.0f}")
                 ax.plot(it[-1], mean[-1], 'o', color='k', ms=7, label=f'final {mean[-1]:.3f}')
-            ax.axhline(0.5 if key == 'icl_acc' else 0, color='gray', lw=0.8, ls=':')
+            ax.axhline(chance if key == 'icl_acc' else 0, color='gray', lw=0.8, ls=':')
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(title, fontsize=10)
             ax.set_xlabel('step')
@@ -514,7 +610,7 @@ def write_report(root_dir, threshold=0.9):
                 ax.fill_between(it, lo, hi, alpha=0.12, color=color_of[wd])
                 ax.plot(it, mean, color=color_of[wd], label=f"wd={wd:g}")
             ax.set_title(f"{label(width, cls)}: {name}", fontsize=10)
-            ax.axhline(0.5 if key == 'icl_acc' else 0, color='gray', lw=0.8, ls=':')
+            ax.axhline(chance if key == 'icl_acc' else 0, color='gray', lw=0.8, ls=':')
             if i == 1:
                 ax.set_xlabel('step')
             if j == 0:
@@ -547,7 +643,7 @@ def write_report(root_dir, threshold=0.9):
         if base:
             ref = threshold * _mean([r['stats']['peak_icl'] for r in base])
             ax.axhline(ref, color='C3', ls='--', lw=1, label=f"{threshold:g} x Many wd=0 peak")
-        ax.axhline(0.5, color='gray', lw=0.8, ls=':', label='chance')
+        ax.axhline(chance, color='gray', lw=0.8, ls=':', label=f'chance {chance:.3f}')
         ax.set_xticks(range(len(decays)), [f"{wd:g}" for wd in decays])
         ax.set_xlabel('weight decay')
         ax.set_ylabel('peak ICL accuracy (mean over seeds)')
@@ -610,25 +706,7 @@ def write_report(root_dir, threshold=0.9):
               f"INCONCLUSIVE if the range of some cell without collapse straddles {threshold:g}; else NOT SUPPORTED "
               "(all below, or the cells that reach it collapse).", ""]
 
-    def fmt(v, f='.3f'):
-        return '-' if v is None else format(v, f)
-
-    lines += ["## Cells (mean over finished seeds; [min-max] over seeds)", "",
-              "| cell | seeds | peak ICL [min-max] | step of peak | final ICL | final IWL | ECE @peak | attn image @peak | "
-              "attn label @peak | lr·wd·steps |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for (width, cls, wd), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], class_names.index(kv[0][1]), kv[0][2])):
-        done = shown(runs)
-        s = [r['stats'] for r in done]
-        peaks = [x['peak_icl'] for x in s]
-        exps = [r['exponent'] for r in done if r['exponent'] is not None]
-        n_done = sum(1 for r in runs if r['summary'])
-        lines.append(
-            f"| {label(width, cls, wd)} | {n_done}/{len(runs)} | {_mean(peaks):.3f} [{min(peaks):.3f}-{max(peaks):.3f}] | "
-            f"{_mean([x['peak_iter'] for x in s]):.0f} [{min(x['peak_iter'] for x in s)}-"
-            f"{max(x['peak_iter'] for x in s)}] | "
-            f"{_mean([x['final_icl'] for x in s]):.3f} | {_mean([x['final_iwl'] for x in s]):.3f} | "
-            f"{_mean([x['ece_at_peak'] for x in s]):.3f} | {_mean([x['attn_image_at_peak'] for x in s]):.2f} | "
-            f"{_mean([x['attn_label_at_peak'] for x in s]):.2f} | {fmt(_mean(exps) if exps else None, '.3g')} |")
+    lines += cells_table(groups, class_names, label, shown)
     lines += ["", "seeds: finished/with metrics. lr·wd·steps = wd x (sum of the learning rate over all steps, "
               "from the config's schedule): decayed weights that get no gradient shrink by exp(-lr·wd·steps).", "",
               "## Runs", "",
@@ -710,12 +788,12 @@ if __name__ == '__main__':
     print(f"grid: {len(cells)} cells in {root_dir}; shard {index}/{count} has {len(mine)} "
           f"({finished} finished); {n_jobs} at a time, {n_threads} threads each")
     if dry_run:
-        for c in mine:
-            print(f"{c['name']}: {shlex.join(cell_command(c, os.path.join(root_dir, c['name'])))}")
+        for unit in pack_units(mine, root_dir, group_size):
+            print(f"{', '.join(c['name'] for c in unit)}: {shlex.join(unit_command(unit, root_dir))}")
         sys.exit(0)
     os.makedirs(root_dir, exist_ok=True)
     t0 = time.time()
-    result = run_grid(mine, root_dir, n_jobs, n_threads)
+    result = run_grid(mine, root_dir, n_jobs, n_threads, group_size)
     print(f"grid: {len(result['done'])} run, {len(result['skipped'])} already finished, {len(result['busy'])} "
           f"busy elsewhere, {len(result['interrupted'])} interrupted, {len(result['failed'])} failed "
           f"in {(time.time() - t0) / 60:.1f} min")

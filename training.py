@@ -14,6 +14,7 @@ import subprocess
 import torch
 import torch.nn.functional as F
 
+from data import icl_chance
 from checkpoint import fault_point, has_checkpoint, load_checkpoint, read_metrics, write_json
 from eval import evaluate
 from model import decay_exponent
@@ -206,7 +207,8 @@ def eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr,
     """One metrics.jsonl row: eval.evaluate's metrics plus the step, tokens, loss and weight norm."""
     metrics = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast)
     return {'iter': iter_num, 'tokens': iter_num * tokens_per_step(config), 'train_loss': train_loss,
-            'lr': lr, **metrics, 'weight_norm': weight_norm(decayed), 'wall_s': round(wall_s, 2)}
+            'lr': lr, **metrics, 'icl_chance': icl_chance(icl, config['eval_ways']), 'icl_episodes': len(icl),
+            'weight_norm': weight_norm(decayed), 'wall_s': round(wall_s, 2)}
 
 
 def tokens_per_step(config):

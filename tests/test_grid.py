@@ -323,3 +323,24 @@ def test_tiny_real_cell_runs_then_is_skipped(tmp_path):
     assert proc.returncode == 0 and (tmp_path / 'report.md').exists(), proc.stdout + proc.stderr
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert '0 run, 1 already finished' in proc.stdout
+
+
+def test_group_size_trains_cells_as_one_group_with_solo_files(tmp_path):
+    """--group_size=3: three cells (Few and Many, two decays) in one group.py process; each cell folder gets
+    the files of a solo run, the report reads them, and its cmd.txt still holds the cell's own train.py line."""
+    tiny = ('--n_holdout_classes=20 --item_dim=8 --n_layer=1 --n_embd=16 --n_head=2 --batch_size=16 '
+            '--n_eval_episodes=32 --warmup_iters=5 --log_interval=10 --eval_interval=10 --max_iters=20')
+    cmd = [sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path}', '--classes=few,many',
+           '--weight_decays=0,1e-2', '--seeds=0', '--jobs=1', '--threads=1', '--group_size=3',
+           '--synthetic_many=--n_train_classes=300', f'--synthetic_args={tiny}']
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=180, env={**os.environ, 'MPLBACKEND': 'Agg'})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count('one group') == 1 and proc.stdout.count('grid: started') == 2   # 3 + 1 cells
+    names = ['few_wd0_s0', 'few_wd0.01_s0', 'many_wd0_s0', 'many_wd0.01_s0']
+    for name in names:
+        summary = json.load(open(tmp_path / name / 'summary.json'))
+        assert summary['final_iter'] == 20
+        assert 'train.py' in (tmp_path / name / 'cmd.txt').read_text()
+    assert 'in a group of 3' in (tmp_path / 'few_wd0.01_s0' / 'train.log').read_text()
+    assert 'group: 3 members' in (tmp_path / 'few_wd0_s0' / 'train.log').read_text()
+    assert '## Verdict' in (tmp_path / 'report.md').read_text()
