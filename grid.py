@@ -51,6 +51,9 @@ train_script = 'train.py'   # what a cell runs (the tests put a fake trainer her
 group_size = 0              # > 1: train up to this many cells (at the same step) as one stacked model in one
                             # group.py process (member-batched; pays on a GPU, not on a CPU); 0 or 1: one train.py each
 group_script = 'group.py'
+regularizers = ''           # '' = the weight_decays axis; else e.g. 'none,wd=0.1,l2=1e-3' (decay or classical L2)
+phase = False               # report a phase diagram (class count x regularizer heatmaps) instead of the verdict
+icl_threshold = 0.8         # phase diagram: ICL 'appears' at the first class count whose peak ICL reaches this
 jobs = 0                    # cells at a time on this machine; 0 = number of CPU cores (1 when CUDA is present)
 threads = 0                 # OMP_NUM_THREADS per cell; 0 = cores // jobs
 shard = ''                  # 'i/n': run cells i, i+n, i+2n, ...; '' = SLURM array variables if set, else all
@@ -114,21 +117,56 @@ def wd_name(wd):
     return f"wd{wd:g}"
 
 
+def parse_regularizers(text):
+    """'none,wd=0.01,l2=1e-3' -> [('wd0', 0.0, 0.0), ('wd0.01', 0.01, 0.0), ('l2_0.001', 0.0, 0.001)]:
+    (name part, weight_decay, l2) per entry; a clear error naming the entry otherwise."""
+    regs = []
+    for entry in [s.strip() for s in text.split(',') if s.strip()]:
+        kind, _, value = entry.partition('=')
+        try:
+            value = float(value) if value else 0.0
+        except ValueError:
+            fail(f"regularizers: {entry!r} must be 'none', 'wd=<float>' or 'l2=<float>'")
+        if kind == 'none' or value == 0:
+            regs.append((wd_name(0.0), 0.0, 0.0))
+        elif kind == 'wd' and value > 0:
+            regs.append((wd_name(value), value, 0.0))
+        elif kind == 'l2' and value > 0:
+            regs.append((f"l2_{value:g}", 0.0, value))
+        else:
+            fail(f"regularizers: {entry!r} must be 'none', 'wd=<float>' or 'l2=<float>' with a value > 0")
+    if len(set(regs)) != len(regs):
+        fail(f"regularizers={text!r} lists a value twice")
+    return regs
+
+
+def class_cell_args(cls, class_args):
+    """train.py arguments that set a cell's classes: 'few'/'many' from class_args, a number N = N classes."""
+    return class_args[cls] if cls in class_args else [f'--n_train_classes={int(cls)}']
+
+
+def class_cell_name(cls):
+    return cls if cls in ('few', 'many') else f"c{int(cls)}"
+
+
 def enumerate_cells(class_names, decays, seed_list, width_list, train_configs, class_args, common_args):
     """Every cell of the grid as a dict; seed-major order, so a partial grid covers all conditions early.
-    class_args: {'few': [...], 'many': [...]} train.py arguments that make a cell Few or Many."""
+    class_args: {'few': [...], 'many': [...]} train.py arguments that make a cell Few or Many (a class
+    entry may also be a number of classes). decays: weight decays, or (name, weight_decay, l2) triples
+    from parse_regularizers."""
+    regs = [r if isinstance(r, tuple) else (wd_name(r), r, 0.0) for r in decays]
     cells = []
     for seed in seed_list:
         for width in width_list or ['']:
             for cls in class_names:
-                for wd in decays:
-                    name = f"{cls}_{wd_name(wd)}_s{seed}" + (f"_{width}" if width else '')
+                for reg, wd, l2 in regs:
+                    name = f"{class_cell_name(cls)}_{reg}_s{seed}" + (f"_{width}" if width else '')
                     width_args = ([] if not width else [f'--n_embd={int(width)}'] if width.isdigit()
                                   else [os.path.join('config', f'{width}.py')])
-                    args = [*train_configs, *class_args[cls], *width_args, *common_args,
-                            f'--weight_decay={wd!r}', f'--seed={seed}']
-                    cells.append({'name': name, 'classes': cls, 'weight_decay': wd, 'seed': seed,
-                                  'width': width, 'args': args})
+                    args = [*train_configs, *class_cell_args(cls, class_args), *width_args, *common_args,
+                            f'--weight_decay={wd!r}', *([f'--l2={l2!r}'] if l2 else []), f'--seed={seed}']
+                    cells.append({'name': name, 'classes': class_cell_name(cls), 'weight_decay': wd, 'l2': l2,
+                                  'regularizer': reg, 'seed': seed, 'width': width, 'args': args})
     return cells
 
 
@@ -279,7 +317,7 @@ def start_unit(unit, root_dir, env, n_threads):
         with open(os.path.join(cell_dir, 'cmd.txt'), 'w') as f:
             f.write(solo + '\n')
         with open(os.path.join(cell_dir, 'cell.json'), 'w') as f:
-            json.dump({k: cell[k] for k in ('name', 'classes', 'weight_decay', 'seed', 'width')}, f)
+            json.dump({k: cell[k] for k in ('name', 'classes', 'weight_decay', 'l2', 'regularizer', 'seed', 'width')}, f)
         log = open(os.path.join(cell_dir, 'train.log'), 'a')
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} grid.py pid {os.getpid()} on {socket.gethostname()}: "
                   + (line if not logs else f"in a group of {len(unit)}; output in {unit[0]['name']}/train.log") + '\n')
@@ -746,11 +784,13 @@ if __name__ == '__main__':
         sys.exit(0)
     class_names = [s.strip() for s in classes.split(',') if s.strip()]
     for cls in class_names:
-        if cls not in ('few', 'many'):
-            fail(f"classes={classes!r}: each entry must be 'few' or 'many'")
+        if cls not in ('few', 'many') and not (cls.isdigit() and int(cls) > 0):
+            fail(f"classes={classes!r}: each entry must be 'few', 'many' or a number of training classes")
     decays = split_list('weight_decays', weight_decays, float)
     if any(wd < 0 for wd in decays):
         fail(f"weight_decays={weight_decays!r} must all be >= 0")
+    if regularizers:
+        decays = parse_regularizers(regularizers)
     seed_list = split_list('seeds', seeds, int)
     width_list = split_list('widths', widths, str)
     for cf in train_configs + [os.path.join('config', f'{w}.py') for w in width_list if not w.isdigit()]:
