@@ -8,7 +8,8 @@ Speed of the pieces that set a grid's wall time, measured in one run (after nano
     (12 layers d64 + ResNet encoder on 105x105 images, batch 32), eager vs torch.compile,
     float32 vs bfloat16 autocast;
  3. share:   the part of a training step spent sampling, and in eval (amortised over eval_interval);
- 4. jobs:    aggregate steps/s of N bench.py workers sharing the device (decides grid --jobs).
+ 4. jobs:    aggregate steps/s of N bench.py workers sharing the device (decides grid --jobs);
+ 5. group:   cell-steps/s of K cells trained as one stacked model (group.py, grid --group_size) vs one solo step.
 
     python bench.py                          # every section, CUDA if present
     python bench.py --quick                  # small counts: < 2 minutes on a CPU
@@ -27,10 +28,9 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 # -----------------------------------------------------------------------------
-sections = 'sampler,train,share,jobs'   # comma-separated subset to run
+sections = 'sampler,train,share,jobs,group'   # comma-separated subset to run
 quick = False               # small step counts (whole run < 2 minutes on a CPU)
 device = 'auto'             # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
 json_out = ''               # also write the JSON result to this file
@@ -58,6 +58,10 @@ jobs = 'auto'               # 'auto' (CPU: 1,2; CUDA: 1,2,4,8) or e.g. '1,2,4'
 jobs_cell = 'default'
 jobs_seconds = 5.0          # timed wall seconds per worker, all workers timed together
 jobs_threads = 0            # torch threads per worker (0 = cores // N)
+# group (group.py: K cells as one stacked model)
+group_sizes = '1,2,4,8,16,30'
+group_cell = 'default'      # 'default' or 'paper'
+group_steps = 20            # timed steps per K (quick: 4)
 # internal: worker mode for the jobs section
 worker = False
 worker_sync = ''
@@ -70,12 +74,14 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 from data import ClassBank, Dataset, EpisodeSampler, assign_labels, build_dataset, build_eval_episodes
 from eval import evaluate
 from model import build_model
+from training import Exposure, GroupExposure, GroupSampler, stack_group, train_defaults, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEEPMIND_SEQ_PER_S = 1000   # the reference generator's rate on one core (shared/notes/findings.md), not run here
 if quick:
     min_time, warmup_steps, train_steps = min(min_time, 0.45), min(warmup_steps, 2), min(train_steps, 10)
     image_classes, jobs_seconds = min(image_classes, 200), min(jobs_seconds, 2.0)
+    group_steps, group_sizes = min(group_steps, 4), ','.join(group_sizes.split(',')[:3])
 if device == 'auto':
     device = 'cuda' if torch.cuda.is_available() else 'cpu'
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
@@ -87,10 +93,10 @@ if device_type == 'cuda' and not torch.cuda.is_available():
 if threads > 0 or device_type == 'cpu':
     torch.set_num_threads(threads if threads > 0 else 1)
 wanted = {s.strip() for s in sections.split(',') if s.strip()}
-unknown = wanted - {'sampler', 'train', 'share', 'jobs'}
+unknown = wanted - {'sampler', 'train', 'share', 'jobs', 'group'}
 if unknown:
     print(f"error: sections={sections!r} names unknown section(s) {sorted(unknown)}; "
-          f"choose from sampler,train,share,jobs", file=sys.stderr)
+          f"choose from sampler,train,share,jobs,group", file=sys.stderr)
     sys.exit(2)
 for key, value, allowed in [('cells', cells, {'default', 'paper'}), ('jobs_cell', jobs_cell, {'default', 'paper'}),
                             ('train_combos', train_combos, {'auto', 'eager-fp32', 'eager-bf16', 'compile-fp32', 'compile-bf16'})]:
@@ -112,16 +118,6 @@ def sync():
 
 def first_line(e):
     return f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:160]
-
-
-def train_defaults():
-    """train.py's globals block (its embedded default config), read from its source so the two never drift."""
-    source = open(os.path.join(HERE, 'train.py')).read()
-    start = source.index('# default config')
-    block = source[source.index('\n', start):source.index('config_keys =')]
-    namespace = {}
-    exec(block, namespace)
-    return {k: v for k, v in namespace.items() if not k.startswith('_')}
 
 
 def image_dataset(n_classes, size, n_exemplars, n_holdout=20, n_labels=1600, seed=0):
@@ -267,8 +263,9 @@ def bench_sampler(results, rows):
 # ---------------------------------------------------------------------------------------------
 # 2. training steps
 
-def make_cell(cell):
+def make_cell(cell, cell_seed=None):
     """(config, dataset, sampler, model, optimizer) for a cell, built like train.py builds them."""
+    cell_seed = seed if cell_seed is None else cell_seed
     config = train_defaults()
     if cell == 'default':
         data = build_dataset(config)
@@ -279,40 +276,31 @@ def make_cell(cell):
     else:
         raise ValueError(f"cell={cell!r} must be 'default' or 'paper'")
     config['n_eval_episodes'] = n_eval_episodes
-    torch.manual_seed(seed)
+    torch.manual_seed(cell_seed)
     data = data.to(device)
     sampler = EpisodeSampler(data.train, data.class_labels, config['context_len'], config['p_bursty'],
-                             config['bursty_shots'], config['ways'], config['zipf_alpha'], seed=seed, device=device)
+                             config['bursty_shots'], config['ways'], config['zipf_alpha'], seed=cell_seed, device=device)
     model = build_model(config, data).to(device)
     optimizer = model.configure_optimizers(config['weight_decay'], config['learning_rate'],
                                            (config['beta1'], config['beta2']), device_type, verbose=False)
     return config, data, sampler, model, optimizer
 
 
-def make_step(config, sampler, model, optimizer, use_compile, dtype):
-    """train.py's loop body (sample, exposure counts, forward, query loss, backward, AdamW, finite check)."""
-    train_model = torch.compile(model, mode=compile_mode) if use_compile else model
+def make_step(config, sampler, model, optimizer, use_compile, dtype, forward=None, exposure=None, decayed=None):
+    """train.py's step (training.train_step: sample, exposure counts, forward, query loss, backward, AdamW)
+    and its finite check; a group passes its stacked forward, exposure and decayed tensors."""
+    train_model = forward or (torch.compile(model, mode=compile_mode) if use_compile else model)
     autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16) if dtype == 'bf16' else nullcontext()
-    n_classes = sampler.bank.n_classes
-    state = {'query_count': torch.zeros(n_classes, dtype=torch.long, device=device),
-             'seen_count': torch.zeros(n_classes, dtype=torch.long, device=device),
-             'bad': torch.full((), -1, dtype=torch.long, device=device),
-             'loss_sum': torch.zeros((), device=device), 'it': 0}
-    B = config['batch_size']
+    exposure = exposure or Exposure(sampler.bank.n_classes, device)
+    decayed = decayed if decayed is not None else model.decayed_parameters()[0]
+    state = {'bad': torch.full((), -1, dtype=torch.long, device=device), 'loss_sum': torch.zeros((), device=device),
+             'it': 0}
 
     def step():
-        items, labels, classes = sampler.sample(B)
-        state['query_count'].index_add_(0, classes[:, -1], torch.ones_like(classes[:, -1]))
-        state['seen_count'].index_add_(0, classes.flatten(), torch.ones_like(classes.flatten()))
-        with autocast:
-            logits = train_model(items, labels)
-        loss = F.cross_entropy(logits.float(), labels[:, -1])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss = loss.detach()
-        state['bad'] = torch.where((state['bad'] < 0) & ~torch.isfinite(loss), state['it'], state['bad'])
-        state['loss_sum'] += loss
+        loss = train_step(train_model, optimizer, sampler, config['batch_size'], config['learning_rate'], exposure,
+                          decayed, config['l2'], config['grad_clip'], autocast)
+        state['bad'] = torch.where((state['bad'] < 0) & ~torch.isfinite(loss).all(), state['it'], state['bad'])
+        state['loss_sum'] = state['loss_sum'] + loss.sum()
         state['it'] += 1
     return step, state
 
@@ -494,6 +482,40 @@ def bench_jobs(results, rows):
 
 
 # ---------------------------------------------------------------------------------------------
+# 5. K cells as one stacked model (group.py) against K separate steps
+
+def bench_group(results, rows):
+    """cell-steps/s of a group of K cells (seeds seed..seed+K-1, one data copy), K = group_sizes."""
+    out = results.setdefault('group', {})
+    dtype = 'bf16' if device_type == 'cuda' else 'fp32'
+    solo = None
+    for K in [int(k) for k in group_sizes.split(',') if k.strip()]:
+        try:
+            cellset = [make_cell(group_cell, seed + k) for k in range(K)] if K > 1 or solo is None else None
+            if solo is None:  # one solo step (train.py's), the baseline
+                config, _, sampler, model, optimizer = cellset[0]
+                step, state = make_step(config, sampler, model, optimizer, False, dtype)
+                solo = 1 / time_steps(step, state, warmup_steps, group_steps)
+                out['solo_steps_per_s'] = solo
+                rows.append(('group', f'{group_cell} solo step', solo, 'steps/s', f'train.py step, {dtype}'))
+            config = cellset[0][0]
+            stacked, optimizer, decayed = stack_group([c[3] for c in cellset], [config['weight_decay']] * K,
+                                                      config['learning_rate'], (config['beta1'], config['beta2']),
+                                                      device_type)
+            samplers = [c[2] for c in cellset]
+            step, state = make_step(config, GroupSampler(samplers), None, optimizer, False, dtype, forward=stacked,
+                                    exposure=GroupExposure([Exposure(s.bank.n_classes, device) for s in samplers]),
+                                    decayed=decayed)
+            rate = K / time_steps(step, state, warmup_steps, group_steps)
+            out[f'K{K}'] = {'cell_steps_per_s': rate, 'vs_solo': rate / solo}
+            rows.append(('group', f'{group_cell} K={K}', rate, 'cell-steps/s', f'x{rate / solo:.2f} vs one solo step'))
+            del cellset, stacked, optimizer, samplers, step
+        except Exception as e:  # e.g. out of memory at a large K: report, go on
+            out[f'K{K}'] = f'n/a: {first_line(e)}'
+            rows.append(('group', f'{group_cell} K={K}', None, '', out[f'K{K}']))
+
+
+# ---------------------------------------------------------------------------------------------
 
 def print_table(rows):
     print(f"\n{'section':8s} {'what':52s} {'value':>12s}  {'unit':14s} note")
@@ -514,7 +536,8 @@ if __name__ == '__main__':
           f"{os.cpu_count()} cores, load average {load}")
     rows = []
     t_start = time.perf_counter()
-    for name, fn in [('sampler', bench_sampler), ('train', bench_train), ('share', bench_share), ('jobs', bench_jobs)]:
+    for name, fn in [('sampler', bench_sampler), ('train', bench_train), ('share', bench_share), ('jobs', bench_jobs),
+                     ('group', bench_group)]:
         if name in wanted:
             t = time.perf_counter()
             fn(results, rows)

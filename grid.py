@@ -767,6 +767,18 @@ def write_report(root_dir, threshold=0.9):
     return verdicts
 
 
+def finish_report(root_dir):
+    """The phase diagram (phase=True, phase.py) or the verdict report, from what is in root_dir."""
+    if not phase:
+        print_verdicts(write_report(root_dir), root_dir)
+        return
+    from phase import write_phase_report
+    cells = [c for c in load_cells(root_dir) if c['rows']]
+    for c in cells:
+        c['stats'] = run_stats(c['rows'])
+    write_phase_report(root_dir, cells, icl_threshold)
+
+
 def print_verdicts(verdicts, root_dir):
     for v in verdicts:
         print(f"VERDICT{' (' + v['width'] + ')' if v['width'] else ''}: {v['verdict']} - {v['reason']}")
@@ -780,7 +792,7 @@ if __name__ == '__main__':
         grid_dir = 'out_grid' + ''.join('_' + os.path.splitext(os.path.basename(cf))[0] for cf in train_configs)
     root_dir = os.path.abspath(grid_dir)
     if report:
-        print_verdicts(write_report(root_dir), root_dir)
+        finish_report(root_dir)
         sys.exit(0)
     class_names = [s.strip() for s in classes.split(',') if s.strip()]
     for cls in class_names:
@@ -839,5 +851,5 @@ if __name__ == '__main__':
           f"in {(time.time() - t0) / 60:.1f} min")
     for name, rc, log_path in result['failed']:
         print(f"grid: FAILED {name} (exit code {rc}); log: {log_path}; rerun grid.py to retry it")
-    print_verdicts(write_report(root_dir), root_dir)
+    finish_report(root_dir)
     sys.exit(1 if result['failed'] else 0)

@@ -17,7 +17,6 @@ batch from its own sampler and seed stream, so its numbers do not depend on whic
 members may differ in seed, weight_decay, l2, n_train_classes (Few and Many together) and out_dir only.
 On a CPU this buys nothing (the step is compute-bound); on a GPU one small cell leaves the chip idle.
 """
-import copy
 import json
 import os
 import signal
@@ -26,13 +25,13 @@ import time
 from contextlib import nullcontext
 
 import torch
-from torch.func import functional_call, stack_module_state, vmap
 
 from checkpoint import CKPT, append_metrics, save_checkpoint, truncate_metrics
 from data import build_run_data
 from model import build_model, learning_rate_at
-from training import (Exposure, better_peak, check_config, eval_row, open_run_dir, parse_train_args,
-                      resolve_device, train_step, write_run_files)
+from training import (Exposure, GroupExposure, GroupSampler, better_peak, check_config,
+                      eval_row, open_run_dir, parse_train_args, resolve_device, stack_group, train_step,
+                      write_run_files)
 
 MEMBER_KEYS = {'seed', 'weight_decay', 'l2', 'n_train_classes', 'out_dir'}  # all other keys: one value per group
 
@@ -74,82 +73,6 @@ def check_group(configs):
         raise ValueError(f"two members share an out_dir: {out_dirs}")
 
 
-class StackedModel:
-    """K copies of one ICLTransformer as stacked tensors; __call__(items [K, B, ...], labels [K, B, S])
-    -> logits [K, B, n_labels] through vmap(functional_call) of the unchanged module."""
-
-    def __init__(self, models):
-        self.base = copy.deepcopy(models[0]).to('meta')
-        for module in self.base.modules():
-            if hasattr(module, 'explicit'):
-                module.explicit = True  # SDPA has no vmap batching rule on CPU; the explicit form batches
-        params, self.buffers = stack_module_state(models)
-        self.params = {name: torch.nn.Parameter(p.detach()) for name, p in params.items()}
-        self.n_members = len(models)
-
-        def one(params, buffers, items, labels):
-            return functional_call(self.base, (params, buffers), (items, labels))
-        self.forward = vmap(one, randomness='different')
-
-    def __call__(self, items, labels):
-        return self.forward(self.params, self.buffers, items, labels)
-
-    def member_state(self, k, keys):
-        """Member k's model.state_dict() (the keys of a solo model's state_dict)."""
-        every = {**self.params, **self.buffers}
-        return {name: every[name][k].detach().clone() for name in keys}
-
-    def load_member_state(self, k, state):
-        with torch.no_grad():
-            for name, value in state.items():
-                target = self.params.get(name, self.buffers.get(name))
-                target[k].copy_(value)
-
-
-class MemberAdamW:
-    """AdamW over stacked parameters with one weight decay per member. PyTorch's AdamW first shrinks each
-    decayed weight by lr*wd and then applies Adam's update (its update with weight_decay=0); this does the
-    same with wd a [K] vector, so member k follows exactly its solo AdamW."""
-
-    def __init__(self, decay, no_decay, weight_decays, lr, betas, fused):
-        self.inner = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.0},
-                                        {'params': no_decay, 'weight_decay': 0.0}], lr=lr, betas=betas, fused=fused)
-        self.param_groups = self.inner.param_groups
-        self.weight_decays = torch.tensor(weight_decays, dtype=torch.float64)
-
-    @torch.no_grad()
-    def step(self):
-        lr = self.param_groups[0]['lr']
-        if bool((self.weight_decays != 0).any()):
-            factor = 1 - lr * self.weight_decays  # float64 then one rounding, as AdamW's Python-float factor
-            for p in self.param_groups[0]['params']:
-                p.mul_(factor.to(device=p.device, dtype=p.dtype).view(-1, *[1] * (p.dim() - 1)))
-        self.inner.step()
-
-    def zero_grad(self, set_to_none=True):
-        self.inner.zero_grad(set_to_none=set_to_none)
-
-
-class GroupSampler:
-    """Each member's own EpisodeSampler (own classes, own seed stream), batches stacked on a member axis."""
-
-    def __init__(self, samplers):
-        self.samplers = samplers
-
-    def sample(self, batch_size):
-        draws = [s.sample(batch_size) for s in self.samplers]
-        return torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws]), [d[2] for d in draws]
-
-
-class GroupExposure:
-    def __init__(self, exposures):
-        self.members = exposures
-
-    def add(self, classes):
-        for exposure, c in zip(self.members, classes):
-            exposure.add(c)
-
-
 # ---- members: configs, run directories, data, models ---------------------------------------------
 configs = [parse_train_args(args) for args in member_arguments(sys.argv[1:])]
 try:
@@ -180,14 +103,11 @@ except (ValueError, FileNotFoundError) as e:
     fail(str(e))
 template = models[0]                        # a solo model: eval and checkpoints go through it
 state_keys = list(template.state_dict().keys())
-name_of = {id(p): name for name, p in template.named_parameters()}
-template_decay, template_no_decay = template.decayed_parameters()
-stacked = StackedModel(models)
+template_decay, _ = template.decayed_parameters()
+stacked, optimizer, decayed = stack_group(models, [c['weight_decay'] for c in configs], shared['learning_rate'],
+                                          (shared['beta1'], shared['beta2']), device_type)
+name_of = stacked.name_of
 del models
-decayed = [stacked.params[name_of[id(p)]] for p in template_decay]
-optimizer = MemberAdamW(decayed, [stacked.params[name_of[id(p)]] for p in template_no_decay],
-                        [c['weight_decay'] for c in configs], shared['learning_rate'], (shared['beta1'], shared['beta2']),
-                        fused=device_type == 'cuda')
 # the same optimizer solo train.py builds, used only to write (and read) solo-format optimizer state
 solo_optimizer = template.configure_optimizers(0.0, shared['learning_rate'], (shared['beta1'], shared['beta2']),
                                                device_type, verbose=False)

@@ -6,13 +6,16 @@ group.py (K grid cells trained together as one stacked model) and bench.py train
 - open_run_dir:      resume, refuse or start the run in out_dir;
 - train_step:        sample -> exposure counts -> forward -> query loss (+ l2) -> backward -> clip -> AdamW,
                      with no host sync; for a group every tensor simply has a leading member axis;
+- StackedModel, MemberAdamW, GroupSampler, GroupExposure: the same step for K runs at once (group.py);
 - eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run.
 """
+import copy
 import os
 import subprocess
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
 
 from data import icl_chance
 from checkpoint import fault_point, has_checkpoint, load_checkpoint, read_metrics, write_json
@@ -191,6 +194,97 @@ def train_step(forward, optimizer, sampler, batch_size, lr, exposure, decayed, l
 
 def _nonzero(value):
     return bool((value != 0).any()) if torch.is_tensor(value) else value != 0
+
+
+# ---- a group: K runs as one stacked model (group.py, bench.py) ----------------------------------
+
+class StackedModel:
+    """K copies of one ICLTransformer as stacked tensors; __call__(items [K, B, ...], labels [K, B, S])
+    -> logits [K, B, n_labels] through vmap(functional_call) of the unchanged module."""
+
+    def __init__(self, models):
+        self.base = copy.deepcopy(models[0]).to('meta')
+        for module in self.base.modules():
+            if hasattr(module, 'explicit'):
+                module.explicit = True  # SDPA has no vmap batching rule on CPU; the explicit form batches
+        params, self.buffers = stack_module_state(models)
+        self.params = {name: torch.nn.Parameter(p.detach()) for name, p in params.items()}
+        self.n_members = len(models)
+        self.name_of = {id(p): name for name, p in models[0].named_parameters()}  # models[0]'s tensor -> name
+
+        def one(params, buffers, items, labels):
+            return functional_call(self.base, (params, buffers), (items, labels))
+        self.forward = vmap(one, randomness='different')
+
+    def __call__(self, items, labels):
+        return self.forward(self.params, self.buffers, items, labels)
+
+    def member_state(self, k, keys):
+        """Member k's model.state_dict() (the keys of a solo model's state_dict)."""
+        every = {**self.params, **self.buffers}
+        return {name: every[name][k].detach().clone() for name in keys}
+
+    def load_member_state(self, k, state):
+        with torch.no_grad():
+            for name, value in state.items():
+                target = self.params.get(name, self.buffers.get(name))
+                target[k].copy_(value)
+
+
+class MemberAdamW:
+    """AdamW over stacked parameters with one weight decay per member. PyTorch's AdamW first shrinks each
+    decayed weight by lr*wd and then applies Adam's update (its update with weight_decay=0); this does the
+    same with wd a [K] vector, so member k follows exactly its solo AdamW."""
+
+    def __init__(self, decay, no_decay, weight_decays, lr, betas, fused):
+        self.inner = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.0},
+                                        {'params': no_decay, 'weight_decay': 0.0}], lr=lr, betas=betas, fused=fused)
+        self.param_groups = self.inner.param_groups
+        self.weight_decays = torch.tensor(weight_decays, dtype=torch.float64)
+
+    @torch.no_grad()
+    def step(self):
+        lr = self.param_groups[0]['lr']
+        if bool((self.weight_decays != 0).any()):
+            factor = 1 - lr * self.weight_decays  # float64 then one rounding, as AdamW's Python-float factor
+            for p in self.param_groups[0]['params']:
+                p.mul_(factor.to(device=p.device, dtype=p.dtype).view(-1, *[1] * (p.dim() - 1)))
+        self.inner.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+
+def stack_group(models, weight_decays, learning_rate, betas, device_type):
+    """(stacked model, per-member AdamW, stacked decayed parameters) for K models of one architecture,
+    with the decay groups of models[0].decayed_parameters() (the groups train.py's AdamW uses)."""
+    stacked = StackedModel(models)
+    decay, no_decay = models[0].decayed_parameters()
+    decayed = [stacked.params[stacked.name_of[id(p)]] for p in decay]
+    optimizer = MemberAdamW(decayed, [stacked.params[stacked.name_of[id(p)]] for p in no_decay], weight_decays,
+                            learning_rate, betas, fused=device_type == 'cuda')
+    return stacked, optimizer, decayed
+
+
+class GroupSampler:
+    """Each member's own EpisodeSampler (own classes, own seed stream), batches stacked on a member axis."""
+
+    def __init__(self, samplers):
+        self.samplers = samplers
+
+    def sample(self, batch_size):
+        draws = [s.sample(batch_size) for s in self.samplers]
+        return torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws]), [d[2] for d in draws]
+
+
+class GroupExposure:
+    def __init__(self, exposures):
+        self.members = exposures
+
+    def add(self, classes):
+        for exposure, c in zip(self.members, classes):
+            exposure.add(c)
+
 
 
 # ---- eval rows and the files a finished run writes ---------------------------------------------

@@ -1,0 +1,148 @@
+"""
+Phase diagram of a grid over class counts x regularisers (config/grid_phase.py): where does ICL appear as
+the number of training classes grows, and does weight decay or classical L2 move that point?
+
+grid.py calls write_phase_report with its cells (metrics and run_stats already loaded); it writes
+phase.png (two heatmaps: peak ICL, and IWL at the end, the ICL threshold marked per regulariser),
+phase_curves.png (ICL and IWL vs steps at the threshold), phase.md and phase.json into the grid folder.
+"""
+import json
+import os
+
+
+def class_count(cell):
+    return int(cell['classes'][1:]) if cell['classes'].startswith('c') else cell['summary']['config']['n_train_classes']
+
+
+def regularizer_order(reg):
+    """none first, then decays, then L2 strengths, each ascending."""
+    kind = 0 if reg == 'wd0' else 1 if reg.startswith('wd') else 2
+    return kind, float(reg.split('_')[-1][2:] if kind == 1 else reg.split('_')[-1] if kind == 2 else 0)
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+def phase_table(cells):
+    """{(regularizer, classes): {'peak_icl', 'final_icl', 'final_iwl', 'seeds', 'no_learning'}} (mean over seeds)."""
+    groups = {}
+    for c in cells:
+        groups.setdefault((c.get('regularizer') or f"wd{c['weight_decay']:g}", class_count(c)), []).append(c['stats'])
+    return {key: {'peak_icl': _mean([s['peak_icl'] for s in stats]), 'final_icl': _mean([s['final_icl'] for s in stats]),
+                  'final_iwl': _mean([s['final_iwl'] for s in stats]), 'seeds': len(stats),
+                  'peak_min': min(s['peak_icl'] for s in stats), 'peak_max': max(s['peak_icl'] for s in stats),
+                  'no_learning': all(s['no_learning'] for s in stats)}
+            for key, stats in groups.items()}
+
+
+def thresholds(table, regs, counts, threshold):
+    """{regularizer: the smallest class count whose mean peak ICL >= threshold, or None}."""
+    return {reg: next((n for n in counts if (reg, n) in table and table[(reg, n)]['peak_icl'] >= threshold), None)
+            for reg in regs}
+
+
+def _heatmap(ax, table, regs, counts, key, title, first, cmap):
+    import numpy as np
+    from matplotlib.patches import Rectangle
+    grid = np.full((len(regs), len(counts)), np.nan)
+    for i, reg in enumerate(regs):
+        for j, n in enumerate(counts):
+            if (reg, n) in table:
+                grid[i, j] = table[(reg, n)][key]
+    ax.imshow(grid, vmin=0, vmax=1, cmap=cmap, aspect='auto')
+    for i, reg in enumerate(regs):
+        for j, n in enumerate(counts):
+            if not np.isnan(grid[i, j]):
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha='center', va='center', fontsize=7,
+                        color='white' if grid[i, j] < 0.45 else 'black')
+        if first.get(reg) is not None:
+            j = counts.index(first[reg])
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red', lw=2))
+    ax.set_xticks(range(len(counts)), [str(n) for n in counts], fontsize=8)
+    ax.set_yticks(range(len(regs)), regs, fontsize=8)
+    ax.set_xlabel('training classes')
+    ax.set_title(title, fontsize=10)
+
+
+def plot_phase(path, table, regs, counts, first, threshold):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.75 * len(counts) * 2, 1.2 + 0.45 * len(regs)), squeeze=False)
+    _heatmap(axes[0, 0], table, regs, counts, 'peak_icl', f'peak ICL (holdout; red box: first >= {threshold:g})',
+             first, 'viridis')
+    _heatmap(axes[0, 1], table, regs, counts, 'final_iwl', 'IWL at the end (seen classes)', first, 'magma')
+    axes[0, 0].set_ylabel('regulariser')
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_threshold_curves(path, cells, first):
+    """ICL and IWL vs steps of every regulariser at its own threshold class count (and the one below)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    counts = sorted({n for n in first.values() if n is not None})
+    if not counts:
+        return False
+    fig, axes = plt.subplots(2, len(counts), figsize=(4.5 * len(counts), 6), squeeze=False, sharey=True)
+    for j, n in enumerate(counts):
+        for c in sorted((c for c in cells if class_count(c) == n and c['seed'] == 0),
+                        key=lambda c: regularizer_order(c['regularizer'])):
+            steps = [r['iter'] for r in c['rows']]
+            axes[0, j].plot(steps, [r['icl_acc'] for r in c['rows']], label=c['regularizer'])
+            axes[1, j].plot(steps, [r['iwl_acc'] for r in c['rows']], label=c['regularizer'])
+        axes[0, j].set_title(f'{n} classes: ICL (holdout)', fontsize=10)
+        axes[1, j].set_title(f'{n} classes: IWL', fontsize=10)
+        axes[1, j].set_xlabel('step')
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def write_phase_report(root_dir, cells, threshold=0.8):
+    """phase.png, phase_curves.png, phase.md and phase.json from the cells of a class x regulariser grid."""
+    cells = [c for c in cells if c['rows'] and c.get('regularizer')]
+    if not cells:
+        print(f"phase: no cell with metrics and a regularizer in {root_dir}: no report")
+        return None
+    table = phase_table(cells)
+    regs = sorted({reg for reg, _ in table}, key=regularizer_order)
+    counts = sorted({n for _, n in table})
+    first = thresholds(table, regs, counts, threshold)
+    plot_phase(os.path.join(root_dir, 'phase.png'), table, regs, counts, first, threshold)
+    curves = plot_threshold_curves(os.path.join(root_dir, 'phase_curves.png'), cells, first)
+    exponents = {c.get('regularizer'): c['summary'].get('decay_exponent') for c in cells if c['summary']}
+    lines = [f"# Phase diagram: {root_dir}", "",
+             f"{len(cells)} runs. Peak ICL = best holdout ICL after step 0 (mean over seeds); ICL 'appears' at the "
+             f"first class count whose peak ICL >= {threshold:g}.", "",
+             "| regulariser | lr·wd·steps | ICL appears at | " + " | ".join(f"{n}" for n in counts) + " |",
+             "|---|---|---|" + "---|" * len(counts)]
+    for reg in regs:
+        cellsrow = []
+        for n in counts:
+            t = table.get((reg, n))
+            cellsrow.append('-' if t is None else f"{t['peak_icl']:.2f} / {t['final_iwl']:.2f}"
+                            + (f" ({t['seeds']} seeds, {t['peak_min']:.2f}-{t['peak_max']:.2f})" if t['seeds'] > 1 else ''))
+        exponent = exponents.get(reg)
+        lines.append(f"| {reg} | {'-' if exponent is None else format(exponent, '.3g')} | "
+                     f"{first[reg] if first[reg] is not None else 'never'} | " + " | ".join(cellsrow) + " |")
+    lines += ["", "Each entry: peak ICL / IWL at the end.", "", "![phase diagram](phase.png)", ""]
+    if curves:
+        lines += ["![ICL and IWL vs steps at the threshold](phase_curves.png)", ""]
+    none_first = first.get('wd0')
+    if none_first is not None:
+        lines += [f"Next: seeds 1 and 2 at the threshold without a regulariser: "
+                  f"`python grid.py config/grid_phase.py --classes={none_first} --seeds=1,2`", ""]
+    with open(os.path.join(root_dir, 'phase.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    with open(os.path.join(root_dir, 'phase.json'), 'w') as f:
+        json.dump({'threshold': threshold, 'first_class_count': first,
+                   'table': [{'regularizer': r, 'classes': n, **v} for (r, n), v in sorted(table.items())]}, f, indent=2)
+    print(f"phase: ICL appears at " + ", ".join(f"{r}: {first[r] or 'never'}" for r in regs)
+          + f"; report {os.path.join(root_dir, 'phase.md')}")
+    return first
