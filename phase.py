@@ -20,6 +20,11 @@ def regularizer_order(reg):
     return kind, float(reg.split('_')[-1][2:] if kind == 1 else reg.split('_')[-1] if kind == 2 else 0)
 
 
+def reg_label(reg):
+    """'wd0' -> 'none', 'wd0.1' -> 'wd=0.1', 'l2_0.001' -> 'l2=0.001'."""
+    return 'none' if reg == 'wd0' else reg.replace('l2_', 'l2=') if reg.startswith('l2') else reg.replace('wd', 'wd=')
+
+
 def _mean(values):
     return sum(values) / len(values)
 
@@ -60,7 +65,7 @@ def _heatmap(ax, table, regs, counts, key, title, first, cmap):
             j = counts.index(first[reg])
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor='red', lw=2))
     ax.set_xticks(range(len(counts)), [str(n) for n in counts], fontsize=8)
-    ax.set_yticks(range(len(regs)), regs, fontsize=8)
+    ax.set_yticks(range(len(regs)), [reg_label(r) for r in regs], fontsize=8)
     ax.set_xlabel('training classes')
     ax.set_title(title, fontsize=10)
 
@@ -92,8 +97,8 @@ def plot_threshold_curves(path, cells, first):
         for c in sorted((c for c in cells if class_count(c) == n and c['seed'] == 0),
                         key=lambda c: regularizer_order(c['regularizer'])):
             steps = [r['iter'] for r in c['rows']]
-            axes[0, j].plot(steps, [r['icl_acc'] for r in c['rows']], label=c['regularizer'])
-            axes[1, j].plot(steps, [r['iwl_acc'] for r in c['rows']], label=c['regularizer'])
+            axes[0, j].plot(steps, [r['icl_acc'] for r in c['rows']], label=reg_label(c['regularizer']))
+            axes[1, j].plot(steps, [r['iwl_acc'] for r in c['rows']], label=reg_label(c['regularizer']))
         axes[0, j].set_title(f'{n} classes: ICL (holdout)', fontsize=10)
         axes[1, j].set_title(f'{n} classes: IWL', fontsize=10)
         axes[1, j].set_xlabel('step')
@@ -129,7 +134,7 @@ def write_phase_report(root_dir, cells, threshold=0.8):
             cellsrow.append('-' if t is None else f"{t['peak_icl']:.2f} / {t['final_iwl']:.2f}"
                             + (f" ({t['seeds']} seeds, {t['peak_min']:.2f}-{t['peak_max']:.2f})" if t['seeds'] > 1 else ''))
         exponent = exponents.get(reg)
-        lines.append(f"| {reg} | {'-' if exponent is None else format(exponent, '.3g')} | "
+        lines.append(f"| {reg_label(reg)} | {'-' if exponent is None else format(exponent, '.3g')} | "
                      f"{first[reg] if first[reg] is not None else 'never'} | " + " | ".join(cellsrow) + " |")
     lines += ["", "Each entry: peak ICL / IWL at the end.", "", "![phase diagram](phase.png)", ""]
     if curves:
@@ -143,6 +148,6 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     with open(os.path.join(root_dir, 'phase.json'), 'w') as f:
         json.dump({'threshold': threshold, 'first_class_count': first,
                    'table': [{'regularizer': r, 'classes': n, **v} for (r, n), v in sorted(table.items())]}, f, indent=2)
-    print(f"phase: ICL appears at " + ", ".join(f"{r}: {first[r] or 'never'}" for r in regs)
+    print(f"phase: ICL appears at " + ", ".join(f"{reg_label(r)}: {first[r] or 'never'}" for r in regs)
           + f"; report {os.path.join(root_dir, 'phase.md')}")
     return first

@@ -344,3 +344,58 @@ def test_group_size_trains_cells_as_one_group_with_solo_files(tmp_path):
     assert 'in a group of 3' in (tmp_path / 'few_wd0.01_s0' / 'train.log').read_text()
     assert 'group: 3 members' in (tmp_path / 'few_wd0_s0' / 'train.log').read_text()
     assert '## Verdict' in (tmp_path / 'report.md').read_text()
+
+
+# ---- class-count and regulariser axes, chance flags, the phase diagram -----------------------------
+
+def test_regularizers_and_class_counts_make_cells(grid):
+    regs = grid.parse_regularizers('none, wd=0.1, l2=1e-3')
+    assert regs == [('wd0', 0.0, 0.0), ('wd0.1', 0.1, 0.0), ('l2_0.001', 0.0, 1e-3)]
+    cells = grid.enumerate_cells(['100', 'many'], regs, [0], [], [], {'many': ['--n_train_classes=16000']}, [])
+    assert [c['name'] for c in cells] == ['c100_wd0_s0', 'c100_wd0.1_s0', 'c100_l2_0.001_s0',
+                                          'many_wd0_s0', 'many_wd0.1_s0', 'many_l2_0.001_s0']
+    assert cells[2]['args'] == ['--n_train_classes=100', '--weight_decay=0.0', '--l2=0.001', '--seed=0']
+    assert cells[1]['l2'] == 0.0 and cells[2]['l2'] == 1e-3 and cells[2]['regularizer'] == 'l2_0.001'
+
+
+@pytest.mark.parametrize('bad', ['l1=0.1', 'wd=-1', 'l2=x', 'none,wd=0'])
+def test_bad_regularizers_are_a_clear_error(tmp_path, bad):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path}',
+                           f'--regularizers={bad}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'regularizers' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_run_stats_skips_step_zero_and_flags_chance(grid):
+    rows = [{'iter': 0, 'icl_acc': 0.52, 'iwl_acc': 0.0, 'ece': 0.1, 'attn_match_image': 0.1, 'attn_match_label': 0.1,
+             'icl_chance': 0.5, 'icl_episodes': 512},
+            {'iter': 100, 'icl_acc': 0.49, 'iwl_acc': 0.9, 'ece': 0.1, 'attn_match_image': 0.1, 'attn_match_label': 0.1},
+            {'iter': 200, 'icl_acc': 0.44, 'iwl_acc': 1.0, 'ece': 0.1, 'attn_match_image': 0.1, 'attn_match_label': 0.1}]
+    s = grid.run_stats(rows)
+    assert s['peak_icl'] == 0.49 and s['peak_iter'] == 100            # the untrained model's 0.52 is no peak
+    assert s['icl_se'] == pytest.approx((0.25 / 512) ** 0.5)
+    assert s['no_learning'] and s['below_chance']                     # 0.44 < 0.5 - 2 * 0.022
+    rows[2]['icl_acc'] = 0.97
+    s = grid.run_stats(rows)
+    assert not s['no_learning'] and not s['below_chance'] and s['peak_iter'] == 200
+
+
+def test_phase_report_heatmaps_and_thresholds(grid, tmp_path):
+    from phase import write_phase_report
+    root = tmp_path / 'p'
+    peaks = {'wd0': {100: 0.5, 1600: 0.7, 16000: 0.95}, 'l2_0.001': {100: 0.5, 1600: 0.9, 16000: 0.97}}
+    for reg, by_count in peaks.items():
+        for n, peak in by_count.items():
+            name = f'c{n}_{reg}_s0'
+            write_cell(root, name, f'c{n}', 0.0, 0, [0.5, peak, peak - 0.05], [0.0, 0.5, 1.0 if n == 100 else 0.1], 0.8)
+            cell = json.loads((root / name / 'cell.json').read_text())
+            (root / name / 'cell.json').write_text(json.dumps({**cell, 'regularizer': reg, 'l2': 0.001 if 'l2' in reg else 0}))
+    cells = grid.load_cells(str(root))
+    for c in cells:
+        c['stats'] = grid.run_stats(c['rows'])
+    first = write_phase_report(str(root), cells, threshold=0.8)
+    assert first == {'wd0': 16000, 'l2_0.001': 1600}
+    for f in ('phase.png', 'phase_curves.png', 'phase.md', 'phase.json'):
+        assert (root / f).stat().st_size > 0, f
+    text = (root / 'phase.md').read_text()
+    assert '| none | - | 16000 | 0.50 / 1.00 | 0.70 / 0.10 | 0.95 / 0.10 |' in text
+    assert '--classes=16000 --seeds=1,2' in text
