@@ -111,7 +111,8 @@ del models
 # the same optimizer solo train.py builds, used only to write (and read) solo-format optimizer state
 solo_optimizer = template.configure_optimizers(0.0, shared['learning_rate'], (shared['beta1'], shared['beta2']),
                                                device_type, verbose=False)
-print(f"group: {K} members, {template.num_parameters():,} parameters each, device {device}")
+print(f"group: {K} members, {template.num_parameters():,} parameters each, device {device}"
+      + ("; eager: compile is not applied to the stacked model" if device_type == 'cuda' else ''))
 for c in configs:
     print(f"  {c['out_dir']}: seed {c['seed']}, weight_decay {c['weight_decay']:g}, l2 {c['l2']:g}, "
           f"{c['n_train_classes']} train classes")
