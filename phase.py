@@ -148,6 +148,6 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     with open(os.path.join(root_dir, 'phase.json'), 'w') as f:
         json.dump({'threshold': threshold, 'first_class_count': first,
                    'table': [{'regularizer': r, 'classes': n, **v} for (r, n), v in sorted(table.items())]}, f, indent=2)
-    print(f"phase: ICL appears at " + ", ".join(f"{reg_label(r)}: {first[r] or 'never'}" for r in regs)
+    print("phase: ICL appears at " + ", ".join(f"{reg_label(r)}: {first[r] or 'never'}" for r in regs)
           + f"; report {os.path.join(root_dir, 'phase.md')}")
     return first
