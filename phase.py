@@ -111,9 +111,10 @@ def plot_threshold_curves(path, cells, first):
 
 def write_phase_report(root_dir, cells, threshold=0.8):
     """phase.png, phase_curves.png, phase.md and phase.json from the cells of a class x regulariser grid."""
-    cells = [c for c in cells if c['rows'] and c.get('regularizer')]
+    running = [c['name'] for c in cells if c['rows'] and c.get('regularizer') and not c['summary']]
+    cells = [c for c in cells if c['rows'] and c.get('regularizer') and c['summary']]  # finished runs only
     if not cells:
-        print(f"phase: no cell with metrics and a regularizer in {root_dir}: no report")
+        print(f"phase: no finished cell with a regularizer in {root_dir}: no report")
         return None
     table = phase_table(cells)
     regs = sorted({reg for reg, _ in table}, key=regularizer_order)
@@ -123,7 +124,8 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     curves = plot_threshold_curves(os.path.join(root_dir, 'phase_curves.png'), cells, first)
     exponents = {c.get('regularizer'): c['summary'].get('decay_exponent') for c in cells if c['summary']}
     lines = [f"# Phase diagram: {root_dir}", "",
-             f"{len(cells)} runs. Peak ICL = best holdout ICL after step 0 (mean over seeds); ICL 'appears' at the "
+             f"{len(cells)} finished runs" + (f" ({len(running)} still running: not shown)" if running else '')
+             + f". Peak ICL = best holdout ICL after step 0 (mean over seeds); ICL 'appears' at the "
              f"first class count whose peak ICL >= {threshold:g}.", "",
              "| regulariser | lr·wd·steps | ICL appears at | " + " | ".join(f"{n}" for n in counts) + " |",
              "|---|---|---|" + "---|" * len(counts)]
