@@ -122,7 +122,8 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     first = thresholds(table, regs, counts, threshold)
     plot_phase(os.path.join(root_dir, 'phase.png'), table, regs, counts, first, threshold)
     curves = plot_threshold_curves(os.path.join(root_dir, 'phase_curves.png'), cells, first)
-    exponents = {c.get('regularizer'): c['summary'].get('decay_exponent') for c in cells if c['summary']}
+    exponents = {c['regularizer']: c['summary'].get('decay_exponent') for c in cells
+                 if not c['regularizer'].startswith('l2')}  # lr*wd*steps: decay only
     lines = [f"# Phase diagram: {root_dir}", "",
              f"{len(cells)} finished runs" + (f" ({len(running)} still running: not shown)" if running else '')
              + f". Peak ICL = best holdout ICL after step 0 (mean over seeds); ICL 'appears' at the "
