@@ -261,7 +261,7 @@ def plot_icl_vs_steps(path, groups, widths, class_names, decays, chance):
                 ax.set_xlabel('step')
             if j == 0:
                 ax.set_ylabel(f"{name} accuracy")
-    axes[0, -1].legend(fontsize=8, loc='best')
+        axes[0, j].legend(fontsize=8, loc='best')  # per column: columns may show different decays
     fig.suptitle('mean over seeds, band = min-max', fontsize=10)
     _save(fig, path)
     plt.close(fig)
