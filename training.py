@@ -46,14 +46,15 @@ def parse_train_args(args):
     """The config a `python train.py <args>` run would have: train.py's defaults, then config files and
     --key=value through the same configurator (it prints one line and exits 2 on a bad argument)."""
     import sys
-    namespace = dict(train_defaults())
+    defaults = train_defaults()
+    namespace = dict(defaults)
     saved = sys.argv
     sys.argv = ['train.py', *args]
     try:
         exec(open(os.path.join(HERE, 'configurator.py')).read(), namespace)
     finally:
         sys.argv = saved
-    return {k: namespace[k] for k in train_defaults()}
+    return {k: namespace[k] for k in defaults}
 
 
 def check_config(config):
@@ -182,7 +183,8 @@ def train_step(forward, optimizer, sampler, batch_size, lr, exposure, decayed, l
     with autocast if autocast is not None else torch.autocast('cpu', enabled=False):
         logits = forward(items, labels)
     loss = query_loss(logits, labels)
-    total = loss + l2_penalty(decayed, l2, loss.shape) if _nonzero(l2) else loss
+    # a group passes l2 as a [K] tensor only when some member has l2 > 0: no value test (a host sync on CUDA)
+    total = loss + l2_penalty(decayed, l2, loss.shape) if torch.is_tensor(l2) or l2 != 0 else loss
     total.sum().backward()
     fault_point('train_step')  # test hook (no-op unless BURSTYICL_FAULT is set)
     if grad_clip > 0:
@@ -190,10 +192,6 @@ def train_step(forward, optimizer, sampler, batch_size, lr, exposure, decayed, l
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
-
-
-def _nonzero(value):
-    return bool((value != 0).any()) if torch.is_tensor(value) else value != 0
 
 
 # ---- a group: K runs as one stacked model (group.py, bench.py) ----------------------------------
@@ -241,11 +239,12 @@ class MemberAdamW:
                                         {'params': no_decay, 'weight_decay': 0.0}], lr=lr, betas=betas, fused=fused)
         self.param_groups = self.inner.param_groups
         self.weight_decays = torch.tensor(weight_decays, dtype=torch.float64)
+        self.any_decay = any(wd != 0 for wd in weight_decays)
 
     @torch.no_grad()
     def step(self):
         lr = self.param_groups[0]['lr']
-        if bool((self.weight_decays != 0).any()):
+        if self.any_decay:
             factor = 1 - lr * self.weight_decays  # float64 then one rounding, as AdamW's Python-float factor
             for p in self.param_groups[0]['params']:
                 p.mul_(factor.to(device=p.device, dtype=p.dtype).view(-1, *[1] * (p.dim() - 1)))
