@@ -11,6 +11,35 @@ def wd_name(wd):
     return f"wd{wd:g}"
 
 
+# A cell's regulariser is (weight_decay, l2): decoupled AdamW decay, classical L2 in the loss, or neither.
+NONE = (0.0, 0.0)
+
+
+def as_reg(reg):
+    """(weight_decay, l2) from a regulariser key: a bare number is a weight decay (the weight_decays axis)."""
+    return (float(reg[0]), float(reg[1])) if isinstance(reg, tuple) else (float(reg), 0.0)
+
+
+def reg_of(cell):
+    return (cell['weight_decay'], cell.get('l2', 0.0))  # cells from before the l2 key have none
+
+
+def reg_order(reg):
+    """none, then the decays, then the L2 strengths, each increasing."""
+    return (reg[1] > 0, reg[0], reg[1])
+
+
+def reg_label(reg):
+    wd, l2 = reg
+    return (f"wd={wd:g}" if wd or not l2 else '') + ('+' if wd and l2 else '') + (f"l2={l2:g}" if l2 else '')
+
+
+def reg_name(reg):
+    """File-name form, as grid.py names cells: wd0.01, l2_0.001."""
+    wd, l2 = reg
+    return (wd_name(wd) if wd or not l2 else '') + ('_' if wd and l2 else '') + (f"l2_{l2:g}" if l2 else '')
+
+
 def _fmt(value, spec='.3f'):
     return '-' if value is None else format(value, spec)
 
@@ -53,34 +82,37 @@ def _mean(values):
 
 
 def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
-    """Does some Few cell with weight decay > 0 reach `threshold` x the Many+wd=0 peak ICL without collapse?
+    """Does some regularised Few cell reach `threshold` x the Many+wd=0 (no regulariser) peak ICL without collapse?
 
-    groups: {('few'|'many', weight_decay): [run_stats-like dicts, one per seed]} (needs peak_icl,
+    groups: {('few'|'many', regulariser): [run_stats-like dicts, one per seed]}, the regulariser a weight
+    decay or a (weight_decay, l2) pair, so classical L2 cells are candidates too (needs peak_icl,
     attn_label_at_peak, final_iwl). Rule (also written into report.md):
     - ratio of a cell = its mean-over-seeds peak ICL / the Many+wd=0 mean peak ICL; its seed range is
       [min seed peak / max baseline peak, max seed peak / min baseline peak] (both sides' seed spread);
     - no collapse: at its peak the cell's mean attn_match_label is >= attn_fraction x the baseline's (ICL
       by the same query->matching-label circuit), and its mean final IWL is >= iwl_fraction x the Few+wd=0
       mean final IWL (decay did not simply wipe out what the network can learn in weights);
-    - SUPPORTED if some Few+wd>0 cell without collapse has its whole seed range >= threshold; else
+    - SUPPORTED if some regularised Few cell (wd > 0 or l2 > 0) without collapse has its whole seed range
+      >= threshold; else
       INCONCLUSIVE if the range of some cell without collapse straddles the threshold; else NOT SUPPORTED
       (every range below it, or the cells that reach it collapse). 'best' is the deciding cell: the
       highest mean ratio among those that qualify (for NOT SUPPORTED: among cells without collapse, or
       among all when every cell collapses).
     Raises ValueError naming a missing group."""
-    for key in [('many', 0.0), ('few', 0.0)]:
-        if not groups.get(key):
-            raise ValueError(f"no finished runs for the {key[0]} wd={key[1]:g} cells, needed for the verdict")
-    base = groups[('many', 0.0)]
+    groups = {(cls, as_reg(reg)): runs for (cls, reg), runs in groups.items()}
+    for cls in ('many', 'few'):
+        if not groups.get((cls, NONE)):
+            raise ValueError(f"no finished runs for the {cls} wd=0 cells, needed for the verdict")
+    base = groups[('many', NONE)]
     base_peaks = [r['peak_icl'] for r in base]
     base_mean = _mean(base_peaks)
     if base_mean <= 0:
         raise ValueError("the Many+wd=0 baseline has zero peak ICL")
     base_attn = _mean([r['attn_label_at_peak'] for r in base])
-    few0_iwl = _mean([r['final_iwl'] for r in groups[('few', 0.0)]])
+    few0_iwl = _mean([r['final_iwl'] for r in groups[('few', NONE)]])
     candidates = []
-    for (cls, wd), runs in sorted(groups.items()):
-        if cls != 'few' or wd == 0 or not runs:
+    for (cls, reg), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], reg_order(kv[0][1]))):
+        if cls != 'few' or reg == NONE or not runs:
             continue
         peaks = [r['peak_icl'] for r in runs]
         attn = _mean([r['attn_label_at_peak'] for r in runs])
@@ -88,7 +120,7 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
         finals = [r['final_icl'] for r in runs if 'final_icl' in r]
         base_finals = [r['final_icl'] for r in base if 'final_icl' in r]
         candidates.append({
-            'weight_decay': wd, 'n_seeds': len(runs), 'ratio': _mean(peaks) / base_mean,
+            'weight_decay': reg[0], 'l2': reg[1], 'regularizer': reg_label(reg), 'n_seeds': len(runs), 'ratio': _mean(peaks) / base_mean,
             'final_ratio': _mean(finals) / _mean(base_finals) if finals and base_finals and _mean(base_finals) > 0 else None,
             'ratio_lo': min(peaks) / max(base_peaks), 'ratio_hi': max(peaks) / max(min(base_peaks), 1e-12),
             'attn_label': attn, 'attn_ok': attn >= attn_fraction * base_attn,
@@ -96,10 +128,10 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
     for c in candidates:
         c['eligible'] = c['attn_ok'] and c['iwl_ok']
     out = {'baseline_peak': base_mean, 'baseline_attn_label': base_attn, 'few_wd0_final_iwl': few0_iwl,
-           'few_wd0_ratio': _mean([r['peak_icl'] for r in groups[('few', 0.0)]]) / base_mean,
+           'few_wd0_ratio': _mean([r['peak_icl'] for r in groups[('few', NONE)]]) / base_mean,
            'threshold': threshold, 'candidates': candidates, 'best': None}
     if not candidates:
-        raise ValueError("no finished Few cells with weight decay > 0")
+        raise ValueError("no finished Few cells with a regulariser (weight decay or l2 > 0)")
     eligible = [c for c in candidates if c['eligible']]
     above = [c for c in eligible if c['ratio_lo'] >= threshold]
     straddle = [c for c in eligible if c['ratio_lo'] < threshold <= c['ratio_hi']]
@@ -113,14 +145,14 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
     out['best'] = best
     rel = ('>=' if best['ratio_lo'] >= threshold else 'straddles' if best['ratio_hi'] >= threshold else '<')
     who = ('best Few cell without collapse' if best['eligible']
-           else 'best Few cell (every Few+wd>0 cell fails the collapse check)')
+           else 'best Few cell (every regularised Few cell fails the collapse check)')
     out['reason'] = (f"{who}: "
-                     f"wd={best['weight_decay']:g}, its peak ICL is {best['ratio']:.3f} (seed range "
+                     f"{best['regularizer']}, its peak ICL is {best['ratio']:.3f} (seed range "
                      f"{best['ratio_lo']:.3f}-{best['ratio_hi']:.3f}) of the Many+wd=0 peak, {rel} {threshold:g}")
     collapsed = [c for c in candidates if not c['eligible'] and c['ratio_hi'] >= threshold]
     if collapsed and out['verdict'] != 'SUPPORTED':
         out['reason'] += ("; reaching the threshold but collapsed: "
-                          + ", ".join(f"wd={c['weight_decay']:g} ({'attention' if not c['attn_ok'] else 'IWL'})"
+                          + ", ".join(f"{c['regularizer']} ({'attention' if not c['attn_ok'] else 'IWL'})"
                                       for c in collapsed))
     return out
 
@@ -173,7 +205,8 @@ def cells_table(groups, class_names, label, shown):
     lines = ["## Cells (mean over finished seeds; [min-max] over seeds)", "",
              "| cell | seeds | peak ICL [min-max] | step of peak | final ICL | final IWL | ECE @peak | attn image @peak | "
              "attn label @peak | lr·wd·steps | l2 | flags |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (width, cls, wd), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], class_names.index(kv[0][1]), kv[0][2])):
+    for (width, cls, reg), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], class_names.index(kv[0][1]),
+                                                                         reg_order(kv[0][2]))):
         done = shown(runs)
         s = [r['stats'] for r in done]
         peaks = [x['peak_icl'] for x in s]
@@ -183,7 +216,7 @@ def cells_table(groups, class_names, label, shown):
         flags = (['no learning'] if all(x['no_learning'] for x in s) else []) + \
             (['ends below chance'] if final < _mean([x['chance'] - 2 * x['icl_se'] for x in s]) else [])
         lines.append(
-            f"| {label(width, cls, wd)} | {sum(1 for r in runs if r['summary'])}/{len(runs)} | {_mean(peaks):.3f} "
+            f"| {label(width, cls, reg)} | {sum(1 for r in runs if r['summary'])}/{len(runs)} | {_mean(peaks):.3f} "
             f"[{min(peaks):.3f}-{max(peaks):.3f}] | {_mean([x['peak_iter'] for x in s]):.0f} "
             f"[{min(x['peak_iter'] for x in s)}-{max(x['peak_iter'] for x in s)}] | "
             f"{final:.3f} | {_mean([x['final_iwl'] for x in s]):.3f} | "
@@ -194,12 +227,12 @@ def cells_table(groups, class_names, label, shown):
 
 
 def group_cells(cells):
-    """{(width, classes, weight_decay): cells (seeds)} with each cell's run_stats and decay exponent."""
+    """{(width, classes, (weight_decay, l2)): cells (seeds)} with each cell's run_stats and decay exponent."""
     groups = {}
     for c in cells:
         c['stats'] = run_stats(c['rows'])
         c['exponent'] = (c['weight_decay'] * lr_sum(c['summary']['config'])) if c['summary'] else None
-        groups.setdefault((c['width'], c['classes'], c['weight_decay']), []).append(c)
+        groups.setdefault((c['width'], c['classes'], reg_of(c)), []).append(c)
     return groups
 
 
@@ -209,8 +242,8 @@ def shown(runs):
     return [r for r in runs if r['summary']] or runs
 
 
-def label(width, cls, wd=None):
-    return ' '.join(s for s in (cls.capitalize(), width, None if wd is None else f"wd={wd:g}") if s)
+def label(width, cls, reg=None):
+    return ' '.join(s for s in (cls.capitalize(), width, None if reg is None else reg_label(as_reg(reg))) if s)
 
 
 def plot_group(path, runs, title, chance):
@@ -238,23 +271,23 @@ def plot_group(path, runs, title, chance):
 
 
 def plot_icl_vs_steps(path, groups, widths, class_names, decays, chance):
-    """ICL (and IWL) vs steps for every decay, class settings side by side: transience shows here."""
+    """ICL (and IWL) vs steps for every regulariser, class settings side by side: transience shows here."""
     import matplotlib.pyplot as plt
     colors = plt.get_cmap('viridis')
-    color_of = {wd: colors(i / max(1, len(decays) - 1) * 0.9) for i, wd in enumerate(decays)}
+    color_of = {reg: colors(i / max(1, len(decays) - 1) * 0.9) for i, reg in enumerate(decays)}
     columns = [(w, cls) for w in widths for cls in class_names]
     fig, axes = plt.subplots(2, len(columns), figsize=(4.6 * len(columns), 6.4), sharex=True, sharey=True,
                              squeeze=False)
     for j, (width, cls) in enumerate(columns):
         for i, (key, name) in enumerate([('icl_acc', 'ICL'), ('iwl_acc', 'IWL')]):
             ax = axes[i, j]
-            for wd in decays:
-                runs = groups.get((width, cls, wd))
+            for reg in decays:
+                runs = groups.get((width, cls, reg))
                 if not runs:
                     continue
                 it, mean, lo, hi = _curves(shown(runs), key)
-                ax.fill_between(it, lo, hi, alpha=0.12, color=color_of[wd])
-                ax.plot(it, mean, color=color_of[wd], label=f"wd={wd:g}")
+                ax.fill_between(it, lo, hi, alpha=0.12, color=color_of[reg])
+                ax.plot(it, mean, color=color_of[reg], label=reg_label(reg))
             ax.set_title(f"{label(width, cls)}: {name}", fontsize=10)
             ax.axhline(chance if key == 'icl_acc' else 0, color='gray', lw=0.8, ls=':')
             if i == 1:
@@ -268,7 +301,7 @@ def plot_icl_vs_steps(path, groups, widths, class_names, decays, chance):
 
 
 def plot_peak_bars(path, groups, widths, class_names, decays, chance, threshold):
-    """Peak ICL vs weight decay, a bar per class setting, error bars = seed min-max."""
+    """Peak ICL vs regulariser (weight decay, or l2), a bar per class setting, error bars = seed min-max."""
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(widths), figsize=(max(6, 1.1 * len(decays) + 2) * len(widths), 3.8),
                              squeeze=False)
@@ -277,8 +310,8 @@ def plot_peak_bars(path, groups, widths, class_names, decays, chance, threshold)
         bar_w = 0.8 / len(class_names)
         for k, cls in enumerate(class_names):
             xs, heights, err_lo, err_hi = [], [], [], []
-            for x, wd in enumerate(decays):
-                runs = groups.get((width, cls, wd))
+            for x, reg in enumerate(decays):
+                runs = groups.get((width, cls, reg))
                 if not runs:
                     continue
                 peaks = [r['stats']['peak_icl'] for r in shown(runs)]
@@ -288,16 +321,18 @@ def plot_peak_bars(path, groups, widths, class_names, decays, chance, threshold)
                 err_hi.append(max(peaks) - _mean(peaks))
             bars = ax.bar(xs, heights, bar_w, yerr=[err_lo, err_hi], capsize=3, label=label('', cls), color=f"C{k}")
             ax.bar_label(bars, fmt='%.2f', fontsize=7, padding=4)
-        base = groups.get((width, 'many', 0.0))
+        base = groups.get((width, 'many', NONE))
         if base:
             ref = threshold * _mean([r['stats']['peak_icl'] for r in base])
             ax.axhline(ref, color='C3', ls='--', lw=1, label=f"{threshold:g} x Many wd=0 peak")
         ax.axhline(chance, color='gray', lw=0.8, ls=':', label=f'chance {chance:.3f}')
-        ax.set_xticks(range(len(decays)), [f"{wd:g}" for wd in decays])
-        ax.set_xlabel('weight decay')
+        any_l2 = any(reg[1] for reg in decays)
+        ax.set_xticks(range(len(decays)), [reg_label(reg) if any_l2 else f"{reg[0]:g}" for reg in decays])
+        ax.set_xlabel('regulariser' if any_l2 else 'weight decay')
         ax.set_ylabel('peak ICL accuracy (mean over seeds)')
         ax.set_ylim(0, 1.1)
-        ax.set_title(f"peak ICL vs weight decay{' (' + width + ')' if width else ''}", fontsize=10)
+        ax.set_title(f"peak ICL vs {'regulariser' if any_l2 else 'weight decay'}"
+                     f"{' (' + width + ')' if width else ''}", fontsize=10)
         ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.18), ncol=4, frameon=False)
     _save(fig, path)
     plt.close(fig)
@@ -325,13 +360,13 @@ def header_lines(root_dir, cells):
     return lines
 
 
-RULE = ("Rule: ratio = mean-over-seeds peak ICL of a Few+wd>0 cell / mean peak ICL of Many+wd=0 (same width); "
+RULE = ("Rule: ratio = mean-over-seeds peak ICL of a regularised Few cell (wd>0 or l2>0) / mean peak ICL of Many+wd=0 (same width); "
         "its seed range is [min Few seed peak / max Many seed peak, max Few seed peak / min Many seed peak]. "
         "A cell counts only *without collapse*: (i) at its peak, attn_match_label (query attention on the label "
         "after the matching context image, best layer) is >= 0.5 x the Many+wd=0 value at its peak, so its ICL runs "
         "on the same induction circuit and not on a shortcut; (ii) its final IWL is >= 0.5 x the Few+wd=0 final IWL, "
         "so decay shifted the ICL/IWL balance instead of erasing what the network can store in its weights.  "
-        "SUPPORTED if some Few+wd>0 cell without collapse has its whole seed range >= {t:g}; else "
+        "SUPPORTED if some regularised Few cell without collapse has its whole seed range >= {t:g}; else "
         "INCONCLUSIVE if the range of some cell without collapse straddles {t:g}; else NOT SUPPORTED "
         "(all below, or the cells that reach it collapse).")
 
@@ -340,8 +375,8 @@ def verdict_lines(groups, widths, threshold):
     """(report.md lines, verdict dicts): one verdict per width, or why there is none yet."""
     lines, verdicts = [], []
     for width in widths:
-        vgroups = {(cls, wd): [r['stats'] for r in runs if r['summary']]
-                   for (w, cls, wd), runs in groups.items() if w == width}
+        vgroups = {(cls, reg): [r['stats'] for r in runs if r['summary']]
+                   for (w, cls, reg), runs in groups.items() if w == width}
         head = f"## Verdict{' (' + width + ')' if width else ''}"
         try:
             v = verdict(vgroups, threshold)
@@ -358,7 +393,7 @@ def verdict_lines(groups, widths, threshold):
                   "attn_match_label @peak | attn ok | final IWL | IWL ok |",
                   "|---|---|---|---|---|---|---|"]
         for c in v['candidates']:
-            lines.append(f"| wd={c['weight_decay']:g} | {c['ratio']:.3f} ({c['ratio_lo']:.3f}-{c['ratio_hi']:.3f}) | "
+            lines.append(f"| {c['regularizer']} | {c['ratio']:.3f} ({c['ratio_lo']:.3f}-{c['ratio_hi']:.3f}) | "
                          f"{_fmt(c['final_ratio'])} | {c['attn_label']:.2f} | {'yes' if c['attn_ok'] else 'no'} | "
                          f"{c['final_iwl']:.3f} | {'yes' if c['iwl_ok'] else 'no'} |")
         lines.append("")
@@ -390,13 +425,13 @@ def write_report(root_dir, threshold=0.9):
     widths = sorted({c['width'] for c in cells})
     class_names = [k for k in ('few', 'many') if any(c['classes'] == k for c in cells)] + \
         sorted({c['classes'] for c in cells} - {'few', 'many'})
-    decays = sorted({c['weight_decay'] for c in cells})
+    decays = sorted({reg_of(c) for c in cells}, key=reg_order)
     groups = group_cells(cells)
     chance = _mean([c['stats']['chance'] for c in cells])  # measured on the ICL episodes (0.5 when balanced)
     group_figs = []
-    for (width, cls, wd), runs in sorted(groups.items()):
-        name = f"group_{cls}_{wd_name(wd)}" + (f"_{width}" if width else '') + '.png'
-        plot_group(os.path.join(fig_dir, name), shown(runs), label(width, cls, wd), chance)
+    for (width, cls, reg), runs in sorted(groups.items()):
+        name = f"group_{cls}_{reg_name(reg)}" + (f"_{width}" if width else '') + '.png'
+        plot_group(os.path.join(fig_dir, name), shown(runs), label(width, cls, reg), chance)
         group_figs.append(name)
     plot_icl_vs_steps(os.path.join(root_dir, 'icl_vs_steps.png'), groups, widths, class_names, decays, chance)
     plot_peak_bars(os.path.join(root_dir, 'peak_icl.png'), groups, widths, class_names, decays, chance, threshold)
@@ -408,7 +443,7 @@ def write_report(root_dir, threshold=0.9):
               "from the config's schedule): decayed weights that get no gradient shrink by exp(-lr·wd·steps).", ""]
     lines += runs_table(cells)
     lines += ["", "## Figures", "", "![ICL and IWL vs steps](icl_vs_steps.png)", "",
-              "![peak ICL vs weight decay](peak_icl.png)", ""]
+              "![peak ICL vs regulariser](peak_icl.png)", ""]
     lines += [f"- [{name}](figures/{name})" for name in group_figs]
     for name, content in [('report.md', '\n'.join(lines) + '\n'), ('verdict.json', json.dumps(verdicts, indent=2))]:
         tmp = os.path.join(root_dir, f"{name}.{os.getpid()}.tmp")

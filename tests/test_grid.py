@@ -247,6 +247,15 @@ def test_verdict_ignores_collapsed_cells(grid):
     assert v['verdict'] == 'INCONCLUSIVE' and v['best']['weight_decay'] == 1e-2
 
 
+def test_verdict_takes_l2_cells_as_candidates(grid):
+    """A classical-L2 Few cell is a regularised cell like a decayed one; (wd, l2) keys keep it apart from wd=0."""
+    g = {('many', (0.0, 0.0)): runs(0.96, 0.97, 0.98, iwl=0.03), ('few', (0.0, 0.0)): runs(0.50, 0.51, 0.49, iwl=1.0),
+         ('few', (0.1, 0.0)): runs(0.6), ('few', (0.0, 1e-3)): runs(0.93, 0.95, 0.94)}
+    v = grid.verdict(g)
+    assert v['verdict'] == 'SUPPORTED' and v['best']['regularizer'] == 'l2=0.001' and v['best']['l2'] == 1e-3
+    assert v['few_wd0_ratio'] == pytest.approx(0.5 / 0.97) and 'l2=0.001, its peak ICL' in v['reason']
+    assert [c['regularizer'] for c in v['candidates']] == ['wd=0.1', 'l2=0.001']
+
 def test_verdict_needs_the_baselines(grid):
     with pytest.raises(ValueError, match='many wd=0'):
         grid.verdict({('few', 0.0): runs(0.5), ('few', 1e-2): runs(0.9)})
@@ -303,6 +312,21 @@ def test_report_figures_table_and_verdict(grid, tmp_path):
     assert 'attn_match_label' in text and 'Rule:' in text
     assert '| few_wd0_s1 | 300 | 0.540 | 100 |' in text
 
+
+def test_report_keeps_l2_cells_apart_from_no_regulariser(grid, tmp_path):
+    """An l2 cell has weight_decay 0: the report must not pool it with the wd=0 baseline."""
+    root = tmp_path / 'g'
+    for cls, icl in (('many', 0.95), ('few', 0.52)):
+        write_cell(root, f'{cls}_wd0_s0', cls, 0.0, 0, [0.5, icl, icl], [0.0, 0.5, 0.9], 0.9)
+        write_cell(root, f'{cls}_l2_0.001_s0', cls, 0.0, 0, [0.5, icl - 0.2, icl - 0.2], [0.0, 0.1, 0.2], 0.9)
+        cell = json.loads((root / f'{cls}_l2_0.001_s0' / 'cell.json').read_text())
+        (root / f'{cls}_l2_0.001_s0' / 'cell.json').write_text(json.dumps({**cell, 'l2': 1e-3}))
+    verdicts = grid.write_report(str(root))
+    text = (root / 'report.md').read_text()
+    assert '| Many wd=0 | 1/1 | 0.950 ' in text and '| Many l2=0.001 | 1/1 | 0.750 ' in text
+    assert '| Few l2=0.001 | 1/1 | 0.320 ' in text
+    assert verdicts[0]['baseline_peak'] == pytest.approx(0.95) and verdicts[0]['best']['regularizer'] == 'l2=0.001'
+    assert (root / 'figures' / 'group_few_l2_0.001.png').stat().st_size > 0
 
 # ---- one tiny real cell: the command a cell runs is a working train.py command ----------------------
 

@@ -310,6 +310,19 @@ def test_paper_configs():
         assert cfg['n_embd'] in (48, 96) and cfg['n_embd'] % cfg['n_head'] == 0 and cfg['n_embd'] % 4 == 0
 
 
+def test_small_omniglot_config_changes_only_the_scale():
+    """config/omniglot_small.py is an overlay: everything but image size, depth and the step budget and
+    schedule stays the paper cell's, so its Few/Many cells are the paper's cells at a smaller scale."""
+    paper, small = read_config('omniglot.py'), read_config('omniglot.py', 'omniglot_small.py')
+    scale_keys = {'image_size', 'n_layer', 'learning_rate', 'lr_schedule', 'warmup_iters', 'max_iters',
+                  'eval_interval', 'log_interval'}
+    changed = {k for k in paper if not k.startswith('_') and paper[k] != small[k]}
+    assert changed == scale_keys
+    assert (small['image_size'], small['n_layer'], small['max_iters']) == (14, 4, 10000)
+    assert (small['n_embd'], small['n_head'], small['batch_size'], small['n_labels']) == (64, 8, 32, 1623)
+    grid_cfg = read_config('grid.py', 'grid_omniglot_small.py')
+    assert grid_cfg['classes'] == 'few,many' and grid_cfg['regularizers'].startswith('none,')
+
 def run_train(*args, timeout=120):
     return subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'})
@@ -324,6 +337,20 @@ def test_train_py_missing_data_is_one_line(tmp_path):
     assert str(tmp_path / 'data' / 'omniglot-py' / 'images_evaluation') in proc.stderr
     assert 'get it with' in proc.stderr and not (tmp_path / 'out' / 'metrics.jsonl').exists()
 
+
+@needs_data
+def test_small_omniglot_cell_runs(omniglot, tmp_path):
+    """The CPU-scale Many cell as configured (14x14 images through the paper's ResNet, 4 layers), cut short."""
+    cache, _ = omniglot
+    out = tmp_path / 'out'
+    proc = run_train('config/omniglot.py', 'config/omniglot_small.py', 'config/many.py', f'--out_dir={out}',
+                     f'--cache_dir={cache}', '--max_iters=20', '--eval_interval=20', '--log_interval=10',
+                     '--n_eval_episodes=64')
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert '4 layers, d=64' in proc.stdout and '1600 train / 23 holdout classes, 1623 labels' in proc.stdout
+    rows = [json.loads(line) for line in open(out / 'metrics.jsonl')]
+    assert [r['iter'] for r in rows] == [0, 20] and all(math.isfinite(r['train_loss']) for r in rows[1:])
+    assert json.load(open(out / 'summary.json'))['config']['image_size'] == 14
 
 @needs_data
 def test_train_py_omniglot_few_cell_runs_and_learns(omniglot, tmp_path):
