@@ -144,8 +144,8 @@ def write_phase_report(root_dir, cells, threshold=0.8):
         lines += ["![ICL and IWL vs steps at the threshold](phase_curves.png)", ""]
     none_first = first.get('wd0')
     if none_first is not None:
-        lines += [f"Next: seeds 1 and 2 at the threshold without a regulariser: "
-                  f"`python grid.py config/grid_phase.py --classes={none_first} --seeds=1,2`", ""]
+        lines += [f"Next: seeds 1 and 2 at the threshold without a regulariser: rerun this grid's command with "
+                  f"`--classes={none_first} --seeds=1,2`", ""]
     with open(os.path.join(root_dir, 'phase.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     with open(os.path.join(root_dir, 'phase.json'), 'w') as f:
