@@ -160,7 +160,7 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
 # ---- report ----------------------------------------------------------------------------------------
 
 # config keys that may differ between the cells of one grid; any other difference is flagged in report.md
-VARYING_KEYS = {'seed', 'weight_decay', 'n_train_classes', 'n_embd', 'n_head', 'out_dir', 'init_from', 'overwrite',
+VARYING_KEYS = {'seed', 'weight_decay', 'l2', 'n_train_classes', 'n_embd', 'n_head', 'out_dir', 'init_from', 'overwrite',
                 'device', 'compile', 'compile_mode', 'dtype', 'log_interval', 'keep_checkpoints'}
 
 

@@ -319,12 +319,15 @@ def test_report_keeps_l2_cells_apart_from_no_regulariser(grid, tmp_path):
     for cls, icl in (('many', 0.95), ('few', 0.52)):
         write_cell(root, f'{cls}_wd0_s0', cls, 0.0, 0, [0.5, icl, icl], [0.0, 0.5, 0.9], 0.9)
         write_cell(root, f'{cls}_l2_0.001_s0', cls, 0.0, 0, [0.5, icl - 0.2, icl - 0.2], [0.0, 0.1, 0.2], 0.9)
-        cell = json.loads((root / f'{cls}_l2_0.001_s0' / 'cell.json').read_text())
-        (root / f'{cls}_l2_0.001_s0' / 'cell.json').write_text(json.dumps({**cell, 'l2': 1e-3}))
+        for name, l2 in ((f'{cls}_wd0_s0', 0.0), (f'{cls}_l2_0.001_s0', 1e-3)):
+            for f, update in (('cell.json', lambda d: {**d, 'l2': l2}),
+                              ('summary.json', lambda d: {'config': {**d['config'], 'l2': l2}})):
+                (root / name / f).write_text(json.dumps(update(json.loads((root / name / f).read_text()))))
     verdicts = grid.write_report(str(root))
     text = (root / 'report.md').read_text()
     assert '| Many wd=0 | 1/1 | 0.950 ' in text and '| Many l2=0.001 | 1/1 | 0.750 ' in text
     assert '| Few l2=0.001 | 1/1 | 0.320 ' in text
+    assert 'differ between cells' not in text                          # l2 is one of the grid's axes
     assert verdicts[0]['baseline_peak'] == pytest.approx(0.95) and verdicts[0]['best']['regularizer'] == 'l2=0.001'
     assert (root / 'figures' / 'group_few_l2_0.001.png').stat().st_size > 0
 
