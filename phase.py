@@ -9,20 +9,16 @@ phase_curves.png (ICL and IWL vs steps at the threshold), phase.md and phase.jso
 import json
 import os
 
+from report import NONE, reg_label as _reg_label, reg_name, reg_of, reg_order
+
 
 def class_count(cell):
     return int(cell['classes'][1:]) if cell['classes'].startswith('c') else cell['summary']['config']['n_train_classes']
 
 
-def regularizer_order(reg):
-    """none first, then decays, then L2 strengths, each ascending."""
-    kind = 0 if reg == 'wd0' else 1 if reg.startswith('wd') else 2
-    return kind, float(reg.split('_')[-1][2:] if kind == 1 else reg.split('_')[-1] if kind == 2 else 0)
-
-
 def reg_label(reg):
-    """'wd0' -> 'none', 'wd0.1' -> 'wd=0.1', 'l2_0.001' -> 'l2=0.001'."""
-    return 'none' if reg == 'wd0' else reg.replace('l2_', 'l2=') if reg.startswith('l2') else reg.replace('wd', 'wd=')
+    """(weight_decay, l2) -> 'none', 'wd=0.1', 'l2=0.001' (report.py's label, with 'none' for no regulariser)."""
+    return 'none' if reg == NONE else _reg_label(reg)
 
 
 def _mean(values):
@@ -30,10 +26,10 @@ def _mean(values):
 
 
 def phase_table(cells):
-    """{(regularizer, classes): {'peak_icl', 'final_icl', 'final_iwl', 'seeds', 'no_learning'}} (mean over seeds)."""
+    """{((weight_decay, l2), classes): {'peak_icl', 'final_icl', 'final_iwl', 'seeds', 'no_learning'}} (mean over seeds)."""
     groups = {}
     for c in cells:
-        groups.setdefault((c.get('regularizer') or f"wd{c['weight_decay']:g}", class_count(c)), []).append(c['stats'])
+        groups.setdefault((reg_of(c), class_count(c)), []).append(c['stats'])
     return {key: {'peak_icl': _mean([s['peak_icl'] for s in stats]), 'final_icl': _mean([s['final_icl'] for s in stats]),
                   'final_iwl': _mean([s['final_iwl'] for s in stats]), 'seeds': len(stats),
                   'peak_min': min(s['peak_icl'] for s in stats), 'peak_max': max(s['peak_icl'] for s in stats),
@@ -95,10 +91,10 @@ def plot_threshold_curves(path, cells, first):
     fig, axes = plt.subplots(2, len(counts), figsize=(4.5 * len(counts), 6), squeeze=False, sharey=True)
     for j, n in enumerate(counts):
         for c in sorted((c for c in cells if class_count(c) == n and c['seed'] == 0),
-                        key=lambda c: regularizer_order(c['regularizer'])):
+                        key=lambda c: reg_order(reg_of(c))):
             steps = [r['iter'] for r in c['rows']]
-            axes[0, j].plot(steps, [r['icl_acc'] for r in c['rows']], label=reg_label(c['regularizer']))
-            axes[1, j].plot(steps, [r['iwl_acc'] for r in c['rows']], label=reg_label(c['regularizer']))
+            axes[0, j].plot(steps, [r['icl_acc'] for r in c['rows']], label=reg_label(reg_of(c)))
+            axes[1, j].plot(steps, [r['iwl_acc'] for r in c['rows']], label=reg_label(reg_of(c)))
         axes[0, j].set_title(f'{n} classes: ICL (holdout)', fontsize=10)
         axes[1, j].set_title(f'{n} classes: IWL', fontsize=10)
         axes[1, j].set_xlabel('step')
@@ -117,13 +113,13 @@ def write_phase_report(root_dir, cells, threshold=0.8):
         print(f"phase: no finished cell with a regularizer in {root_dir}: no report")
         return None
     table = phase_table(cells)
-    regs = sorted({reg for reg, _ in table}, key=regularizer_order)
+    regs = sorted({reg for reg, _ in table}, key=reg_order)
     counts = sorted({n for _, n in table})
     first = thresholds(table, regs, counts, threshold)
     plot_phase(os.path.join(root_dir, 'phase.png'), table, regs, counts, first, threshold)
     curves = plot_threshold_curves(os.path.join(root_dir, 'phase_curves.png'), cells, first)
-    exponents = {c['regularizer']: c['summary'].get('decay_exponent') for c in cells
-                 if not c['regularizer'].startswith('l2')}  # lr*wd*steps: decay only
+    exponents = {reg_of(c): c['summary'].get('decay_exponent') for c in cells
+                 if not reg_of(c)[1]}  # lr*wd*steps: decay only
     lines = [f"# Phase diagram: {root_dir}", "",
              f"{len(cells)} finished runs" + (f" ({len(running)} still running: not shown)" if running else '')
              + f". Peak ICL = best holdout ICL after step 0 (mean over seeds); ICL 'appears' at the "
@@ -142,15 +138,17 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     lines += ["", "Each entry: peak ICL / IWL at the end.", "", "![phase diagram](phase.png)", ""]
     if curves:
         lines += ["![ICL and IWL vs steps at the threshold](phase_curves.png)", ""]
-    none_first = first.get('wd0')
+    none_first = first.get(NONE)
     if none_first is not None:
         lines += [f"Next: seeds 1 and 2 at the threshold without a regulariser: rerun this grid's command with "
                   f"`--classes={none_first} --seeds=1,2`", ""]
     with open(os.path.join(root_dir, 'phase.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     with open(os.path.join(root_dir, 'phase.json'), 'w') as f:
-        json.dump({'threshold': threshold, 'first_class_count': first,
-                   'table': [{'regularizer': r, 'classes': n, **v} for (r, n), v in sorted(table.items())]}, f, indent=2)
+        json.dump({'threshold': threshold, 'first_class_count': {reg_name(r): n for r, n in first.items()},
+                   'table': [{'regularizer': reg_name(r), 'classes': n, **v}
+                             for (r, n), v in sorted(table.items(), key=lambda kv: (reg_name(kv[0][0]), kv[0][1]))]},
+                  f, indent=2)
     print("phase: ICL appears at " + ", ".join(f"{reg_label(r)}: {first[r] or 'never'}" for r in regs)
           + f"; report {os.path.join(root_dir, 'phase.md')}")
-    return first
+    return {reg_name(r): n for r, n in first.items()}  # keyed like the cell names: 'wd0', 'l2_0.001'

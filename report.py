@@ -81,6 +81,20 @@ def _mean(values):
     return sum(values) / len(values)
 
 
+def _candidate(reg, runs, base, min_attn, min_iwl):
+    """One regularised Few cell against the Many+wd=0 baseline runs: its ratios and collapse checks."""
+    peaks, base_peaks = [r['peak_icl'] for r in runs], [r['peak_icl'] for r in base]
+    attn = _mean([r['attn_label_at_peak'] for r in runs])
+    iwl = _mean([r['final_iwl'] for r in runs])
+    finals = [r['final_icl'] for r in runs if 'final_icl' in r]
+    base_finals = [r['final_icl'] for r in base if 'final_icl' in r]
+    return {'weight_decay': reg[0], 'l2': reg[1], 'regularizer': reg_label(reg), 'n_seeds': len(runs),
+            'ratio': _mean(peaks) / _mean(base_peaks),
+            'final_ratio': _mean(finals) / _mean(base_finals) if finals and base_finals and _mean(base_finals) > 0 else None,
+            'ratio_lo': min(peaks) / max(base_peaks), 'ratio_hi': max(peaks) / max(min(base_peaks), 1e-12),
+            'attn_label': attn, 'attn_ok': attn >= min_attn, 'final_iwl': iwl, 'iwl_ok': iwl >= min_iwl}
+
+
 def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
     """Does some regularised Few cell reach `threshold` x the Many+wd=0 (no regulariser) peak ICL without collapse?
 
@@ -110,21 +124,9 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
         raise ValueError("the Many+wd=0 baseline has zero peak ICL")
     base_attn = _mean([r['attn_label_at_peak'] for r in base])
     few0_iwl = _mean([r['final_iwl'] for r in groups[('few', NONE)]])
-    candidates = []
-    for (cls, reg), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], reg_order(kv[0][1]))):
-        if cls != 'few' or reg == NONE or not runs:
-            continue
-        peaks = [r['peak_icl'] for r in runs]
-        attn = _mean([r['attn_label_at_peak'] for r in runs])
-        iwl = _mean([r['final_iwl'] for r in runs])
-        finals = [r['final_icl'] for r in runs if 'final_icl' in r]
-        base_finals = [r['final_icl'] for r in base if 'final_icl' in r]
-        candidates.append({
-            'weight_decay': reg[0], 'l2': reg[1], 'regularizer': reg_label(reg), 'n_seeds': len(runs), 'ratio': _mean(peaks) / base_mean,
-            'final_ratio': _mean(finals) / _mean(base_finals) if finals and base_finals and _mean(base_finals) > 0 else None,
-            'ratio_lo': min(peaks) / max(base_peaks), 'ratio_hi': max(peaks) / max(min(base_peaks), 1e-12),
-            'attn_label': attn, 'attn_ok': attn >= attn_fraction * base_attn,
-            'final_iwl': iwl, 'iwl_ok': iwl >= iwl_fraction * few0_iwl})
+    candidates = [_candidate(reg, runs, base, attn_fraction * base_attn, iwl_fraction * few0_iwl)
+                  for (cls, reg), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], reg_order(kv[0][1])))
+                  if cls == 'few' and reg != NONE and runs]
     for c in candidates:
         c['eligible'] = c['attn_ok'] and c['iwl_ok']
     out = {'baseline_peak': base_mean, 'baseline_attn_label': base_attn, 'few_wd0_final_iwl': few0_iwl,
@@ -270,18 +272,18 @@ def plot_group(path, runs, title, chance):
     plt.close(fig)
 
 
-def plot_icl_vs_steps(path, groups, widths, class_names, decays, chance):
+def plot_icl_vs_steps(path, groups, widths, class_names, regs, chance):
     """ICL (and IWL) vs steps for every regulariser, class settings side by side: transience shows here."""
     import matplotlib.pyplot as plt
     colors = plt.get_cmap('viridis')
-    color_of = {reg: colors(i / max(1, len(decays) - 1) * 0.9) for i, reg in enumerate(decays)}
+    color_of = {reg: colors(i / max(1, len(regs) - 1) * 0.9) for i, reg in enumerate(regs)}
     columns = [(w, cls) for w in widths for cls in class_names]
     fig, axes = plt.subplots(2, len(columns), figsize=(4.6 * len(columns), 6.4), sharex=True, sharey=True,
                              squeeze=False)
     for j, (width, cls) in enumerate(columns):
         for i, (key, name) in enumerate([('icl_acc', 'ICL'), ('iwl_acc', 'IWL')]):
             ax = axes[i, j]
-            for reg in decays:
+            for reg in regs:
                 runs = groups.get((width, cls, reg))
                 if not runs:
                     continue
@@ -294,23 +296,23 @@ def plot_icl_vs_steps(path, groups, widths, class_names, decays, chance):
                 ax.set_xlabel('step')
             if j == 0:
                 ax.set_ylabel(f"{name} accuracy")
-        axes[0, j].legend(fontsize=8, loc='best')  # per column: columns may show different decays
+        axes[0, j].legend(fontsize=8, loc='best')  # per column: columns may show different regularisers
     fig.suptitle('mean over seeds, band = min-max', fontsize=10)
     _save(fig, path)
     plt.close(fig)
 
 
-def plot_peak_bars(path, groups, widths, class_names, decays, chance, threshold):
+def plot_peak_bars(path, groups, widths, class_names, regs, chance, threshold):
     """Peak ICL vs regulariser (weight decay, or l2), a bar per class setting, error bars = seed min-max."""
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(widths), figsize=(max(6, 1.1 * len(decays) + 2) * len(widths), 3.8),
+    fig, axes = plt.subplots(1, len(widths), figsize=(max(6, 1.1 * len(regs) + 2) * len(widths), 3.8),
                              squeeze=False)
     for j, width in enumerate(widths):
         ax = axes[0, j]
         bar_w = 0.8 / len(class_names)
         for k, cls in enumerate(class_names):
             xs, heights, err_lo, err_hi = [], [], [], []
-            for x, reg in enumerate(decays):
+            for x, reg in enumerate(regs):
                 runs = groups.get((width, cls, reg))
                 if not runs:
                     continue
@@ -326,8 +328,8 @@ def plot_peak_bars(path, groups, widths, class_names, decays, chance, threshold)
             ref = threshold * _mean([r['stats']['peak_icl'] for r in base])
             ax.axhline(ref, color='C3', ls='--', lw=1, label=f"{threshold:g} x Many wd=0 peak")
         ax.axhline(chance, color='gray', lw=0.8, ls=':', label=f'chance {chance:.3f}')
-        any_l2 = any(reg[1] for reg in decays)
-        ax.set_xticks(range(len(decays)), [reg_label(reg) if any_l2 else f"{reg[0]:g}" for reg in decays])
+        any_l2 = any(reg[1] for reg in regs)
+        ax.set_xticks(range(len(regs)), [reg_label(reg) if any_l2 else f"{reg[0]:g}" for reg in regs])
         ax.set_xlabel('regulariser' if any_l2 else 'weight decay')
         ax.set_ylabel('peak ICL accuracy (mean over seeds)')
         ax.set_ylim(0, 1.1)
@@ -360,7 +362,8 @@ def header_lines(root_dir, cells):
     return lines
 
 
-RULE = ("Rule: ratio = mean-over-seeds peak ICL of a regularised Few cell (wd>0 or l2>0) / mean peak ICL of Many+wd=0 (same width); "
+RULE = ("Rule: ratio = mean-over-seeds peak ICL of a regularised Few cell (wd>0 or l2>0) / mean peak ICL of "
+        "Many+wd=0 (same width); "
         "its seed range is [min Few seed peak / max Many seed peak, max Few seed peak / min Many seed peak]. "
         "A cell counts only *without collapse*: (i) at its peak, attn_match_label (query attention on the label "
         "after the matching context image, best layer) is >= 0.5 x the Many+wd=0 value at its peak, so its ICL runs "
@@ -425,7 +428,7 @@ def write_report(root_dir, threshold=0.9):
     widths = sorted({c['width'] for c in cells})
     class_names = [k for k in ('few', 'many') if any(c['classes'] == k for c in cells)] + \
         sorted({c['classes'] for c in cells} - {'few', 'many'})
-    decays = sorted({reg_of(c) for c in cells}, key=reg_order)
+    regs = sorted({reg_of(c) for c in cells}, key=reg_order)
     groups = group_cells(cells)
     chance = _mean([c['stats']['chance'] for c in cells])  # measured on the ICL episodes (0.5 when balanced)
     group_figs = []
@@ -433,8 +436,8 @@ def write_report(root_dir, threshold=0.9):
         name = f"group_{cls}_{reg_name(reg)}" + (f"_{width}" if width else '') + '.png'
         plot_group(os.path.join(fig_dir, name), shown(runs), label(width, cls, reg), chance)
         group_figs.append(name)
-    plot_icl_vs_steps(os.path.join(root_dir, 'icl_vs_steps.png'), groups, widths, class_names, decays, chance)
-    plot_peak_bars(os.path.join(root_dir, 'peak_icl.png'), groups, widths, class_names, decays, chance, threshold)
+    plot_icl_vs_steps(os.path.join(root_dir, 'icl_vs_steps.png'), groups, widths, class_names, regs, chance)
+    plot_peak_bars(os.path.join(root_dir, 'peak_icl.png'), groups, widths, class_names, regs, chance, threshold)
 
     lines = header_lines(root_dir, cells)
     more, verdicts = verdict_lines(groups, widths, threshold)
