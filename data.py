@@ -404,7 +404,7 @@ class EpisodeSampler:
     """
 
     def __init__(self, bank, class_labels, context_len=8, p_bursty=0.9, bursty_shots=3, ways=2,
-                 zipf_alpha=0.0, seed=0, device='cpu'):
+                 zipf_alpha=0.0, seed=0, device='cpu', label_swap=0.0, n_labels=None):
         n_classes = bank.n_classes
         if not 0.0 <= p_bursty <= 1.0:
             raise ValueError(f"p_bursty={p_bursty} must be in [0, 1]")
@@ -421,11 +421,17 @@ class EpisodeSampler:
             raise ValueError(f"ways={ways} is more than the {n_classes} training classes")
         if zipf_alpha < 0:
             raise ValueError(f"zipf_alpha={zipf_alpha} must be >= 0")
+        if not 0.0 <= label_swap <= 1.0:
+            raise ValueError(f"label_swap={label_swap} must be in [0, 1]")
+        n_labels = int(class_labels.max()) + 1 if n_labels is None else n_labels
+        if label_swap > 0 and n_labels < 2:
+            raise ValueError(f"label_swap={label_swap} needs at least 2 labels to swap to (n_labels={n_labels})")
         if class_labels.shape != (n_classes,):
             raise ValueError(f"class_labels has shape {tuple(class_labels.shape)}, expected ({n_classes},)")
         self.bank = bank.to(device)
         self.class_labels = class_labels.to(device)
         self.context_len, self.p_bursty, self.bursty_shots, self.ways = context_len, p_bursty, bursty_shots, ways
+        self.label_swap, self.n_labels = label_swap, n_labels
         self.cdf = class_cdf(n_classes, zipf_alpha, device)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -449,7 +455,21 @@ class EpisodeSampler:
 
     def sample(self, batch_size):
         classes = self.sample_classes(batch_size)
-        return self.bank.gather(classes, self.generator), self.class_labels[classes], classes
+        items = self.bank.gather(classes, self.generator)
+        return items, self.swap_labels(self.class_labels[classes], classes), classes
+
+    def swap_labels(self, labels, classes):
+        """Label swap (Bratulić et al. 2025): in a fraction label_swap of the sequences, every item of the
+        query's class (the query included) carries one new label, drawn uniformly from the other labels, so
+        the in-context answer stays right and the memorised one is wrong. Drawn on the device, no host sync;
+        with label_swap = 0 nothing is drawn (the random stream is the one of a run without it)."""
+        if self.label_swap == 0:
+            return labels
+        g, B = self.generator, labels.shape[0]
+        swapped = torch.rand(B, 1, generator=g, device=labels.device) < self.label_swap
+        shift = torch.randint(1, self.n_labels, (B, 1), generator=g, device=labels.device)
+        new_label = (labels[:, -1:] + shift) % self.n_labels  # never the query's own label
+        return torch.where(swapped & (classes == classes[:, -1:]), new_label, labels)
 
     def state_dict(self):
         return {'generator': self.generator.get_state()}
@@ -544,7 +564,7 @@ def icl_chance(episodes, ways):
 
 
 # config keys that do not change a run's data (dataset, eval episodes): runs differing only in these share them
-NOT_DATA_KEYS = {'seed', 'weight_decay', 'l2', 'out_dir', 'init_from', 'overwrite'}
+NOT_DATA_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'out_dir', 'init_from', 'overwrite'}
 
 
 def build_run_data(config, device, cache=None):
@@ -566,7 +586,8 @@ def build_run_data(config, device, cache=None):
     data, icl, iwl = cache[key]
     sampler = EpisodeSampler(data.train, data.class_labels, config['context_len'], config['p_bursty'],
                              config['bursty_shots'], config['ways'], config['zipf_alpha'],
-                             seed=config['seed'], device=device)
+                             seed=config['seed'], device=device, label_swap=config.get('label_swap', 0.0),
+                             n_labels=data.n_labels)
     return data, sampler, icl, iwl
 
 

@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from report import _fmt, load_cells, lr_sum, run_stats, verdict, wd_name, write_report  # noqa: F401 (tests use grid.*)
+from report import _fmt, load_cells, lr_sum, reg_name, run_stats, verdict, wd_name, write_report  # noqa: F401 (tests use grid.*)
 
 _here = os.path.dirname(os.path.abspath(__file__))
 
@@ -53,7 +53,8 @@ train_script = 'train.py'   # what a cell runs (the tests put a fake trainer her
 group_size = 0              # > 1: train up to this many cells (at the same step) as one stacked model in one
                             # group.py process (member-batched; pays on a GPU, not on a CPU); 0 or 1: one train.py each
 group_script = 'group.py'
-regularizers = ''           # '' = the weight_decays axis; else e.g. 'none,wd=0.1,l2=1e-3' (decay or classical L2)
+regularizers = ''           # '' = the weight_decays axis; else e.g. 'none,wd=0.1,l2=1e-3,wd=1@mlp+head,swap=0.2+wd=1@mlp'
+                            # (decay, classical L2, on chosen modules, label swap; parse_regularizer has the syntax)
 phase = False               # report a phase diagram (class count x regularizer heatmaps) instead of the verdict
 icl_threshold = 0.8         # phase diagram: ICL 'appears' at the first class count whose peak ICL reaches this
 jobs = 0                    # cells at a time on this machine; 0 = number of CPU cores (1 when CUDA is present)
@@ -115,27 +116,67 @@ def parse_shard(text, environ):
     return 0, 1
 
 
+REG_SHORTHANDS = {'wd': 'weight_decay', 'l2': 'l2', 'swap': 'label_swap'}
+REG_SYNTAX = ("'none', or terms joined by '+': wd=<float>, l2=<float> (either may end in @<modules>, e.g. "
+              "wd=1@mlp+head; modules: encoder, attn, mlp, head), swap=<p in [0, 1]>, or <train.py key>=<value>")
+
+
+def parse_regularizer(entry):
+    """'swap=0.2+wd=1@mlp+head' -> {'label_swap': 0.2, 'weight_decay': 1.0, 'decay_modules': 'mlp,head'}:
+    the train.py keys one regularizers entry sets. A '+' piece without '=' continues the module list."""
+    from model import parse_decay_modules
+    from training import train_defaults
+    defaults = train_defaults()
+    setting, last = {}, None
+    for piece in [p.strip() for p in entry.split('+')]:
+        if entry.strip() == 'none':
+            return {}
+        if '=' not in piece:
+            if last not in ('weight_decay', 'l2') or 'decay_modules' not in setting or not piece:
+                raise ValueError(f"{entry!r}: {piece!r} is no term (a module list follows wd=<v>@ or l2=<v>@)")
+            setting['decay_modules'] += ',' + piece
+            continue
+        kind, _, value = piece.partition('=')
+        value, _, modules = value.partition('@')
+        key = REG_SHORTHANDS.get(kind.strip(), kind.strip())
+        if key not in defaults or key in setting:
+            raise ValueError(f"{entry!r}: {kind!r} is {'set twice' if key in setting else 'no train.py key'}")
+        default = defaults[key]
+        try:
+            setting[key] = (value == 'True') if isinstance(default, bool) else type(default)(value)
+        except ValueError:
+            raise ValueError(f"{entry!r}: {key}={value!r} is not a {type(default).__name__}")
+        if key in ('weight_decay', 'l2', 'label_swap') and not setting[key] > 0:
+            raise ValueError(f"{entry!r}: {kind}={value} must be > 0 (write 'none' for no regulariser)")
+        if modules:
+            if key not in ('weight_decay', 'l2') or setting.get('decay_modules', modules) != modules:
+                raise ValueError(f"{entry!r}: '@modules' goes on wd or l2, once")
+            setting['decay_modules'] = modules
+        last = key
+    if 'decay_modules' in setting:
+        setting['decay_modules'] = ','.join(parse_decay_modules(setting['decay_modules']))
+    if setting.get('label_swap', 0) > 1:
+        raise ValueError(f"{entry!r}: swap={setting['label_swap']} must be in [0, 1]")
+    return setting
+
+
 def parse_regularizers(text):
-    """'none,wd=0.01,l2=1e-3' -> [('wd0', 0.0, 0.0), ('wd0.01', 0.01, 0.0), ('l2_0.001', 0.0, 0.001)]:
-    (name part, weight_decay, l2) per entry; a clear error naming the entry otherwise."""
+    """'none,wd=0.01,wd=1@mlp,swap=0.2+wd=1@mlp' -> [(cell name part, setting), ...], the setting being the
+    train.py keys the entry sets ({} for none); a clear error naming the entry otherwise (REG_SYNTAX)."""
     regs = []
     for entry in [s.strip() for s in text.split(',') if s.strip()]:
-        kind, _, value = entry.partition('=')
         try:
-            value = float(value) if value else 0.0
-        except ValueError:
-            fail(f"regularizers: {entry!r} must be 'none', 'wd=<float>' or 'l2=<float>'")
-        if kind == 'none' or value == 0:
-            regs.append((wd_name(0.0), 0.0, 0.0))
-        elif kind == 'wd' and value > 0:
-            regs.append((wd_name(value), value, 0.0))
-        elif kind == 'l2' and value > 0:
-            regs.append((f"l2_{value:g}", 0.0, value))
-        else:
-            fail(f"regularizers: {entry!r} must be 'none', 'wd=<float>' or 'l2=<float>' with a value > 0")
-    if len(set(regs)) != len(regs):
+            setting = parse_regularizer(entry)
+        except ValueError as e:
+            fail(f"regularizers: {e}; each entry is {REG_SYNTAX}")
+        regs.append((reg_name(setting), setting))
+    if len({name for name, _ in regs}) != len(regs):
         fail(f"regularizers={text!r} lists a value twice")
     return regs
+
+
+def _arg(key, value):
+    return f"--{key}={value!r}" if isinstance(value, float) else f"--{key}={value}"
 
 
 def class_cell_args(cls, class_args):
@@ -152,19 +193,21 @@ def enumerate_cells(class_names, decays, seed_list, width_list, train_configs, c
     class_args: {'few': [...], 'many': [...]} train.py arguments that make a cell Few or Many (a class
     entry may also be a number of classes). decays: weight decays, or (name, weight_decay, l2) triples
     from parse_regularizers."""
-    regs = [r if isinstance(r, tuple) else (wd_name(r), r, 0.0) for r in decays]
+    regs = [r if isinstance(r, tuple) else (wd_name(r), {'weight_decay': r} if r else {}) for r in decays]
     cells = []
     for seed in seed_list:
         for width in width_list or ['']:
             for cls in class_names:
-                for reg, wd, l2 in regs:
+                for reg, setting in regs:
                     name = f"{class_cell_name(cls)}_{reg}_s{seed}" + (f"_{width}" if width else '')
                     width_args = ([] if not width else [f'--n_embd={int(width)}'] if width.isdigit()
                                   else [os.path.join('config', f'{width}.py')])
+                    wd, l2 = setting.get('weight_decay', 0.0), setting.get('l2', 0.0)
+                    others = [_arg(k, v) for k, v in setting.items() if k not in ('weight_decay', 'l2')]
                     args = [*train_configs, *class_cell_args(cls, class_args), *width_args, *common_args,
-                            f'--weight_decay={wd!r}', *([f'--l2={l2!r}'] if l2 else []), f'--seed={seed}']
+                            f'--weight_decay={wd!r}', *([f'--l2={l2!r}'] if l2 else []), *others, f'--seed={seed}']
                     cells.append({'name': name, 'classes': class_cell_name(cls), 'weight_decay': wd, 'l2': l2,
-                                  'regularizer': reg, 'seed': seed, 'width': width, 'args': args})
+                                  'setting': setting, 'regularizer': reg, 'seed': seed, 'width': width, 'args': args})
     return cells
 
 
@@ -315,7 +358,8 @@ def start_unit(unit, root_dir, env, n_threads):
         with open(os.path.join(cell_dir, 'cmd.txt'), 'w') as f:
             f.write(solo + '\n')
         with open(os.path.join(cell_dir, 'cell.json'), 'w') as f:
-            json.dump({k: cell[k] for k in ('name', 'classes', 'weight_decay', 'l2', 'regularizer', 'seed', 'width')}, f)
+            json.dump({k: cell[k] for k in ('name', 'classes', 'weight_decay', 'l2', 'setting', 'regularizer', 'seed',
+                                            'width')}, f)
         log = open(os.path.join(cell_dir, 'train.log'), 'a')
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} grid.py pid {os.getpid()} on {socket.gethostname()}: "
                   + (line if not logs else f"in a group of {len(unit)}; output in {unit[0]['name']}/train.log") + '\n')

@@ -14,7 +14,8 @@ How: every parameter and buffer of model.py's unchanged ICLTransformer gets a le
 (torch.func.stack_module_state), the forward is vmap over functional_call, and one optimizer step updates
 all members (decoupled decay with each member's own weight_decay, then Adam). Each member draws its own
 batch from its own sampler and seed stream, so its numbers do not depend on which cells share its group:
-members may differ in seed, weight_decay, l2, n_train_classes (Few and Many together) and out_dir only.
+members may differ in seed, weight_decay, l2, decay_modules, label_swap, n_train_classes (Few and Many
+together) and out_dir only.
 On a CPU this buys nothing (the step is compute-bound); on a GPU one small cell leaves the chip idle.
 """
 import json
@@ -30,10 +31,10 @@ from checkpoint import CKPT, append_metrics, save_checkpoint, truncate_metrics
 from data import build_run_data
 from model import build_model, learning_rate_at
 from training import (Exposure, GroupExposure, GroupSampler, better_peak, check_config,
-                      eval_row, open_run_dir, parse_train_args, resolve_device, stack_group, train_step,
+                      eval_row, member_coefficients, open_run_dir, parse_train_args, resolve_device, stack_group, train_step,
                       write_run_files)
 
-MEMBER_KEYS = {'seed', 'weight_decay', 'l2', 'n_train_classes', 'out_dir'}  # all other keys: one value per group
+MEMBER_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'n_train_classes', 'out_dir'}  # all other keys: one value per group
 
 
 def fail(message):
@@ -103,20 +104,24 @@ except (ValueError, FileNotFoundError) as e:
     fail(str(e))
 template = models[0]                        # a solo model: eval and checkpoints go through it
 state_keys = list(template.state_dict().keys())
-template_decay, _ = template.decayed_parameters()
+member_decay = [template.decayed_parameters(c['decay_modules'])[0] for c in configs]  # for each member's weight norm
+modules = [c['decay_modules'] for c in configs]
 stacked, optimizer, decayed = stack_group(models, [c['weight_decay'] for c in configs], shared['learning_rate'],
-                                          (shared['beta1'], shared['beta2']), device_type)
+                                          (shared['beta1'], shared['beta2']), device_type, modules)
+l2 = (member_coefficients(models, [c['l2'] for c in configs], modules) if any(c['l2'] for c in configs) else 0.0)
+l2 = [torch.tensor(v, device=device) for v in l2] if l2 else 0.0
 name_of = stacked.name_of
 del models
-# the same optimizer solo train.py builds, used only to write (and read) solo-format optimizer state
-solo_optimizer = template.configure_optimizers(0.0, shared['learning_rate'], (shared['beta1'], shared['beta2']),
-                                               device_type, verbose=False)
+# the optimizers solo train.py builds (one per member: decay_modules orders the groups), used only to
+# write (and read) solo-format optimizer state
+solo_optimizers = [template.configure_optimizers(c['weight_decay'], shared['learning_rate'],
+                                                 (shared['beta1'], shared['beta2']), device_type, verbose=False,
+                                                 decay_modules=c['decay_modules']) for c in configs]
 print(f"group: {K} members, {template.num_parameters():,} parameters each, device {device}"
       + ("; eager: compile is not applied to the stacked model" if device_type == 'cuda' else ''))
 for c in configs:
-    print(f"  {c['out_dir']}: seed {c['seed']}, weight_decay {c['weight_decay']:g}, l2 {c['l2']:g}, "
-          f"{c['n_train_classes']} train classes")
-l2 = torch.tensor([c['l2'] for c in configs], device=device) if any(c['l2'] for c in configs) else 0.0
+    print(f"  {c['out_dir']}: seed {c['seed']}, weight_decay {c['weight_decay']:g}, l2 {c['l2']:g} "
+          f"(on {c['decay_modules']}), label_swap {c['label_swap']:g}, {c['n_train_classes']} train classes")
 exposure = GroupExposure([Exposure(s.bank.n_classes, device) for s in samplers])
 sampler = GroupSampler(samplers)
 iter_num, last_eval_iter, wall_offset = 0, -1, 0.0
@@ -127,10 +132,9 @@ best = [{'icl_acc': -1.0, 'iter': None} for _ in configs]
 
 def member_optimizer_state(k):
     """Member k's optimizer state in the format of its solo AdamW's state_dict()."""
-    state = solo_optimizer.state_dict()
-    state['param_groups'][0]['weight_decay'] = configs[k]['weight_decay']
+    state = solo_optimizers[k].state_dict()
     index = 0
-    for group in solo_optimizer.param_groups:
+    for group in solo_optimizers[k].param_groups:
         for p in group['params']:
             inner = optimizer.inner.state.get(stacked.params[name_of[id(p)]])
             if inner:
@@ -143,18 +147,18 @@ def member_optimizer_state(k):
 
 def load_optimizer_states(states):
     """The stacked optimizer state from each member's solo-format optimizer state."""
-    index = 0
-    for group in solo_optimizer.param_groups:
-        for p in group['params']:
-            per_member = [s['state'].get(index) for s in states]
-            if all(per_member):
-                target = stacked.params[name_of[id(p)]]
-                step = per_member[0]['step']
-                optimizer.inner.state[target] = {
-                    'step': step.to(target.device) if device_type == 'cuda' else step.cpu(),
-                    'exp_avg': torch.stack([m['exp_avg'] for m in per_member]).to(target.device),
-                    'exp_avg_sq': torch.stack([m['exp_avg_sq'] for m in per_member]).to(target.device)}
-            index += 1
+    by_name = []  # per member: parameter name -> its state entry
+    for solo, state in zip(solo_optimizers, states):
+        params = [p for group in solo.param_groups for p in group['params']]
+        by_name.append({name_of[id(p)]: state['state'].get(i) for i, p in enumerate(params)})
+    for name, target in stacked.params.items():
+        per_member = [m.get(name) for m in by_name]
+        if all(per_member):
+            step = per_member[0]['step']
+            optimizer.inner.state[target] = {
+                'step': step.to(target.device) if device_type == 'cuda' else step.cpu(),
+                'exp_avg': torch.stack([m['exp_avg'] for m in per_member]).to(target.device),
+                'exp_avg_sq': torch.stack([m['exp_avg_sq'] for m in per_member]).to(target.device)}
 
 
 if checkpoints[0] is not None:
@@ -226,7 +230,7 @@ while True:
                 continue
             template.load_state_dict(stacked.member_state(k, state_keys))
             row = eval_row(template, *episodes[k], c, iter_num,
-                           loss_sum[k].item() / loss_count if loss_count else None, template_decay,
+                           loss_sum[k].item() / loss_count if loss_count else None, member_decay[k],
                            wall_offset + time.time() - t0, lr, autocast)
             if better_peak(row, best[k]):
                 best[k] = {'icl_acc': row['icl_acc'], 'iter': iter_num}

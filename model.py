@@ -200,32 +200,66 @@ class ICLTransformer(nn.Module):
         logits = self.head(self.ln_f(x[:, -1]))
         return (logits, attentions) if return_attention else logits
 
-    def decayed_parameters(self):
-        """(decay, no_decay) parameter lists: weight decay only on Linear/Conv weights; never on
-        norms (LayerNorm/BatchNorm), any bias, or embedding tables."""
+    def module_of(self, name):
+        """Which of DECAY_MODULES a parameter name belongs to ('encoder', 'attn', 'mlp', 'head'), or None
+        (label embedding, LayerNorms)."""
+        if name.startswith('encoder.'):
+            return 'encoder'
+        if name.startswith('head.'):
+            return 'head'
+        part = name.split('.')[2] if name.startswith('blocks.') else None
+        return part if part in ('attn', 'mlp') else None
+
+    def decayed_parameters(self, decay_modules='all'):
+        """(decay, no_decay) parameter lists: the decayed group is the Linear/Conv weights of the modules
+        named in decay_modules (parse_decay_modules: 'all' = every one), the one group that both
+        weight_decay and l2 act on; norms (LayerNorm/BatchNorm), biases and embedding tables never."""
+        chosen = parse_decay_modules(decay_modules)
         decay, no_decay = [], []
-        for module in self.modules():
+        for module_name, module in self.named_modules():
             for name, param in module.named_parameters(recurse=False):
-                if name == 'weight' and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+                full = f"{module_name}.{name}" if module_name else name
+                if (name == 'weight' and isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d))
+                        and self.module_of(full) in chosen):
                     decay.append(param)
                 else:
                     no_decay.append(param)
         return decay, no_decay
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True):
-        decay, no_decay = self.decayed_parameters()
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True, decay_modules='all'):
+        decay, no_decay = self.decayed_parameters(decay_modules)
         groups = [{'params': decay, 'weight_decay': weight_decay},
                   {'params': no_decay, 'weight_decay': 0.0}]
         if verbose:
+            where = ', '.join(parse_decay_modules(decay_modules))
             for label, params, wd in [('decay', decay, weight_decay), ('no decay', no_decay, 0.0)]:
                 print(f"optimizer group '{label}' (weight_decay={wd:g}): {len(params)} tensors, "
-                      f"{sum(p.numel() for p in params):,} parameters")
+                      f"{sum(p.numel() for p in params):,} parameters"
+                      + (f" (the Linear/Conv weights of {where})" if label == 'decay' else ''))
         fused = device_type == 'cuda'  # one kernel for the whole update instead of one per tensor
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
 
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
 
+
+
+DECAY_MODULES = ('encoder', 'attn', 'mlp', 'head')  # whose Linear/Conv weights decay_modules may name
+
+
+def parse_decay_modules(text):
+    """'all' or a comma list of DECAY_MODULES ('mlp,head') -> a tuple in DECAY_MODULES order; ValueError
+    naming the unknown entry otherwise."""
+    if not isinstance(text, str):
+        raise ValueError(f"decay_modules={text!r} must be 'all' or a comma list of {', '.join(DECAY_MODULES)}")
+    names = [s.strip() for s in text.replace('+', ',').split(',') if s.strip()]
+    if names == ['all']:
+        return DECAY_MODULES
+    unknown = [n for n in names if n not in DECAY_MODULES]
+    if unknown or not names:
+        raise ValueError(f"decay_modules={text!r}: {'unknown module ' + repr(unknown[0]) if unknown else 'empty'}; "
+                         f"use 'all' or a comma list of {', '.join(DECAY_MODULES)}")
+    return tuple(m for m in DECAY_MODULES if m in names)
 
 
 def learning_rate_at(it, config):

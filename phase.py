@@ -9,7 +9,7 @@ phase_curves.png (ICL and IWL vs steps at the threshold), phase.md and phase.jso
 import json
 import os
 
-from report import NONE, reg_label as _reg_label, reg_name, reg_of, reg_order
+from report import NONE, reg_label as _reg_label, reg_name, reg_of, reg_order, reg_value
 
 
 def class_count(cell):
@@ -119,7 +119,7 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     plot_phase(os.path.join(root_dir, 'phase.png'), table, regs, counts, first, threshold)
     curves = plot_threshold_curves(os.path.join(root_dir, 'phase_curves.png'), cells, first)
     exponents = {reg_of(c): c['summary'].get('decay_exponent') for c in cells
-                 if not reg_of(c)[1]}  # lr*wd*steps: decay only
+                 if not reg_value(reg_of(c), 'l2')}  # lr*wd*steps: decay only
     lines = [f"# Phase diagram: {root_dir}", "",
              f"{len(cells)} finished runs" + (f" ({len(running)} still running: not shown)" if running else '')
              + f". Peak ICL = best holdout ICL after step 0 (mean over seeds); ICL 'appears' at the "

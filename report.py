@@ -11,33 +11,92 @@ def wd_name(wd):
     return f"wd{wd:g}"
 
 
-# A cell's regulariser is (weight_decay, l2): decoupled AdamW decay, classical L2 in the loss, or neither.
-NONE = (0.0, 0.0)
+# A cell's regulariser is its setting of the REG_KEYS (and any other train.py key a grid's regularizers entry
+# sets), as a canonical tuple of (key, value) pairs without the keys at their defaults: () is no regulariser.
+REG_KEYS = ('weight_decay', 'l2', 'decay_modules', 'label_swap')  # label order; other keys follow by name
+REG_DEFAULTS = {'weight_decay': 0.0, 'l2': 0.0, 'decay_modules': 'all', 'label_swap': 0.0}
+NONE = ()
+
+
+def _key_rank(key):
+    return (REG_KEYS.index(key), '') if key in REG_KEYS else (len(REG_KEYS), key)
 
 
 def as_reg(reg):
-    """(weight_decay, l2) from a regulariser key: a bare number is a weight decay (the weight_decays axis)."""
-    return (float(reg[0]), float(reg[1])) if isinstance(reg, tuple) else (float(reg), 0.0)
+    """The canonical regulariser of a setting dict, a (key, value) tuple, a (weight_decay, l2) pair or a bare
+    weight decay (the weight_decays axis). decay_modules counts only when something decays."""
+    if isinstance(reg, dict):
+        items = dict(reg)
+    elif isinstance(reg, tuple) and (not reg or isinstance(reg[0], tuple)):
+        items = dict(reg)
+    elif isinstance(reg, tuple):
+        items = {'weight_decay': reg[0], 'l2': reg[1]}
+    else:
+        items = {'weight_decay': reg}
+    items = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in items.items()}
+    if 'decay_modules' in items:
+        from model import DECAY_MODULES, parse_decay_modules
+        modules = parse_decay_modules(items['decay_modules'])
+        items['decay_modules'] = 'all' if modules == DECAY_MODULES else ','.join(modules)
+        if not items.get('weight_decay') and not items.get('l2'):
+            del items['decay_modules']
+    return tuple(sorted(((k, v) for k, v in items.items() if v != REG_DEFAULTS.get(k, object())),
+                        key=lambda kv: _key_rank(kv[0])))
+
+
+def reg_value(reg, key):
+    return dict(reg).get(key, REG_DEFAULTS.get(key))
 
 
 def reg_of(cell):
-    return (cell['weight_decay'], cell.get('l2', 0.0))  # cells from before the l2 key have none
+    """A cell's regulariser: its grid setting (cells from before settings have weight_decay and l2 only)."""
+    return as_reg({'weight_decay': cell['weight_decay'], 'l2': cell.get('l2', 0.0), **cell.get('setting', {})})
 
 
 def reg_order(reg):
-    """none, then the decays, then the L2 strengths, each increasing."""
-    return (reg[1] > 0, reg[0], reg[1])
+    """none, then the decays, then the L2 strengths, then label swap, each increasing; targeted after uniform."""
+    return (len(reg) > 0, tuple((_key_rank(k), v if isinstance(v, float) else 0.0, str(v)) for k, v in reg))
+
+
+def _terms(reg, value_form, modules_form):
+    d = dict(reg)
+    modules = d.pop('decay_modules', None)
+    terms = []
+    for key, value in sorted(d.items(), key=lambda kv: _key_rank(kv[0])):
+        term = value_form(key, value)
+        if modules and key in ('weight_decay', 'l2'):
+            term += modules_form(modules)
+            modules = None  # one decayed group: written once, on the first of wd / l2
+        terms.append(term)
+    return terms
+
+
+_SHORT = {'weight_decay': 'wd', 'label_swap': 'swap'}
 
 
 def reg_label(reg):
-    wd, l2 = reg
-    return (f"wd={wd:g}" if wd or not l2 else '') + ('+' if wd and l2 else '') + (f"l2={l2:g}" if l2 else '')
+    """'wd=0' (none), 'wd=0.1', 'l2=0.001', 'wd=1@mlp+head', 'swap=0.2+wd=1@mlp', 'p_bursty=0.5' (grid syntax)."""
+    reg = as_reg(reg)
+    if not reg:
+        return 'wd=0'
+    terms = _terms(reg, lambda k, v: f"{_SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}={v}",
+                   lambda m: '@' + m.replace(',', '+'))
+    swap = [t for t in terms if t.startswith('swap=')]
+    return '+'.join(swap + [t for t in terms if not t.startswith('swap=')])
 
 
 def reg_name(reg):
-    """File-name form, as grid.py names cells: wd0.01, l2_0.001."""
-    wd, l2 = reg
-    return (wd_name(wd) if wd or not l2 else '') + ('_' if wd and l2 else '') + (f"l2_{l2:g}" if l2 else '')
+    """File-name form, as grid.py names cells: wd0.01, l2_0.001, wd1-mlp-head, swap0.2_wd1-mlp."""
+    reg = as_reg(reg)
+    if not reg:
+        return wd_name(0.0)
+
+    def value_form(key, value):
+        text = f"{value:g}" if isinstance(value, float) else str(value)
+        return {'weight_decay': 'wd', 'l2': 'l2_', 'label_swap': 'swap'}.get(key, key + '_') + text
+    terms = _terms(reg, value_form, lambda m: '-' + m.replace(',', '-'))
+    swap = [t for t in terms if t.startswith('swap')]
+    return '_'.join(swap + [t for t in terms if not t.startswith('swap')])
 
 
 def _fmt(value, spec='.3f'):
@@ -88,7 +147,7 @@ def _candidate(reg, runs, base, min_attn, min_iwl):
     iwl = _mean([r['final_iwl'] for r in runs])
     finals = [r['final_icl'] for r in runs if 'final_icl' in r]
     base_finals = [r['final_icl'] for r in base if 'final_icl' in r]
-    return {'weight_decay': reg[0], 'l2': reg[1], 'regularizer': reg_label(reg), 'n_seeds': len(runs),
+    return {**{k: reg_value(reg, k) for k in REG_KEYS}, 'regularizer': reg_label(reg), 'n_seeds': len(runs),
             'ratio': _mean(peaks) / _mean(base_peaks),
             'final_ratio': _mean(finals) / _mean(base_finals) if finals and base_finals and _mean(base_finals) > 0 else None,
             'ratio_lo': min(peaks) / max(base_peaks), 'ratio_hi': max(peaks) / max(min(base_peaks), 1e-12),
@@ -162,7 +221,7 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
 # ---- report ----------------------------------------------------------------------------------------
 
 # config keys that may differ between the cells of one grid; any other difference is flagged in report.md
-VARYING_KEYS = {'seed', 'weight_decay', 'l2', 'n_train_classes', 'n_embd', 'n_head', 'out_dir', 'init_from', 'overwrite',
+VARYING_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'n_train_classes', 'n_embd', 'n_head', 'out_dir', 'init_from', 'overwrite',
                 'device', 'compile', 'compile_mode', 'dtype', 'log_interval', 'keep_checkpoints'}
 
 
@@ -328,12 +387,13 @@ def plot_peak_bars(path, groups, widths, class_names, regs, chance, threshold):
             ref = threshold * _mean([r['stats']['peak_icl'] for r in base])
             ax.axhline(ref, color='C3', ls='--', lw=1, label=f"{threshold:g} x Many wd=0 peak")
         ax.axhline(chance, color='gray', lw=0.8, ls=':', label=f'chance {chance:.3f}')
-        any_l2 = any(reg[1] for reg in regs)
-        ax.set_xticks(range(len(regs)), [reg_label(reg) if any_l2 else f"{reg[0]:g}" for reg in regs])
-        ax.set_xlabel('regulariser' if any_l2 else 'weight decay')
+        plain = all(len(reg) <= 1 and not reg_value(reg, 'l2') for reg in regs)  # a weight-decay axis alone
+        ax.set_xticks(range(len(regs)), [f"{reg_value(reg, 'weight_decay'):g}" if plain else reg_label(reg)
+                                         for reg in regs], rotation=0 if plain else 30, ha='center' if plain else 'right')
+        ax.set_xlabel('weight decay' if plain else 'regulariser')
         ax.set_ylabel('peak ICL accuracy (mean over seeds)')
         ax.set_ylim(0, 1.1)
-        ax.set_title(f"peak ICL vs {'regulariser' if any_l2 else 'weight decay'}"
+        ax.set_title(f"peak ICL vs {'weight decay' if plain else 'regulariser'}"
                      f"{' (' + width + ')' if width else ''}", fontsize=10)
         ax.legend(fontsize=8, loc='upper center', bbox_to_anchor=(0.5, -0.18), ncol=4, frameon=False)
     _save(fig, path)

@@ -44,6 +44,7 @@ p_bursty = 0.9
 bursty_shots = 3
 ways = 2
 zipf_alpha = 0.0            # 0 = uniform class distribution
+label_swap = 0.0            # fraction of training sequences whose query class gets one random new label (Bratulic 2025)
 eval_ways = 2
 eval_shots = 4
 n_eval_episodes = 1024
@@ -58,6 +59,8 @@ max_iters = 5000
 learning_rate = 2e-3
 weight_decay = 0.0          # AdamW decoupled decay on Linear/Conv weights only
 l2 = 0.0                    # classical L2: 1/2*l2*||w||^2 added to the loss, same weights as weight_decay
+decay_modules = 'all'       # whose Linear/Conv weights weight_decay and l2 act on: 'all' or a comma list of
+                            # encoder, attn, mlp, head (e.g. 'mlp,head': only the weights that can memorise)
 beta1 = 0.9
 beta2 = 0.999
 grad_clip = 0.0             # clip the global grad norm at this value (0 = off)
@@ -110,11 +113,13 @@ try:
 except (ValueError, FileNotFoundError) as e:
     fail(str(e))
 model = build_model(config, data).to(device)
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
-decayed_params, _ = model.decayed_parameters()
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
+                                       decay_modules=decay_modules)
+decayed_params, _ = model.decayed_parameters(decay_modules)
 print(f"model: {model.num_parameters():,} parameters, {n_layer} layers, d={n_embd}; "
       f"data: {data.name}, {data.train.n_classes} train / {data.holdout.n_classes} holdout classes, "
-      f"{data.n_labels} labels; device {device}" + (f"; l2={l2:g} on the decayed group" if l2 else ''))
+      f"{data.n_labels} labels; device {device}" + (f"; l2={l2:g} on the decayed group" if l2 else '')
+      + (f"; label_swap={label_swap:g}" if label_swap else ''))
 
 exposure = Exposure(data.train.n_classes, device)
 iter_num, last_eval_iter, wall_offset = 0, -1, 0.0

@@ -20,7 +20,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from data import icl_chance
 from checkpoint import fault_point, has_checkpoint, load_checkpoint, read_metrics, write_json
 from eval import evaluate
-from model import decay_exponent
+from model import decay_exponent, parse_decay_modules
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -66,6 +66,9 @@ def check_config(config):
     for key in ('weight_decay', 'l2', 'learning_rate', 'grad_clip', 'warmup_iters', 'min_lr', 'dropout'):
         if config[key] < 0:
             raise ValueError(f"{key}={config[key]} must be >= 0")
+    if not 0.0 <= config.get('label_swap', 0.0) <= 1.0:
+        raise ValueError(f"label_swap={config['label_swap']} must be in [0, 1]")
+    parse_decay_modules(config.get('decay_modules', 'all'))
     for key in ('batch_size', 'max_iters', 'eval_interval', 'log_interval', 'n_eval_episodes'):
         if config[key] < 1:
             raise ValueError(f"{key}={config[key]} must be >= 1")
@@ -121,7 +124,7 @@ def open_run_dir(config):
 
 def _default(key):
     """A key newer than a checkpoint counts as its default there (l2 = 0 in runs from before it existed)."""
-    return {'l2': 0.0}.get(key)
+    return {'l2': 0.0, 'decay_modules': 'all', 'label_swap': 0.0}.get(key)
 
 
 # ---- the step -------------------------------------------------------------------------------------
@@ -149,11 +152,12 @@ def query_loss(logits, labels):
 
 
 def l2_penalty(decayed, l2, member_shape=()):
-    """1/2 * l2 * ||w||^2 over the decayed parameter group only (Linear/Conv weights: the same group
-    weight_decay acts on). Unlike decoupled decay, this enters the loss, so Adam rescales its
-    gradient per weight. l2 is a float, or a [K] tensor for a group (one value per member)."""
-    squares = sum(p.float().pow(2).reshape(*member_shape, -1).sum(-1) for p in decayed)
-    return 0.5 * l2 * squares
+    """1/2 * l2 * ||w||^2 over the decayed parameter group only (the Linear/Conv weights of decay_modules:
+    the group weight_decay acts on). Unlike decoupled decay, this enters the loss, so Adam rescales its
+    gradient per weight. l2 is a float, a [K] tensor for a group (one value per member), or a list with
+    one such value per decayed tensor (group members whose decay_modules differ)."""
+    per_tensor = l2 if isinstance(l2, (list, tuple)) else [l2] * len(decayed)
+    return 0.5 * sum(c * p.float().pow(2).reshape(*member_shape, -1).sum(-1) for c, p in zip(per_tensor, decayed))
 
 
 def clip_gradients(params, max_norm, member_shape=()):
@@ -184,7 +188,7 @@ def train_step(forward, optimizer, sampler, batch_size, lr, exposure, decayed, l
         logits = forward(items, labels)
     loss = query_loss(logits, labels)
     # a group passes l2 as a [K] tensor only when some member has l2 > 0: no value test (a host sync on CUDA)
-    total = loss + l2_penalty(decayed, l2, loss.shape) if torch.is_tensor(l2) or l2 != 0 else loss
+    total = loss + l2_penalty(decayed, l2, loss.shape) if not isinstance(l2, (int, float)) or l2 != 0 else loss
     total.sum().backward()
     fault_point('train_step')  # test hook (no-op unless BURSTYICL_FAULT is set)
     if grad_clip > 0:
@@ -230,23 +234,24 @@ class StackedModel:
 
 
 class MemberAdamW:
-    """AdamW over stacked parameters with one weight decay per member. PyTorch's AdamW first shrinks each
-    decayed weight by lr*wd and then applies Adam's update (its update with weight_decay=0); this does the
-    same with wd a [K] vector, so member k follows exactly its solo AdamW."""
+    """AdamW over stacked parameters with one weight decay per member (and per tensor: members may decay
+    different modules). PyTorch's AdamW first shrinks each decayed weight by lr*wd and then applies Adam's
+    update (its update with weight_decay=0); this does the same with wd a [K] vector per tensor, so member
+    k follows exactly its solo AdamW. weight_decays: one [K] list per tensor of `decay`."""
 
     def __init__(self, decay, no_decay, weight_decays, lr, betas, fused):
         self.inner = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.0},
                                         {'params': no_decay, 'weight_decay': 0.0}], lr=lr, betas=betas, fused=fused)
         self.param_groups = self.inner.param_groups
-        self.weight_decays = torch.tensor(weight_decays, dtype=torch.float64)
-        self.any_decay = any(wd != 0 for wd in weight_decays)
+        self.weight_decays = [torch.tensor(wd, dtype=torch.float64) for wd in weight_decays]
+        self.any_decay = any(w != 0 for wd in weight_decays for w in wd)
 
     @torch.no_grad()
     def step(self):
         lr = self.param_groups[0]['lr']
         if self.any_decay:
-            factor = 1 - lr * self.weight_decays  # float64 then one rounding, as AdamW's Python-float factor
-            for p in self.param_groups[0]['params']:
+            for p, wd in zip(self.param_groups[0]['params'], self.weight_decays):
+                factor = 1 - lr * wd  # float64 then one rounding, as AdamW's Python-float factor
                 p.mul_(factor.to(device=p.device, dtype=p.dtype).view(-1, *[1] * (p.dim() - 1)))
         self.inner.step()
 
@@ -254,13 +259,24 @@ class MemberAdamW:
         self.inner.zero_grad(set_to_none=set_to_none)
 
 
-def stack_group(models, weight_decays, learning_rate, betas, device_type):
-    """(stacked model, per-member AdamW, stacked decayed parameters) for K models of one architecture,
-    with the decay groups of models[0].decayed_parameters() (the groups train.py's AdamW uses)."""
+def member_coefficients(models, values, decay_modules):
+    """One [K] list per tensor of models[0]'s full decayed group ('all'): member k's value (its weight
+    decay or l2) where that tensor is in its decay_modules, else 0."""
+    every, _ = models[0].decayed_parameters('all')
+    mine = [{id(p) for p in models[0].decayed_parameters(m)[0]} for m in decay_modules]
+    return [[v if id(p) in chosen else 0.0 for v, chosen in zip(values, mine)] for p in every]
+
+
+def stack_group(models, weight_decays, learning_rate, betas, device_type, decay_modules=None):
+    """(stacked model, per-member AdamW, stacked decayed parameters) for K models of one architecture.
+    The stacked decayed group is every Linear/Conv weight; member k decays those of its decay_modules
+    (default 'all': the groups train.py's AdamW uses)."""
+    decay_modules = decay_modules or ['all'] * len(models)
     stacked = StackedModel(models)
-    decay, no_decay = models[0].decayed_parameters()
+    decay, no_decay = models[0].decayed_parameters('all')
     decayed = [stacked.params[stacked.name_of[id(p)]] for p in decay]
-    optimizer = MemberAdamW(decayed, [stacked.params[stacked.name_of[id(p)]] for p in no_decay], weight_decays,
+    optimizer = MemberAdamW(decayed, [stacked.params[stacked.name_of[id(p)]] for p in no_decay],
+                            member_coefficients(models, weight_decays, decay_modules),
                             learning_rate, betas, fused=device_type == 'cuda')
     return stacked, optimizer, decayed
 
@@ -333,7 +349,8 @@ def write_run_files(config, best, exposure, device_name):
     summary = {
         'peak_icl_acc': best['icl_acc'] if best['iter'] is not None else None, 'peak_icl_iter': best['iter'],
         'final_icl_acc': final['icl_acc'], 'final_iwl_acc': final['iwl_acc'], 'final_iter': final['iter'],
-        'weight_decay': config['weight_decay'], 'l2': config['l2'],
+        'weight_decay': config['weight_decay'], 'l2': config['l2'], 'decay_modules': config.get('decay_modules', 'all'),
+        'label_swap': config.get('label_swap', 0.0),
         'tokens_per_step': tokens_per_step(config), 'total_tokens': final['tokens'],
         'decay_exponent': decay_exponent(config),  # wd * sum of lr = lr*wd*steps at constant lr: how hard decay bites
         'exposure': {'query': _spread(exposure.query), 'seen': _spread(exposure.seen)},

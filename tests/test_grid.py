@@ -377,7 +377,7 @@ def test_group_size_trains_cells_as_one_group_with_solo_files(tmp_path):
 
 def test_regularizers_and_class_counts_make_cells(grid):
     regs = grid.parse_regularizers('none, wd=0.1, l2=1e-3')
-    assert regs == [('wd0', 0.0, 0.0), ('wd0.1', 0.1, 0.0), ('l2_0.001', 0.0, 1e-3)]
+    assert regs == [('wd0', {}), ('wd0.1', {'weight_decay': 0.1}), ('l2_0.001', {'l2': 1e-3})]
     cells = grid.enumerate_cells(['100', 'many'], regs, [0], [], [], {'many': ['--n_train_classes=16000']}, [])
     assert [c['name'] for c in cells] == ['c100_wd0_s0', 'c100_wd0.1_s0', 'c100_l2_0.001_s0',
                                           'many_wd0_s0', 'many_wd0.1_s0', 'many_l2_0.001_s0']
