@@ -599,3 +599,45 @@ def build_eval_episodes(dataset, config):
     iwl = make_iwl_episodes(dataset.train, dataset.class_labels, config['n_eval_episodes'],
                             config['context_len'], config['zipf_alpha'], seed=config['data_seed'] + 2000)
     return icl, iwl
+
+
+def check_data_config(config):
+    """ValueError naming the key for data, sampler or eval-episode settings no run can start with, from the
+    config alone: the rules of build_dataset, assign_labels, EpisodeSampler and the eval episode builders,
+    checked before out_dir is touched (a run that fails here never costs an old run its files)."""
+    n_train, n_holdout, n_labels = config['n_train_classes'], config['n_holdout_classes'], config['n_labels']
+    if config['dataset'] == 'omniglot':
+        check_omniglot_config(config['omniglot_classes'], config['image_size'])
+        omniglot_class_split(n_train, n_holdout, config['omniglot_classes'], config['data_seed'])
+    elif config['dataset'] == 'synthetic':  # make_synthetic's rules, without making the data
+        for key in ('n_train_classes', 'n_holdout_classes', 'item_dim'):
+            if config[key] < 1:
+                raise ValueError(f"{key}={config[key]} must be >= 1")
+        if config['exemplars_per_class'] < 0:
+            raise ValueError(f"exemplars_per_class={config['exemplars_per_class']} must be >= 0 (0 = fresh noise per draw)")
+        if config['within_class_noise'] < 0:
+            raise ValueError(f"within_class_noise={config['within_class_noise']} must be >= 0")
+    else:
+        raise ValueError(f"dataset={config['dataset']!r} is not known (expected 'synthetic' or 'omniglot')")
+    if n_labels < 1:
+        raise ValueError(f"n_labels={n_labels} must be >= 1")
+    labels = assign_labels(n_train, n_labels, config['label_mode'], config['data_seed'])
+    # the sampler's own checks, on a bank of n_train empty items (nothing is allocated)
+    EpisodeSampler(ClassBank(torch.empty(n_train, 1, 0)), labels, config['context_len'], config['p_bursty'],
+                   config['bursty_shots'], config['ways'], config['zipf_alpha'],
+                   label_swap=config.get('label_swap', 0.0), n_labels=n_labels)
+    # make_icl_episodes' and make_iwl_episodes' rules; ICL answers are the labels 0..eval_ways-1
+    ways, shots = config['eval_ways'], config['eval_shots']
+    if ways < 1 or shots < 1:
+        raise ValueError(f"eval_ways={ways} and eval_shots={shots} must be >= 1")
+    if ways * shots != config['context_len']:
+        raise ValueError(f"eval ways*shots={ways}*{shots} must equal context_len={config['context_len']}")
+    if ways > n_holdout:
+        raise ValueError(f"eval ways={ways} is more than the {n_holdout} holdout classes")
+    if ways > n_labels:
+        raise ValueError(f"eval_ways={ways} is more than the n_labels={n_labels} labels")
+    if config['n_eval_episodes'] < 1:
+        raise ValueError(f"n_eval_episodes={config['n_eval_episodes']} must be >= 1")
+    if n_train < 2:
+        raise ValueError(f"n_train_classes={n_train}: IWL episodes need at least 2 training classes "
+                         f"(the query's class is excluded from their context)")

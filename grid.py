@@ -22,12 +22,18 @@ Cells differ only in seed, weight_decay, n_train_classes (and width): step budge
 data_seed (holdout classes, label vocabulary, eval episodes) come from the same configs for all of them.
 Finished cells (summary.json) are skipped, interrupted or crashed ones resume on the next invocation, and
 a lock file per cell (O_CREAT|O_EXCL, 'host pid' inside) keeps two grid processes off the same cell.
+After each cell a progress line: 'grid: 12/30 done, 2 running, 1 failed, ~9 min left'. Cells whose train.py
+arguments turn wandb_log on get --wandb_group=<grid folder name>: one wandb group per grid, a run per cell.
 """
+import contextlib
+import io
 import json
+import math
 import os
 import shlex
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -391,15 +397,32 @@ def finish_unit(unit, rc, root_dir, result):
             print(f"grid: FAILED {name} (exit code {rc}); log: {log_path}")
 
 
+def progress_line(result, n_cells, n_running, cell_times, n_jobs):
+    """'grid: 12/30 done, 2 running, 1 failed, ~9 min left'. Done counts cells finished before this invocation;
+    the time left is the median time of a cell finished in this invocation (a group's time over its members)
+    times the rounds of n_jobs the cells left take, 'unknown' until one finished."""
+    done = len(result['done']) + len(result['skipped'])
+    left = n_cells - done - len(result['failed']) - len(result['busy']) - len(result['interrupted'])
+    if left == 0:
+        eta = 'none left'
+    elif not cell_times:
+        eta = 'time left unknown'
+    else:
+        seconds = statistics.median(cell_times) * math.ceil(left / n_jobs)
+        eta = f"~{seconds / 60:.0f} min left" if seconds >= 60 else f"~{seconds:.0f} s left"
+    return f"grid: {done}/{n_cells} done, {n_running} running, {len(result['failed'])} failed, {eta}"
+
+
 def run_grid(cells, root_dir, n_jobs, n_threads, size=0):
-    """Run the cells n_jobs processes at a time (each one train.py cell, or with size > 1 a group.py group).
-    Returns {'done': [...], 'skipped': [...], 'busy': [...], 'failed': [(name, returncode, log path)],
-    'interrupted': [...]}."""
+    """Run the cells n_jobs processes at a time (each one train.py cell, or with size > 1 a group.py group),
+    with a progress line after each. Returns {'done': [...], 'skipped': [...], 'busy': [...],
+    'failed': [(name, returncode, log path)], 'interrupted': [...]}."""
     result = {'done': [], 'skipped': [], 'busy': [], 'failed': [], 'interrupted': []}
     env = {**os.environ, 'OMP_NUM_THREADS': str(n_threads), 'MKL_NUM_THREADS': str(n_threads)}
     pending = pack_units([c for c in cells if not is_finished(os.path.join(root_dir, c['name']))], root_dir, size)
     result['skipped'] = [c['name'] for c in cells if is_finished(os.path.join(root_dir, c['name']))]
-    running = []  # (proc, unit, log file)
+    running = []  # (proc, log file, unit, start time)
+    cell_times = []  # seconds per finished cell, this invocation
     stop = {'flag': False}
 
     def on_term(signum, frame):  # SLURM pre-emption / kill: let each train.py checkpoint, then leave
@@ -413,17 +436,21 @@ def run_grid(cells, root_dir, n_jobs, n_threads, size=0):
             while pending and len(running) < n_jobs and not stop['flag']:
                 unit = claim(pending.pop(0), root_dir, result)
                 if unit:
-                    running.append((*start_unit(unit, root_dir, env, n_threads), unit))
+                    running.append((*start_unit(unit, root_dir, env, n_threads), unit, time.time()))
             time.sleep(0.2)
             for entry in list(running):
-                proc, log, unit = entry
+                proc, log, unit, started = entry
                 if proc.poll() is None:
                     continue
                 log.close()
                 running.remove(entry)
+                n_done = len(result['done'])
                 finish_unit(unit, proc.returncode, root_dir, result)
+                cell_times += [(time.time() - started) / len(unit)] * (len(result['done']) - n_done)
+                print(progress_line(result, len(cells), sum(len(u) for _, _, u, _ in running), cell_times, n_jobs),
+                      flush=True)
     finally:
-        for proc, log, unit in running:  # KeyboardInterrupt etc.: stop children first
+        for proc, log, unit, _ in running:  # KeyboardInterrupt etc.: stop children first
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=60)
@@ -434,6 +461,20 @@ def run_grid(cells, root_dir, n_jobs, n_threads, size=0):
                 release_lock(os.path.join(root_dir, cell['name'], 'lock'))
         signal.signal(signal.SIGTERM, old_handler)
     return result
+
+
+def logs_to_wandb(args):
+    """Does a cell with these train.py arguments log to wandb (--wandb_log=True, or a config file setting it)?
+    Arguments train.py would refuse count as no: the cell's own train.log says what is wrong with them."""
+    args = [a if a.startswith('--') else os.path.join(ROOT, a) for a in args]  # cells run in ROOT
+    if not any('wandb_log' in (a if a.startswith('--') else _read(a) or '') for a in args):
+        return False  # nothing mentions it: the default, off (and no torch import for the grid)
+    from training import parse_train_args
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        try:
+            return bool(parse_train_args(args)['wandb_log'])
+        except SystemExit:
+            return False
 
 
 def finish_report(root_dir):
@@ -492,6 +533,9 @@ if __name__ == '__main__':
         common = shlex.split(synthetic_args)
     common += shlex.split(train_args)
     cells = enumerate_cells(class_names, decays, seed_list, width_list, train_configs, class_args, common)
+    for cell in cells:  # a grid's cells share a wandb group named after its folder (runs are named after cells)
+        if logs_to_wandb(cell['args']):
+            cell['args'] = [*cell['args'], f'--wandb_group={os.path.basename(root_dir)}']
     try:
         index, count = parse_shard(shard, os.environ)
     except ValueError as e:

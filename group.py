@@ -15,30 +15,32 @@ How: every parameter and buffer of model.py's unchanged ICLTransformer gets a le
 all members (decoupled decay with each member's own weight_decay, then Adam). Each member draws its own
 batch from its own sampler and seed stream, so its numbers do not depend on which cells share its group:
 members may differ in seed, weight_decay, l2, decay_modules, label_swap, n_train_classes (Few and Many
-together) and out_dir only.
+together), out_dir and wandb_run_name only. With --wandb_log=True each member logs to its own wandb run.
 On a CPU this buys nothing (the step is compute-bound); on a GPU one small cell leaves the chip idle.
 """
 import json
 import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
 
 import torch
 
-from checkpoint import CKPT, append_metrics, save_checkpoint, truncate_metrics
+from checkpoint import CKPT
 from data import build_run_data
 from model import build_model, learning_rate_at
-from training import (Exposure, GroupExposure, GroupSampler, better_peak, check_config,
-                      eval_row, member_coefficients, open_run_dir, parse_train_args, resolve_device, stack_group, train_step,
-                      write_run_files)
+from tracking import TRACKING_KEYS, finish_tracking, require_wandb, start_tracking
+from training import (Exposure, GroupExposure, GroupSampler, NonFinite, StepRate, StopFlag, check_config,
+                      checkpoint_run, eval_due, evaluate_and_log, finish_run, log_line, member_coefficients,
+                      parse_train_args, read_run_dir, resolve_device, stack_group, start_run_dir, stop_and_exit,
+                      train_step)
 
-MEMBER_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'n_train_classes', 'out_dir'}  # all other keys: one value per group
+MEMBER_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'n_train_classes', 'out_dir',
+               'wandb_run_name'}  # all other keys: one value per group
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
+def fail(message, kind='error'):
+    print(f"{kind}: {message}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -74,14 +76,18 @@ def check_group(configs):
         raise ValueError(f"two members share an out_dir: {out_dirs}")
 
 
-# ---- members: configs, run directories, data, models ---------------------------------------------
+# ---- members: every check before anything is written, then data and models ----------------------
 configs = [parse_train_args(args) for args in member_arguments(sys.argv[1:])]
+try:
+    wandb = require_wandb(configs[0])  # wandb_log is one value per group
+except ImportError as e:
+    fail(str(e), kind='config error')
 try:
     for c in configs:
         check_config(c)
     check_group(configs)
     device = resolve_device(configs[0]['device'])
-    checkpoints = [open_run_dir(c) for c in configs]
+    checkpoints = [read_run_dir(c) for c in configs]  # reads only: out_dirs are touched once all can start
 except ValueError as e:
     fail(str(e))
 starts = {ck['iter_num'] if ck else 0 for ck in checkpoints}
@@ -96,7 +102,8 @@ data_cache, models, samplers, episodes = {}, [], [], []
 try:
     for c in configs:
         torch.manual_seed(c['seed'])  # as train.py: the same init as the member's solo run
-        data, sampler, icl, iwl = build_run_data(c, device, cache=data_cache)
+        data, sampler, icl, iwl = build_run_data({k: v for k, v in c.items() if k not in TRACKING_KEYS}, device,
+                                                 cache=data_cache)  # a wandb_run_name is no reason for a copy
         models.append(build_model(c, data).to(device))
         samplers.append(sampler)
         episodes.append((icl, iwl))
@@ -169,19 +176,27 @@ if checkpoints[0] is not None:
         loss_sum[k] = ck['loss_sum']
         exposure.members[k].query.copy_(ck['query_count'])
         exposure.members[k].seen.copy_(ck['seen_count'])
-        truncate_metrics(configs[k]['out_dir'], ck['last_eval_iter'])
     load_optimizer_states([ck['optimizer'] for ck in checkpoints])
     torch.set_rng_state(checkpoints[0]['torch_rng'])
     if device_type == 'cuda' and checkpoints[0].get('cuda_rng') is not None:
         torch.cuda.set_rng_state(checkpoints[0]['cuda_rng'])
     iter_num, last_eval_iter = checkpoints[0]['iter_num'], checkpoints[0]['last_eval_iter']
     wall_offset, loss_count = checkpoints[0]['wall_s'], checkpoints[0]['loss_count']
+
+# ---- run directories: only now are old runs replaced (overwrite) or cut back to their checkpoints -------
+try:  # one wandb run per member, continuing the one in its checkpoint
+    runs = [start_tracking(wandb, c, ck and ck.get('wandb_id')) for c, ck in zip(configs, checkpoints)]
+except ValueError as e:
+    fail(str(e))
+wandb_ids = [run.id if run is not None else ck and ck.get('wandb_id') for run, ck in zip(runs, checkpoints)]
+for c, ck in zip(configs, checkpoints):
+    start_run_dir(c, ck)
+if checkpoints[0] is not None:
     print(f"resumed {K} members from iter {iter_num}")
 del checkpoints
 
 autocast = (torch.autocast(device_type='cuda', dtype=getattr(torch, shared['dtype']))
             if device_type == 'cuda' and shared['dtype'] != 'float32' else nullcontext())
-keep_iters = {int(s) for s in shared['keep_checkpoints'].split(',') if s.strip()}
 
 
 def member_checkpoint(k):
@@ -191,91 +206,70 @@ def member_checkpoint(k):
             'iter_num': iter_num, 'last_eval_iter': last_eval_iter, 'wall_s': wall_offset + time.time() - t0,
             'best': best[k], 'loss_sum': loss_sum[k].item(), 'loss_count': loss_count,
             'query_count': exposure.members[k].query.cpu(), 'seen_count': exposure.members[k].seen.cpu(),
-            'config': configs[k], 'group': [c['out_dir'] for c in configs]}
+            'config': configs[k], 'group': [c['out_dir'] for c in configs], 'wandb_id': wandb_ids[k]}
 
-
-stop_requested = False
-
-
-def request_stop(signum, frame):
-    global stop_requested
-    stop_requested = True
-
-
-signal.signal(signal.SIGTERM, request_stop)
 
 # ---- training loop: train.py's, with a member axis --------------------------------------------
-first_bad_iter = torch.full((K,), -1, dtype=torch.long, device=device)
+stop = StopFlag()
+non_finite = NonFinite((K,), device)
 failed = set()  # members whose loss became non-finite: they keep their last good checkpoint, others go on
 t0 = time.time()
-t_log, iter_log = t0, iter_num
+step_rate = StepRate(iter_num)
 
 
 def check_finite():
-    bad = first_bad_iter.tolist()
-    for k, it in enumerate(bad):
-        if it >= 0 and k not in failed:
-            failed.add(k)
-            print(f"error: {configs[k]['out_dir']}: loss became non-finite at iter {it}; this member stops here "
-                  f"(its last good checkpoint, {os.path.join(configs[k]['out_dir'], CKPT)}, is kept)", file=sys.stderr)
+    for k, it in non_finite.new():
+        failed.add(k)
+        print(f"error: {configs[k]['out_dir']}: loss became non-finite at iter {it}; this member stops here "
+              f"(its last good checkpoint, {os.path.join(configs[k]['out_dir'], CKPT)}, is kept)", file=sys.stderr)
+        finish_tracking(runs[k], exit_code=1)
+
+
+def live():
+    return [(k, c) for k, c in enumerate(configs) if k not in failed]
 
 
 while True:
     lr = learning_rate_at(iter_num, shared)
-    if (iter_num % shared['eval_interval'] == 0 or iter_num == shared['max_iters']) and iter_num > last_eval_iter:
+    if eval_due(iter_num, last_eval_iter, shared):
         check_finite()
         rows = []
-        for k, c in enumerate(configs):
-            if k in failed:
-                continue
+        for k, c in live():
             template.load_state_dict(stacked.member_state(k, state_keys))
-            row = eval_row(template, *episodes[k], c, iter_num,
-                           loss_sum[k].item() / loss_count if loss_count else None, member_decay[k],
-                           wall_offset + time.time() - t0, lr, autocast)
-            if better_peak(row, best[k]):
-                best[k] = {'icl_acc': row['icl_acc'], 'iter': iter_num}
-            append_metrics(c['out_dir'], row)
+            row, best[k] = evaluate_and_log(template, episodes[k], c, iter_num,
+                                            loss_sum[k].item() / loss_count if loss_count else None, member_decay[k],
+                                            wall_offset + time.time() - t0, lr, autocast, best[k], runs[k])
             rows.append(row)
         loss_sum.zero_()
         loss_count = 0
         last_eval_iter = iter_num
-        for k, c in enumerate(configs):
-            if k not in failed:
-                save_checkpoint(c['out_dir'], member_checkpoint(k))
-                if iter_num in keep_iters:
-                    save_checkpoint(c['out_dir'], member_checkpoint(k), name=f'ckpt_{iter_num}.pt')
+        for k, c in live():
+            checkpoint_run(c, member_checkpoint(k), iter_num)
         print(f"eval {iter_num}: icl " + " ".join(f"{r['icl_acc']:.3f}" for r in rows)
               + " | iwl " + " ".join(f"{r['iwl_acc']:.3f}" for r in rows), flush=True)
     if iter_num >= shared['max_iters'] or len(failed) == K:
         break
-    if stop_requested:
+    if stop.requested:
         check_finite()
-        for k, c in enumerate(configs):
-            if k not in failed:
-                save_checkpoint(c['out_dir'], member_checkpoint(k))
-        print(f"SIGTERM: checkpointed {K - len(failed)} members at iter {iter_num}; rerun to continue")
-        sys.exit(1 if failed else 0)
+        stop_and_exit(((c, member_checkpoint(k)) for k, c in live()), [runs[k] for k, _ in live()],
+                      f"SIGTERM: checkpointed {K - len(failed)} members at iter {iter_num}; rerun to continue",
+                      1 if failed else 0)
 
     loss = train_step(stacked, optimizer, sampler, shared['batch_size'], lr, exposure, decayed, l2,
                       shared['grad_clip'], autocast)
-    first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss), iter_num, first_bad_iter)
+    non_finite.update(loss, iter_num)
     loss_sum += loss
     loss_count += 1
     iter_num += 1
 
     if iter_num % shared['log_interval'] == 0:
         check_finite()
-        now = time.time()
-        steps_per_s = (iter_num - iter_log) / (now - t_log)
-        print(f"iter {iter_num}: mean loss {loss.mean().item():.4f}, lr {lr:.2e}, {steps_per_s:.1f} steps/s "
-              f"({steps_per_s * K:.1f} cell-steps/s)", flush=True)
-        t_log, iter_log = now, iter_num
+        print(log_line(iter_num, loss, lr, step_rate(iter_num), shared['max_iters'], members=K), flush=True)
 
 # ---- summaries ----------------------------------------------------------------------------------
 device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'
-for k, c in enumerate(configs):
-    if k not in failed:
-        summary = write_run_files(c, best[k], exposure.members[k], device_name)
-        print(f"done {c['out_dir']}: peak icl {summary['peak_icl_acc']}, final icl {summary['final_icl_acc']:.3f}, "
-              f"final iwl {summary['final_iwl_acc']:.3f}")
+for k, c in live():
+    summary = finish_run(c, best[k], exposure.members[k], device_name, runs[k])
+    print(f"done {c['out_dir']}: peak icl {summary['peak_icl_acc']}, final icl {summary['final_icl_acc']:.3f}, "
+          f"final iwl {summary['final_iwl_acc']:.3f}")
 sys.exit(1 if failed else 0)

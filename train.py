@@ -5,10 +5,10 @@ Train a transformer on bursty few-shot sequences and track in-context vs in-weig
     python train.py config/omniglot.py config/few.py --weight_decay=1e-3 --seed=1
 
 Every eval_interval it appends a row to out_dir/metrics.jsonl and checkpoints atomically;
---init_from=resume continues a run exactly where it stopped (SIGTERM also checkpoints first).
+--init_from=resume continues a run exactly where it stopped (SIGTERM also checkpoints first);
+--wandb_log=True also sends each row to a Weights & Biases run (tracking.py).
 """
 import os
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -24,6 +24,11 @@ log_interval = 50
 init_from = 'scratch'       # 'scratch' or 'resume' (resume starts from scratch if there is no checkpoint)
 overwrite = False           # allow a scratch run to replace an existing run in out_dir
 keep_checkpoints = ''       # comma-separated iters whose checkpoint is also kept as ckpt_<iter>.pt
+# wandb logging (tracking.py): every metrics row to the run's history; off unless asked (pip install wandb)
+wandb_log = False
+wandb_project = 'burstyicl'
+wandb_run_name = ''         # '' = out_dir's folder name (a grid cell's name)
+wandb_group = ''            # grid.py puts its cells in a group named after the grid folder
 # data
 dataset = 'synthetic'       # 'synthetic' or 'omniglot'
 data_seed = 0               # fixes the data, holdout split and eval episodes (same in every grid cell)
@@ -80,15 +85,17 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
-from checkpoint import CKPT, append_metrics, read_metrics, save_checkpoint, truncate_metrics
+from checkpoint import CKPT, read_metrics
 from data import build_run_data
 from model import build_model, learning_rate_at
-from training import (Exposure, better_peak, check_config, eval_row, open_run_dir, resolve_device, train_step,
-                      write_run_files)
+from tracking import finish_tracking, require_wandb, start_tracking
+from training import (Exposure, NonFinite, StepRate, StopFlag, check_config, checkpoint_run, eval_due, eval_line,
+                      evaluate_and_log, finish_run, log_line, read_run_dir, resolve_device, start_run_dir, stop_and_exit,
+                      train_step)
 
 
-def fail(message):
-    print(f"error: {message}", file=sys.stderr)
+def fail(message, kind='error'):
+    print(f"{kind}: {message}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -96,23 +103,26 @@ def lr_at(it):
     return learning_rate_at(it, config)
 
 
-# ---- checks that need no data, then the run directory: resume, refuse, or start ---------------
+# ---- every check before anything is written: config, device, tracking, what out_dir holds ------------
+try:
+    wandb = require_wandb(config)  # imported only when wandb_log=True
+except ImportError as e:
+    fail(str(e), kind='config error')
 try:
     check_config(config)
     device = resolve_device(device)
-    checkpoint = open_run_dir(config)
+    checkpoint = read_run_dir(config)  # the run to resume, or None; refuses to lose a run
 except ValueError as e:
     fail(str(e))
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-keep_iters = {int(s) for s in keep_checkpoints.split(',') if s.strip()}
 
-# ---- data, model, optimizer -------------------------------------------------------------------
+# ---- data, model, optimizer (a run that cannot start stops here, before out_dir is touched) -------------
 torch.manual_seed(seed)
 try:
     data, sampler, icl_episodes, iwl_episodes = build_run_data(config, device)  # all on `device`
+    model = build_model(config, data).to(device)
 except (ValueError, FileNotFoundError) as e:
     fail(str(e))
-model = build_model(config, data).to(device)
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
                                        decay_modules=decay_modules)
 decayed_params, _ = model.decayed_parameters(decay_modules)
@@ -126,6 +136,7 @@ iter_num, last_eval_iter, wall_offset = 0, -1, 0.0
 loss_sum = torch.zeros((), device=device)
 loss_count = 0
 best = {'icl_acc': -1.0, 'iter': None}  # peak ICL after step 0 (the untrained model's value is no peak)
+wandb_id = None
 if checkpoint is not None:
     model.load_state_dict(checkpoint['model'])
     optimizer.load_state_dict(checkpoint['optimizer'])
@@ -139,7 +150,16 @@ if checkpoint is not None:
     loss_count = checkpoint['loss_count']
     exposure.query.copy_(checkpoint['query_count'])
     exposure.seen.copy_(checkpoint['seen_count'])
-    rows = truncate_metrics(out_dir, last_eval_iter)
+    wandb_id = checkpoint.get('wandb_id')  # the wandb run this run logs to (kept even while wandb_log is off)
+
+# ---- the run directory: only now is an old run replaced (overwrite) or cut back to its checkpoint --------
+try:
+    run = start_tracking(wandb, config, wandb_id)  # None unless wandb_log; continues wandb_id on resume
+except ValueError as e:
+    fail(str(e))
+wandb_id = run.id if run is not None else wandb_id
+rows = start_run_dir(config, checkpoint)
+if checkpoint is not None:
     print(f"resumed from iter {iter_num} ({len(rows)} metrics rows kept)")
     del checkpoint
 
@@ -156,78 +176,58 @@ def state_dict():
             'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None,
             'iter_num': iter_num, 'last_eval_iter': last_eval_iter, 'wall_s': wall_offset + time.time() - t0,
             'best': best, 'loss_sum': loss_sum.item(), 'loss_count': loss_count,
-            'query_count': exposure.query.cpu(), 'seen_count': exposure.seen.cpu(), 'config': config}
+            'query_count': exposure.query.cpu(), 'seen_count': exposure.seen.cpu(), 'config': config,
+            'wandb_id': wandb_id}
 
-
-# SIGTERM (SLURM pre-emption, kill): finish the current step, checkpoint, exit 0 so a requeue resumes
-stop_requested = False
-
-
-def request_stop(signum, frame):
-    global stop_requested
-    stop_requested = True
-
-
-signal.signal(signal.SIGTERM, request_stop)
 
 # ---- training loop ------------------------------------------------------------------------
-first_bad_iter = torch.full((), -1, dtype=torch.long, device=device)  # tracked on device: no sync per step
+stop = StopFlag()                       # SIGTERM: finish the step, checkpoint, exit 0 so a requeue resumes
+non_finite = NonFinite((), device)      # the first non-finite loss, tracked on device: no sync per step
 t0 = time.time()
-t_log, iter_log = t0, iter_num
+step_rate = StepRate(iter_num)
 
 
 def check_finite():
-    bad = first_bad_iter.item()
-    if bad >= 0:
+    for _, bad in non_finite.new():
         print(f"error: loss became non-finite at iter {bad} (lr {lr_at(bad):.3g}); stopping. "
               f"The last good checkpoint ({os.path.join(out_dir, CKPT)}, iter {last_eval_iter}) is kept.",
               file=sys.stderr)
+        finish_tracking(run, exit_code=1)
         sys.exit(1)
 
 
 while True:
-    if (iter_num % eval_interval == 0 or iter_num == max_iters) and iter_num > last_eval_iter:
+    if eval_due(iter_num, last_eval_iter, config):
         check_finite()
-        row = eval_row(model, icl_episodes, iwl_episodes, config, iter_num,
-                       loss_sum.item() / loss_count if loss_count else None, decayed_params,
-                       wall_offset + time.time() - t0, lr_at(iter_num), autocast)
+        row, best = evaluate_and_log(model, (icl_episodes, iwl_episodes), config, iter_num,
+                                     loss_sum.item() / loss_count if loss_count else None, decayed_params,
+                                     wall_offset + time.time() - t0, lr_at(iter_num), autocast, best, run)
         loss_sum.zero_()
         loss_count = 0
-        if better_peak(row, best):
-            best = {'icl_acc': row['icl_acc'], 'iter': iter_num}
-        append_metrics(out_dir, row)
         last_eval_iter = iter_num
-        print(f"eval {iter_num}: icl {row['icl_acc']:.3f} (open {row['icl_acc_open']:.3f}) iwl {row['iwl_acc']:.3f} "
-              f"ece {row['ece']:.3f} attn img {row['attn_match_image']:.2f} lbl {row['attn_match_label']:.2f}")
-        save_checkpoint(out_dir, state_dict())
-        if iter_num in keep_iters:
-            save_checkpoint(out_dir, state_dict(), name=f'ckpt_{iter_num}.pt')
+        print(eval_line(row))
+        checkpoint_run(config, state_dict(), iter_num)
     if iter_num >= max_iters:
         break
-    if stop_requested:
+    if stop.requested:
         check_finite()
-        save_checkpoint(out_dir, state_dict())
-        print(f"SIGTERM: checkpointed at iter {iter_num}; rerun with --init_from=resume to continue")
-        sys.exit(0)
+        stop_and_exit([(config, state_dict())], [run],
+                      f"SIGTERM: checkpointed at iter {iter_num}; rerun with --init_from=resume to continue")
 
     lr = lr_at(iter_num)
     loss = train_step(train_model, optimizer, sampler, batch_size, lr, exposure, decayed_params, l2, grad_clip,
                       autocast)
-    first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss), iter_num, first_bad_iter)
+    non_finite.update(loss, iter_num)
     loss_sum += loss
     loss_count += 1
     iter_num += 1
 
     if iter_num % log_interval == 0:
         check_finite()
-        now = time.time()
-        steps_per_s = (iter_num - iter_log) / (now - t_log)
-        eta_min = (max_iters - iter_num) / max(steps_per_s, 1e-9) / 60
-        print(f"iter {iter_num}: loss {loss.item():.4f}, lr {lr:.2e}, {steps_per_s:.1f} steps/s, ETA {eta_min:.1f} min")
-        t_log, iter_log = now, iter_num
+        print(log_line(iter_num, loss, lr, step_rate(iter_num), max_iters))
 
 # ---- summary ------------------------------------------------------------------------------
 final = read_metrics(out_dir)[-1]
-write_run_files(config, best, exposure, torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu')
+finish_run(config, best, exposure, torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu', run)
 print(f"done: peak icl {best['icl_acc']:.3f} at iter {best['iter']}, final icl {final['icl_acc']:.3f}, "
       f"final iwl {final['iwl_acc']:.3f}; wrote {out_dir}/summary.json")

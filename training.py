@@ -3,31 +3,39 @@ What a training run is made of, kept in one place so that train.py (one run, rea
 group.py (K grid cells trained together as one stacked model) and bench.py train the same way:
 
 - check_config:      a run's config checked before anything touches out_dir (clear errors);
-- open_run_dir:      resume, refuse or start the run in out_dir;
+- read_run_dir:      the checkpoint to resume, or a refusal, reading out_dir only;
+- start_run_dir:     only once data and model are built: replace an old run or cut it back to its checkpoint;
 - train_step:        sample -> exposure counts -> forward -> query loss (+ l2) -> backward -> clip -> AdamW,
                      with no host sync; for a group every tensor simply has a leading member axis;
 - StackedModel, MemberAdamW, GroupSampler, GroupExposure: the same step for K runs at once (group.py);
-- eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run.
+- eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run;
+- eval_due, evaluate_and_log, checkpoint_run, log_line, StopFlag, NonFinite, stop_and_exit, finish_run:
+                     the loop's eval, log and stop block, the same for train.py and for each group.py member.
 """
 import copy
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
-from data import icl_chance
-from checkpoint import fault_point, has_checkpoint, load_checkpoint, read_metrics, write_json
+from data import check_data_config, icl_chance
+from checkpoint import (append_metrics, fault_point, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint,
+                        truncate_metrics, write_json)
 from eval import evaluate
 from model import decay_exponent, parse_decay_modules
+from tracking import TRACKING_KEYS, finish_tracking, track
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 # keys that may change when a run is resumed; any other difference means a different experiment
 RESUMABLE_KEYS = {'out_dir', 'init_from', 'overwrite', 'max_iters', 'eval_interval', 'log_interval',
                   'keep_checkpoints', 'device', 'compile', 'compile_mode', 'dtype',
-                  'data_dir', 'cache_dir'}
+                  'data_dir', 'cache_dir', *TRACKING_KEYS}
 
 
 # ---- config ---------------------------------------------------------------------------------------
@@ -58,7 +66,8 @@ def parse_train_args(args):
 
 
 def check_config(config):
-    """ValueError naming the key for a config no run should start with (checked before out_dir is touched)."""
+    """ValueError naming the key for a config no run should start with, data and sampler settings included
+    (data.check_data_config): checked before out_dir is touched."""
     if config['init_from'] not in ('scratch', 'resume'):
         raise ValueError(f"init_from={config['init_from']!r} must be 'scratch' or 'resume'")
     if config['lr_schedule'] not in ('inverse_sqrt', 'cosine', 'constant'):
@@ -80,6 +89,7 @@ def check_config(config):
         {int(s) for s in config['keep_checkpoints'].split(',') if s.strip()}
     except ValueError:
         raise ValueError(f"keep_checkpoints={config['keep_checkpoints']!r} must be comma-separated iteration numbers")
+    check_data_config(config)
 
 
 def resolve_device(device):
@@ -91,12 +101,11 @@ def resolve_device(device):
     return device
 
 
-def open_run_dir(config):
-    """The checkpoint to resume from (or None to start from scratch) for config['out_dir'], after
-    refusing what would lose data: ValueError when out_dir holds a run and neither resume nor
-    overwrite was asked for, or when the checkpoint's run used a different config."""
+def read_run_dir(config):
+    """The checkpoint to resume from (or None to start from scratch) for config['out_dir'], after refusing
+    what would lose data: ValueError when out_dir holds a run and neither resume nor overwrite was asked for,
+    or when the checkpoint's run used a different config. Reads only; start_run_dir writes."""
     out_dir = config['out_dir']
-    os.makedirs(out_dir, exist_ok=True)
     existing_run = has_checkpoint(out_dir) or bool(read_metrics(out_dir))
     if config['init_from'] == 'resume' and has_checkpoint(out_dir):
         try:
@@ -112,14 +121,25 @@ def open_run_dir(config):
     if existing_run and not config['overwrite']:
         raise ValueError(f"out_dir {out_dir!r} already holds a run; use --init_from=resume to continue it, "
                          f"--overwrite=True to replace it, or another --out_dir")
-    if existing_run:
+    return None
+
+
+def start_run_dir(config, checkpoint):
+    """out_dir made ready for the run read_run_dir accepted, called once its data and model are built (a run
+    that cannot start never costs an old run its files): created, the old run's files removed (overwrite),
+    or metrics.jsonl cut back to the checkpoint's last eval (resume). Returns the metrics rows kept."""
+    out_dir = config['out_dir']
+    os.makedirs(out_dir, exist_ok=True)
+    if checkpoint is not None:
+        return truncate_metrics(out_dir, checkpoint['last_eval_iter'])
+    if has_checkpoint(out_dir) or read_metrics(out_dir):  # read_run_dir let it through: overwrite=True
         print(f"overwrite=True: replacing the run in {out_dir}")
         for name in os.listdir(out_dir):
             if name.startswith('ckpt') or name in ('metrics.jsonl', 'summary.json', 'exposure.json'):
                 os.remove(os.path.join(out_dir, name))
     elif config['init_from'] == 'resume':
         print(f"init_from='resume' but {out_dir} has no checkpoint: starting from scratch")
-    return None
+    return []
 
 
 def _default(key):
@@ -360,4 +380,102 @@ def write_run_files(config, best, exposure, device_name):
     write_json(os.path.join(out_dir, 'summary.json'), summary)
     write_json(os.path.join(out_dir, 'exposure.json'),
                {'query_count': exposure.query.tolist(), 'seen_count': exposure.seen.tolist()})
+    return summary
+
+
+# ---- the loop's eval, log and stop block: train.py's loop, and group.py's for each member ---------------
+
+def eval_due(iter_num, last_eval_iter, config):
+    """Evaluate (and checkpoint) every eval_interval steps and after the last step, once per step."""
+    return (iter_num % config['eval_interval'] == 0 or iter_num == config['max_iters']) and iter_num > last_eval_iter
+
+
+def evaluate_and_log(model, episodes, config, iter_num, train_loss, decayed, wall_s, lr, autocast, best, run):
+    """One run's eval: its metrics row goes to metrics.jsonl and to its wandb run (run may be None).
+    episodes: (icl, iwl). Returns (row, best), best being the peak ICL so far."""
+    row = eval_row(model, *episodes, config, iter_num, train_loss, decayed, wall_s, lr, autocast)
+    if better_peak(row, best):
+        best = {'icl_acc': row['icl_acc'], 'iter': iter_num}
+    append_metrics(config['out_dir'], row)
+    track(run, row)
+    return row, best
+
+
+def eval_line(row):
+    return (f"eval {row['iter']}: icl {row['icl_acc']:.3f} (open {row['icl_acc_open']:.3f}) iwl {row['iwl_acc']:.3f} "
+            f"ece {row['ece']:.3f} attn img {row['attn_match_image']:.2f} lbl {row['attn_match_label']:.2f}")
+
+
+def checkpoint_run(config, state, iter_num):
+    """ckpt.pt after an eval, and ckpt_<iter>.pt as well when keep_checkpoints lists this iter."""
+    save_checkpoint(config['out_dir'], state)
+    if iter_num in {int(s) for s in config['keep_checkpoints'].split(',') if s.strip()}:
+        save_checkpoint(config['out_dir'], state, name=f'ckpt_{iter_num}.pt')
+
+
+class StepRate:
+    """Steps per second since the previous call (the log line's speed)."""
+
+    def __init__(self, iter_num):
+        self.time, self.iter = time.time(), iter_num
+
+    def __call__(self, iter_num):
+        now = time.time()
+        rate = (iter_num - self.iter) / max(now - self.time, 1e-9)
+        self.time, self.iter = now, iter_num
+        return rate
+
+
+def log_line(iter_num, loss, lr, steps_per_s, max_iters, members=1):
+    """The line printed every log_interval steps; a group's loss is its members' mean."""
+    eta_min = (max_iters - iter_num) / max(steps_per_s, 1e-9) / 60
+    cells = f" ({steps_per_s * members:.1f} cell-steps/s)" if members > 1 else ''
+    return (f"iter {iter_num}: {'mean ' if members > 1 else ''}loss {loss.mean().item():.4f}, lr {lr:.2e}, "
+            f"{steps_per_s:.1f} steps/s{cells}, ETA {eta_min:.1f} min")
+
+
+class StopFlag:
+    """SIGTERM (SLURM pre-emption, kill) only sets this flag: the loop finishes its step, checkpoints and
+    exits (stop_and_exit), so a requeued job resumes."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self.request)
+
+    def request(self, signum, frame):
+        self.requested = True
+
+
+def stop_and_exit(checkpoints, runs, message, code=0):
+    """Stop on request: save each (config, state) as its run's ckpt.pt, end each wandb run, print, exit."""
+    for config, state in checkpoints:
+        save_checkpoint(config['out_dir'], state)
+    for run in runs:
+        finish_tracking(run, code)
+    print(message)
+    sys.exit(code)
+
+
+class NonFinite:
+    """The first step whose loss was not finite, per member (shape () for a run, (K,) for a group), kept on
+    the device so that no step waits for the host; read (one sync) only at evals, logs and stops."""
+
+    def __init__(self, shape, device):
+        self.first = torch.full(shape, -1, dtype=torch.long, device=device)
+        self.reported = set()
+
+    def update(self, loss, iter_num):
+        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss), iter_num, self.first)
+
+    def new(self):
+        """[(member, iter)] of the members whose loss went non-finite since the last call."""
+        bad = [(k, it) for k, it in enumerate(self.first.view(-1).tolist()) if it >= 0 and k not in self.reported]
+        self.reported.update(k for k, _ in bad)
+        return bad
+
+
+def finish_run(config, best, exposure, device_name, run):
+    """A run that reached max_iters: summary.json and exposure.json written, its wandb run ended."""
+    summary = write_run_files(config, best, exposure, device_name)
+    finish_tracking(run)
     return summary
