@@ -59,6 +59,16 @@ def run_episodes(model, episodes, batch_size=512, return_attention=False, autoca
     return logits, [torch.cat(layer) for layer in zip(*attentions)]
 
 
+def hits_by_class(correct, query_class):
+    """[[class_id, hits, n], ...] over the query classes present (ids within the holdout bank), so a
+    report can bootstrap over held-out classes: episodes of one class are not independent draws."""
+    n = torch.bincount(query_class)
+    hits = torch.bincount(query_class, weights=correct.float())
+    present = torch.nonzero(n).squeeze(1)
+    table = torch.stack([present, hits[present].round().long(), n[present]], 1)
+    return table.tolist()
+
+
 @torch.no_grad()
 def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_size=512, autocast=None,
              keep_attention=False):
@@ -86,6 +96,7 @@ def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_siz
         'attn_match_label': max(label_by_layer),
         'attn_match_image_by_layer': image_by_layer,
         'attn_match_label_by_layer': label_by_layer,
+        'icl_hits_by_class': hits_by_class(correct, icl_episodes.classes[:, -1]),
     }
     model.train(was_training)
     return (metrics, attentions) if keep_attention else metrics

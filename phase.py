@@ -5,11 +5,14 @@ the number of training classes grows, and does weight decay or classical L2 move
 grid.py calls write_phase_report with its cells (metrics and run_stats already loaded); it writes
 phase.png (two heatmaps: peak ICL, and IWL at the end, the ICL threshold marked per regulariser),
 phase_curves.png (ICL and IWL vs steps at the threshold), phase.md and phase.json into the grid folder.
+phase.md's numbers carry report.py's statistics: 95% intervals over held-out classes and seeds, the peak a
+chance-level run would show ('no learning' under it), a smoothed peak, and IWL beside its chance (1 / n_labels).
 """
 import json
 import os
 
-from report import NONE, reg_label as _reg_label, reg_name, reg_of, reg_order, reg_value
+from report import (CI_NOTE, NONE, ci_text, fmt_iwl, group_flags, group_numbers, iwl_chance, reg_label as _reg_label,
+                    reg_name, reg_of, reg_order, reg_value)
 
 
 def class_count(cell):
@@ -26,15 +29,37 @@ def _mean(values):
 
 
 def phase_table(cells):
-    """{((weight_decay, l2), classes): {'peak_icl', 'final_icl', 'final_iwl', 'seeds', 'no_learning'}} (mean over seeds)."""
+    """{(regulariser, classes): {'peak_icl', 'final_icl', 'final_iwl', 'seeds', 'peak_min', 'peak_max', 'no_learning',
+    and report.group_numbers' intervals, smoothed and chance-null peaks, iwl_chance, below_chance}} (mean over seeds)."""
     groups = {}
     for c in cells:
-        groups.setdefault((reg_of(c), class_count(c)), []).append(c['stats'])
-    return {key: {'peak_icl': _mean([s['peak_icl'] for s in stats]), 'final_icl': _mean([s['final_icl'] for s in stats]),
-                  'final_iwl': _mean([s['final_iwl'] for s in stats]), 'seeds': len(stats),
-                  'peak_min': min(s['peak_icl'] for s in stats), 'peak_max': max(s['peak_icl'] for s in stats),
-                  'no_learning': all(s['no_learning'] for s in stats)}
-            for key, stats in groups.items()}
+        groups.setdefault((reg_of(c), class_count(c)), []).append(c)
+    table = {}
+    for key, members in groups.items():
+        seeds = [{**c['stats'], 'iwl_chance': iwl_chance(c['summary']['config'] if c['summary'] else None)}
+                 for c in members]
+        table[key] = {**group_numbers(seeds), 'peak_icl': _mean([s['peak_icl'] for s in seeds]),
+                      'final_icl': _mean([s['final_icl'] for s in seeds]),
+                      'final_iwl': _mean([s['final_iwl'] for s in seeds]), 'seeds': len(seeds),
+                      'peak_min': min(s['peak_icl'] for s in seeds), 'peak_max': max(s['peak_icl'] for s in seeds)}
+    return table
+
+
+def cells_lines(table, regs, counts):
+    """phase.md's per-cell table: intervals over classes and seeds, smoothed and chance-null peaks, flags."""
+    lines = ["## Cells (mean over seeds; 95% CI over classes and seeds)", "",
+             "| regulariser | classes | seeds | peak ICL [min-max] | peak 95% CI | smoothed peak | chance-null peak | "
+             "final ICL [95% CI] | final IWL (chance) | flags |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for reg in regs:
+        for n in counts:
+            t = table.get((reg, n))
+            if t is None:
+                continue
+            lines.append(f"| {reg_label(reg)} | {n} | {t['seeds']} | {t['peak_icl']:.3f} [{t['peak_min']:.3f}-"
+                         f"{t['peak_max']:.3f}] | {ci_text(t['peak_ci'], t['ci_method'])} | {t['smoothed_peak']:.3f} | "
+                         f"{t['null_peak']:.3f} | {t['final_icl']:.3f} {ci_text(t['final_ci'], t['final_ci_method'])} | "
+                         f"{fmt_iwl(t['final_iwl'], t['iwl_chance'])} | {', '.join(group_flags(t)) or '-'} |")
+    return lines + ["", CI_NOTE, ""]
 
 
 def thresholds(table, regs, counts, threshold):
@@ -130,12 +155,15 @@ def write_phase_report(root_dir, cells, threshold=0.8):
         cellsrow = []
         for n in counts:
             t = table.get((reg, n))
-            cellsrow.append('-' if t is None else f"{t['peak_icl']:.2f} / {t['final_iwl']:.2f}"
+            cellsrow.append('-' if t is None else f"{t['peak_icl']:.2f}{'°' if t['no_learning'] else ''} / "
+                            f"{fmt_iwl(t['final_iwl'], t['iwl_chance'], '.2f')}"
                             + (f" ({t['seeds']} seeds, {t['peak_min']:.2f}-{t['peak_max']:.2f})" if t['seeds'] > 1 else ''))
         exponent = exponents.get(reg)
         lines.append(f"| {reg_label(reg)} | {'-' if exponent is None else format(exponent, '.3g')} | "
                      f"{first[reg] if first[reg] is not None else 'never'} | " + " | ".join(cellsrow) + " |")
-    lines += ["", "Each entry: peak ICL / IWL at the end.", "", "![phase diagram](phase.png)", ""]
+    lines += ["", "Each entry: peak ICL / IWL at the end (IWL's chance, 1 / n_labels); ° = no learning: every seed's "
+              "peak ICL is at most the chance-null peak (what a run at chance shows as its best of as many evals).", ""]
+    lines += cells_lines(table, regs, counts) + ["![phase diagram](phase.png)", ""]
     if curves:
         lines += ["![ICL and IWL vs steps at the threshold](phase_curves.png)", ""]
     none_first = first.get(NONE)

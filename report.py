@@ -1,10 +1,13 @@
 """
 The grid's analysis and report: pure functions on the metrics rows of cell folders (run_stats, verdict),
 and report.md / verdict.json / figures written from them. grid.py runs the cells and calls write_report;
-phase.py draws the class-count x regulariser phase diagram from the same run_stats.
+phase.py draws the class-count x regulariser phase diagram from the same run_stats. The statistics (class
+bootstrap intervals, the chance-null peak, the smoothed peak, the chance-corrected ratio) are stats.py's.
 """
 import json
 import os
+
+import stats
 
 
 def wd_name(wd):
@@ -118,104 +121,175 @@ def lr_sum(config):
     return _lr_sums[key]
 
 
-def run_stats(rows):
+def run_stats(rows, config=None):
     """One seed's numbers from its metrics rows: peak ICL (first max after step 0: the untrained model's
-    value is no peak), its step, and the attention / calibration at that step; final ICL and IWL; the
-    chance level of its episodes (best constant answer) with flags for 'no learning' (the peak is within
-    2 standard errors of chance) and 'below chance' (the final ICL is more than 2 standard errors under it)."""
+    value is no peak), its step, and the attention / calibration / training-distribution accuracy at that step;
+    the smoothed peak (best mean of 3 consecutive evals); final ICL and IWL; the chance levels (ICL: best
+    constant answer of its episodes; IWL: 1 / n_labels of config, None without one); 95% intervals of peak and
+    final ICL (stats.accuracy_ci: over held-out classes, or episodes for rows from before per-class hits);
+    flags 'no learning' (the peak is at most the 95th percentile of a chance-level run's best of as many evals,
+    stats.null_peak) and 'below chance' (the final ICL's interval lies under chance)."""
     trained = [r for r in rows if r['iter'] > 0] or rows
     peak = max(trained, key=lambda r: r['icl_acc'])  # max() keeps the first of equal values
     final = rows[-1]
     chance = rows[0].get('icl_chance', 0.5)
     n = rows[0].get('icl_episodes')
     se = (chance * (1 - chance) / n) ** 0.5 if n else 0.0
+    null = stats.null_peak(len(trained), n, chance) if n else chance + 2 * se
+    smooth, smooth_iter = stats.smoothed_peak(trained)
+    peak_m, final_m = stats.measure(peak, n), stats.measure(final, n)
+    peak_lo, peak_hi, method = stats.accuracy_ci([peak_m])
+    final_lo, final_hi, _ = stats.accuracy_ci([final_m])
     return {'peak_icl': peak['icl_acc'], 'peak_iter': peak['iter'], 'ece_at_peak': peak['ece'],
             'attn_image_at_peak': peak['attn_match_image'], 'attn_label_at_peak': peak['attn_match_label'],
+            'train_dist_at_peak': peak.get('train_dist_acc'), 'final_train_dist': final.get('train_dist_acc'),
+            'smoothed_peak': smooth, 'smoothed_iter': smooth_iter, 'n_evals': len(trained), 'null_peak': null,
             'final_icl': final['icl_acc'], 'final_iwl': final['iwl_acc'], 'final_iter': final['iter'],
-            'chance': chance, 'icl_se': se, 'no_learning': peak['icl_acc'] <= chance + 2 * se,
-            'below_chance': final['icl_acc'] < chance - 2 * se}
+            'iwl_chance': iwl_chance(config), 'chance': chance, 'icl_se': se,
+            'peak_ci': None if peak_lo is None else [peak_lo, peak_hi],
+            'final_ci': None if final_lo is None else [final_lo, final_hi], 'ci_method': method,
+            'peak_measure': peak_m, 'final_measure': final_m,
+            'no_learning': peak['icl_acc'] <= null,
+            'below_chance': final_hi < chance if final_hi is not None else final['icl_acc'] < chance - 2 * se}
+
+
+def iwl_chance(config):
+    """IWL's chance level: one of the config's n_labels labels at random (None without a config)."""
+    return 1 / config['n_labels'] if config and config.get('n_labels') else None
+
+
+def fmt_iwl(iwl, chance, spec='.3f'):
+    """An IWL number with its chance beside it: '0.820 (chance 1/1623)'."""
+    return f"{iwl:{spec}}" + ('' if chance is None else f" (chance 1/{round(1 / chance)})")
 
 
 def _mean(values):
     return sum(values) / len(values)
 
 
-def _candidate(reg, runs, base, min_attn, min_iwl):
-    """One regularised Few cell against the Many+wd=0 baseline runs: its ratios and collapse checks."""
-    peaks, base_peaks = [r['peak_icl'] for r in runs], [r['peak_icl'] for r in base]
+def _chance(runs):
+    return _mean([r.get('chance', 0.5) for r in runs])
+
+
+def _measures(runs):
+    return [r.get('peak_measure') for r in runs]
+
+
+def _collapse(runs, few0, min_attn, train_fraction):
+    """The collapse checks of one cell: attention circuit at the peak, and (when every row has it) accuracy on
+    held-out training-distribution sequences at the peak against Few+wd=0's final one. IWL is not judged:
+    suppressing memorisation is the mechanism under test."""
     attn = _mean([r['attn_label_at_peak'] for r in runs])
-    iwl = _mean([r['final_iwl'] for r in runs])
+    train = [r.get('train_dist_at_peak') for r in runs]
+    ref = [r.get('final_train_dist') for r in few0]
+    judged = all(v is not None for v in train + ref)
+    train_acc = _mean(train) if judged else None
+    train_ok = train_acc >= train_fraction * _mean(ref) if judged else None
+    return {'attn_label': attn, 'attn_ok': attn >= min_attn, 'train_dist_acc': train_acc, 'train_dist_ok': train_ok,
+            'collapse_judged_on': 'attention and training-distribution accuracy' if judged else 'attention only'}
+
+
+def _candidate(reg, runs, base, few0, min_attn, train_fraction):
+    """One regularised Few cell against the Many+wd=0 baseline runs: raw and chance-corrected ratios (seed
+    range, class bootstrap interval), IWL beside its chance, and the collapse checks."""
+    peaks, base_peaks = [r['peak_icl'] for r in runs], [r['peak_icl'] for r in base]
+    chance, base_chance = _chance(runs), _chance(base)
+    iwl, few0_iwl = _mean([r['final_iwl'] for r in runs]), _mean([r['final_iwl'] for r in few0])
     finals = [r['final_icl'] for r in runs if 'final_icl' in r]
     base_finals = [r['final_icl'] for r in base if 'final_icl' in r]
+
+    def corr(few, many):
+        return stats.corrected_ratio(few, many, chance, base_chance)
+    seed_lo, seed_hi = corr(min(peaks), max(base_peaks)), corr(max(peaks), min(base_peaks))
+    seed_hi = float('inf') if seed_hi is None else seed_hi  # a baseline seed at chance: any ratio is possible
+    ci_lo, ci_hi, method = stats.ratio_ci(_measures(runs), _measures(base), chance, base_chance)
+    lo, hi = (seed_lo, seed_hi) if ci_lo is None else (min(seed_lo, ci_lo), max(seed_hi, ci_hi))
     return {**{k: reg_value(reg, k) for k in REG_KEYS}, 'regularizer': reg_label(reg), 'n_seeds': len(runs),
             'ratio': _mean(peaks) / _mean(base_peaks),
             'final_ratio': _mean(finals) / _mean(base_finals) if finals and base_finals and _mean(base_finals) > 0 else None,
             'ratio_lo': min(peaks) / max(base_peaks), 'ratio_hi': max(peaks) / max(min(base_peaks), 1e-12),
-            'attn_label': attn, 'attn_ok': attn >= min_attn, 'final_iwl': iwl, 'iwl_ok': iwl >= min_iwl}
+            'corrected': corr(_mean(peaks), _mean(base_peaks)), 'corrected_seed_range': [seed_lo, seed_hi],
+            'corrected_ci': None if ci_lo is None else [ci_lo, ci_hi], 'ci_method': method,
+            'corrected_lo': lo, 'corrected_hi': hi, 'chance': chance,
+            'final_iwl': iwl, 'iwl_chance': runs[0].get('iwl_chance'),
+            'iwl_vs_few_wd0': iwl / few0_iwl if few0_iwl > 0 else None,
+            **_collapse(runs, few0, min_attn, train_fraction)}
 
 
-def verdict(groups, threshold=0.9, attn_fraction=0.5, iwl_fraction=0.5):
-    """Does some regularised Few cell reach `threshold` x the Many+wd=0 (no regulariser) peak ICL without collapse?
+def verdict(groups, threshold=0.9, attn_fraction=0.5, train_fraction=0.5):
+    """Does some regularised Few cell reach `threshold` of the Many+wd=0 (no regulariser) gain over chance without
+    collapse?
 
-    groups: {('few'|'many', regulariser): [run_stats-like dicts, one per seed]}, the regulariser a weight
-    decay or a (weight_decay, l2) pair, so classical L2 cells are candidates too (needs peak_icl,
-    attn_label_at_peak, final_iwl). Rule (also written into report.md):
-    - ratio of a cell = its mean-over-seeds peak ICL / the Many+wd=0 mean peak ICL; its seed range is
-      [min seed peak / max baseline peak, max seed peak / min baseline peak] (both sides' seed spread);
-    - no collapse: at its peak the cell's mean attn_match_label is >= attn_fraction x the baseline's (ICL
-      by the same query->matching-label circuit), and its mean final IWL is >= iwl_fraction x the Few+wd=0
-      mean final IWL (decay did not simply wipe out what the network can learn in weights);
-    - SUPPORTED if some regularised Few cell (wd > 0 or l2 > 0) without collapse has its whole seed range
-      >= threshold; else
-      INCONCLUSIVE if the range of some cell without collapse straddles the threshold; else NOT SUPPORTED
-      (every range below it, or the cells that reach it collapse). 'best' is the deciding cell: the
-      highest mean ratio among those that qualify (for NOT SUPPORTED: among cells without collapse, or
-      among all when every cell collapses).
+    groups: {('few'|'many', regulariser): [run_stats-like dicts, one per seed]} (needs peak_icl,
+    attn_label_at_peak, final_iwl; uses chance, peak_measure, train_dist_at_peak, final_train_dist when there).
+    Rule (also written into report.md):
+    - corrected ratio of a cell = (its mean-over-seeds peak ICL - chance) / (Many+wd=0 mean peak ICL - chance):
+      the share of the baseline's gain over chance (a raw ratio of 0.55 at chance 0.5 is no ICL at all; the raw
+      ratio, peak / peak, is reported beside it); its interval is the hull of the seed range
+      [(min seed peak - chance) / (max baseline peak - chance), (max seed peak ...) / (min baseline peak ...)]
+      and the 95% bootstrap interval (held-out classes resampled on both sides together, seeds on each side);
+    - no collapse: at its peak the cell's mean attn_match_label is >= attn_fraction x the baseline's (ICL by the
+      same query->matching-label circuit), and, when the rows have train_dist_acc, its accuracy on held-out
+      training-distribution sequences at the peak is >= train_fraction x Few+wd=0's final one (the network still
+      solves its training task, by ICL or in weights). IWL is reported, not judged: a penalty that suppresses
+      memorisation is the mechanism under test, so a low IWL is no collapse;
+    - SUPPORTED if some regularised Few cell without collapse has its whole interval >= threshold; else
+      INCONCLUSIVE if the interval of some cell without collapse straddles the threshold; else NOT SUPPORTED
+      (every interval below it, or the cells that reach it collapse). 'best' is the deciding cell: the
+      highest mean corrected ratio among those that qualify (for NOT SUPPORTED: among cells without collapse,
+      or among all when every cell collapses).
     Raises ValueError naming a missing group."""
     groups = {(cls, as_reg(reg)): runs for (cls, reg), runs in groups.items()}
     for cls in ('many', 'few'):
         if not groups.get((cls, NONE)):
             raise ValueError(f"no finished runs for the {cls} wd=0 cells, needed for the verdict")
-    base = groups[('many', NONE)]
-    base_peaks = [r['peak_icl'] for r in base]
-    base_mean = _mean(base_peaks)
+    base, few0 = groups[('many', NONE)], groups[('few', NONE)]
+    base_mean = _mean([r['peak_icl'] for r in base])
     if base_mean <= 0:
         raise ValueError("the Many+wd=0 baseline has zero peak ICL")
+    if stats.corrected_ratio(base_mean, base_mean, _chance(base)) is None:
+        raise ValueError(f"the Many+wd=0 baseline's peak ICL {base_mean:.3f} is not above chance {_chance(base):.3f}")
     base_attn = _mean([r['attn_label_at_peak'] for r in base])
-    few0_iwl = _mean([r['final_iwl'] for r in groups[('few', NONE)]])
-    candidates = [_candidate(reg, runs, base, attn_fraction * base_attn, iwl_fraction * few0_iwl)
+    candidates = [_candidate(reg, runs, base, few0, attn_fraction * base_attn, train_fraction)
                   for (cls, reg), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], reg_order(kv[0][1])))
                   if cls == 'few' and reg != NONE and runs]
     for c in candidates:
-        c['eligible'] = c['attn_ok'] and c['iwl_ok']
-    out = {'baseline_peak': base_mean, 'baseline_attn_label': base_attn, 'few_wd0_final_iwl': few0_iwl,
-           'few_wd0_ratio': _mean([r['peak_icl'] for r in groups[('few', NONE)]]) / base_mean,
-           'threshold': threshold, 'candidates': candidates, 'best': None}
+        c['eligible'] = c['attn_ok'] and c['train_dist_ok'] is not False
+    few0_peak = _mean([r['peak_icl'] for r in few0])
+    out = {'baseline_peak': base_mean, 'baseline_attn_label': base_attn, 'baseline_chance': _chance(base),
+           'few_wd0_final_iwl': _mean([r['final_iwl'] for r in few0]), 'iwl_chance': few0[0].get('iwl_chance'),
+           'few_wd0_ratio': few0_peak / base_mean,
+           'few_wd0_corrected': stats.corrected_ratio(few0_peak, base_mean, _chance(few0), _chance(base)),
+           'threshold': threshold, 'decided_on': 'corrected ratio', 'candidates': candidates, 'best': None}
     if not candidates:
         raise ValueError("no finished Few cells with a regulariser (weight decay or l2 > 0)")
+    return {**out, **_decide(candidates, threshold)}
+
+
+def _decide(candidates, threshold):
+    """verdict, best and reason from the candidates' corrected-ratio intervals and collapse checks."""
     eligible = [c for c in candidates if c['eligible']]
-    above = [c for c in eligible if c['ratio_lo'] >= threshold]
-    straddle = [c for c in eligible if c['ratio_lo'] < threshold <= c['ratio_hi']]
+    above = [c for c in eligible if c['corrected_lo'] >= threshold]
+    straddle = [c for c in eligible if c['corrected_lo'] < threshold <= c['corrected_hi']]
     if above:
-        out['verdict'], pool = 'SUPPORTED', above
+        result, pool = 'SUPPORTED', above
     elif straddle:
-        out['verdict'], pool = 'INCONCLUSIVE', straddle
+        result, pool = 'INCONCLUSIVE', straddle
     else:
-        out['verdict'], pool = 'NOT SUPPORTED', eligible or candidates
-    best = max(pool, key=lambda c: c['ratio'])
-    out['best'] = best
-    rel = ('>=' if best['ratio_lo'] >= threshold else 'straddles' if best['ratio_hi'] >= threshold else '<')
+        result, pool = 'NOT SUPPORTED', eligible or candidates
+    best = max(pool, key=lambda c: c['corrected'])
+    rel = ('>=' if best['corrected_lo'] >= threshold else 'straddles' if best['corrected_hi'] >= threshold else '<')
     who = ('best Few cell without collapse' if best['eligible']
            else 'best Few cell (every regularised Few cell fails the collapse check)')
-    out['reason'] = (f"{who}: "
-                     f"{best['regularizer']}, its peak ICL is {best['ratio']:.3f} (seed range "
-                     f"{best['ratio_lo']:.3f}-{best['ratio_hi']:.3f}) of the Many+wd=0 peak, {rel} {threshold:g}")
-    collapsed = [c for c in candidates if not c['eligible'] and c['ratio_hi'] >= threshold]
-    if collapsed and out['verdict'] != 'SUPPORTED':
-        out['reason'] += ("; reaching the threshold but collapsed: "
-                          + ", ".join(f"{c['regularizer']} ({'attention' if not c['attn_ok'] else 'IWL'})"
-                                      for c in collapsed))
-    return out
+    reason = (f"{who}: {best['regularizer']}, its peak ICL above chance is {best['corrected']:.3f} (interval "
+              f"[{best['corrected_lo']:.3f}, {best['corrected_hi']:.3f}]; raw peak ratio {best['ratio']:.3f}) of the "
+              f"Many+wd=0 one, {rel} {threshold:g}; collapse judged on {best['collapse_judged_on']}")
+    collapsed = [c for c in candidates if not c['eligible'] and c['corrected_hi'] >= threshold]
+    if collapsed and result != 'SUPPORTED':
+        reason += ("; reaching the threshold but collapsed: "
+                   + ", ".join(f"{c['regularizer']} ({'attention' if not c['attn_ok'] else 'training-distribution accuracy'})"
+                               for c in collapsed))
+    return {'verdict': result, 'best': best, 'reason': reason}
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -258,40 +332,75 @@ def _save(fig, path):
     os.replace(tmp, path)
 
 
+def ci_text(ci, method, spec='.3f'):
+    """[lo, hi] -> '[0.490, 0.550]', with '†' when it resamples episodes (rows without per-class hits); None -> '-'."""
+    if ci is None:
+        return '-'
+    return f"[{ci[0]:{spec}}, {ci[1]:{spec}}]" + ('†' if method == 'episodes' else '')
+
+
+CI_NOTE = ("95% CI: percentile bootstrap ({n} resamples, seed {seed}) of the mean over seeds, resampling seeds and "
+           "the held-out query classes (icl_hits_by_class); † = the rows have no per-class hits (run before they "
+           "were logged), so it resamples episodes as if independent (binomial): too narrow when classes differ. "
+           "Chance-null peak: the 95th percentile of the best of this many evals of a run at chance, each "
+           "Binomial(episodes, chance) / episodes (exact); 'no learning' when every seed's peak is at most it. "
+           "Smoothed peak: the best mean of 3 consecutive evals. IWL's chance is 1 / n_labels.").format(
+               n=stats.N_BOOT, seed=stats.BOOT_SEED)
+
+
+def group_numbers(s):
+    """A cell group's pooled numbers from its seeds' run_stats: 95% intervals of the mean peak and final ICL
+    ([lo, hi] or None, and their method), means of the smoothed and chance-null peaks, IWL chance, chance flags."""
+    peak_lo, peak_hi, method = stats.accuracy_ci([x.get('peak_measure') for x in s])
+    final_lo, final_hi, final_method = stats.accuracy_ci([x.get('final_measure') for x in s])
+    final, chance = _mean([x['final_icl'] for x in s]), _mean([x['chance'] for x in s])
+    below = final_hi < chance if final_hi is not None else final < _mean([x['chance'] - 2 * x['icl_se'] for x in s])
+    return {'peak_ci': None if peak_lo is None else [peak_lo, peak_hi], 'ci_method': method,
+            'final_ci': None if final_lo is None else [final_lo, final_hi], 'final_ci_method': final_method,
+            'smoothed_peak': _mean([x['smoothed_peak'] for x in s]), 'null_peak': _mean([x['null_peak'] for x in s]),
+            'iwl_chance': s[0].get('iwl_chance'), 'final_icl': final,
+            'no_learning': all(x['no_learning'] for x in s), 'below_chance': below}
+
+
+def group_flags(g):
+    return (['no learning'] if g['no_learning'] else []) + (['ends below chance'] if g['below_chance'] else [])
+
+
 def cells_table(groups, class_names, label, shown):
-    """report.md's per-cell-group table (mean over finished seeds, [min-max] over seeds), with the
-    regularisers side by side (lr·wd·steps for decay, l2) and flags: 'no learning' when every seed's peak
-    ICL is within 2 standard errors of chance, 'ends below chance' when the mean final ICL is more than
-    2 standard errors under it (a bias toward one of the two context labels, not ICL)."""
-    lines = ["## Cells (mean over finished seeds; [min-max] over seeds)", "",
-             "| cell | seeds | peak ICL [min-max] | step of peak | final ICL | final IWL | ECE @peak | attn image @peak | "
-             "attn label @peak | lr·wd·steps | l2 | flags |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    """report.md's per-cell-group table (mean over finished seeds, [min-max] over seeds, 95% bootstrap
+    intervals over classes and seeds), with the regularisers side by side (lr·wd·steps for decay, l2) and flags:
+    'no learning' when every seed's peak ICL is at most the chance-null peak, 'ends below chance' when the
+    final ICL's interval lies under chance (a bias toward one of the two context labels, not ICL)."""
+    lines = ["## Cells (mean over finished seeds; [min-max] over seeds; 95% CI over classes and seeds)", "",
+             "| cell | seeds | peak ICL [min-max] | peak 95% CI | smoothed peak | chance-null peak | step of peak | "
+             "final ICL [95% CI] | final IWL (chance) | ECE @peak | attn image @peak | attn label @peak | lr·wd·steps | "
+             "l2 | flags |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (width, cls, reg), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], class_names.index(kv[0][1]),
                                                                          reg_order(kv[0][2]))):
         done = shown(runs)
         s = [r['stats'] for r in done]
+        g = group_numbers(s)
         peaks = [x['peak_icl'] for x in s]
         exps = [r['exponent'] for r in done if r['exponent'] is not None]
         l2s = sorted({r['summary']['config'].get('l2', 0.0) for r in done if r['summary']})
-        final = _mean([x['final_icl'] for x in s])
-        flags = (['no learning'] if all(x['no_learning'] for x in s) else []) + \
-            (['ends below chance'] if final < _mean([x['chance'] - 2 * x['icl_se'] for x in s]) else [])
         lines.append(
             f"| {label(width, cls, reg)} | {sum(1 for r in runs if r['summary'])}/{len(runs)} | {_mean(peaks):.3f} "
-            f"[{min(peaks):.3f}-{max(peaks):.3f}] | {_mean([x['peak_iter'] for x in s]):.0f} "
-            f"[{min(x['peak_iter'] for x in s)}-{max(x['peak_iter'] for x in s)}] | "
-            f"{final:.3f} | {_mean([x['final_iwl'] for x in s]):.3f} | "
+            f"[{min(peaks):.3f}-{max(peaks):.3f}] | {ci_text(g['peak_ci'], g['ci_method'])} | "
+            f"{g['smoothed_peak']:.3f} | {g['null_peak']:.3f} | "
+            f"{_mean([x['peak_iter'] for x in s]):.0f} [{min(x['peak_iter'] for x in s)}-{max(x['peak_iter'] for x in s)}] | "
+            f"{g['final_icl']:.3f} {ci_text(g['final_ci'], g['final_ci_method'])} | "
+            f"{fmt_iwl(_mean([x['final_iwl'] for x in s]), g['iwl_chance'])} | "
             f"{_mean([x['ece_at_peak'] for x in s]):.3f} | {_mean([x['attn_image_at_peak'] for x in s]):.2f} | "
             f"{_mean([x['attn_label_at_peak'] for x in s]):.2f} | {_fmt(_mean(exps) if exps else None, '.3g')} | "
-            f"{', '.join(f'{v:g}' for v in l2s) or '-'} | {', '.join(flags) or '-'} |")
-    return lines
+            f"{', '.join(f'{v:g}' for v in l2s) or '-'} | {', '.join(group_flags(g)) or '-'} |")
+    return lines + ["", CI_NOTE]
 
 
 def group_cells(cells):
     """{(width, classes, (weight_decay, l2)): cells (seeds)} with each cell's run_stats and decay exponent."""
     groups = {}
     for c in cells:
-        c['stats'] = run_stats(c['rows'])
+        c['stats'] = run_stats(c['rows'], c['summary']['config'] if c['summary'] else None)
         c['exponent'] = (c['weight_decay'] * lr_sum(c['summary']['config'])) if c['summary'] else None
         groups.setdefault((c['width'], c['classes'], reg_of(c)), []).append(c)
     return groups
@@ -383,9 +492,9 @@ def plot_peak_bars(path, groups, widths, class_names, regs, chance, threshold):
             bars = ax.bar(xs, heights, bar_w, yerr=[err_lo, err_hi], capsize=3, label=label('', cls), color=f"C{k}")
             ax.bar_label(bars, fmt='%.2f', fontsize=7, padding=4)
         base = groups.get((width, 'many', NONE))
-        if base:
-            ref = threshold * _mean([r['stats']['peak_icl'] for r in base])
-            ax.axhline(ref, color='C3', ls='--', lw=1, label=f"{threshold:g} x Many wd=0 peak")
+        if base:  # the verdict's line: threshold x Many's gain over chance
+            ref = chance + threshold * (_mean([r['stats']['peak_icl'] for r in shown(base)]) - chance)
+            ax.axhline(ref, color='C3', ls='--', lw=1, label=f"chance + {threshold:g} x Many wd=0 gain")
         ax.axhline(chance, color='gray', lw=0.8, ls=':', label=f'chance {chance:.3f}')
         plain = all(len(reg) <= 1 and not reg_value(reg, 'l2') for reg in regs)  # a weight-decay axis alone
         ax.set_xticks(range(len(regs)), [f"{reg_value(reg, 'weight_decay'):g}" if plain else reg_label(reg)
@@ -422,16 +531,31 @@ def header_lines(root_dir, cells):
     return lines
 
 
-RULE = ("Rule: ratio = mean-over-seeds peak ICL of a regularised Few cell (wd>0 or l2>0) / mean peak ICL of "
-        "Many+wd=0 (same width); "
-        "its seed range is [min Few seed peak / max Many seed peak, max Few seed peak / min Many seed peak]. "
+RULE = ("Rule: the verdict decides on the *corrected* ratio = (mean-over-seeds peak ICL of a regularised Few cell - "
+        "chance) / (mean peak ICL of Many+wd=0 (same width) - chance): the share of the baseline's gain over chance "
+        "(the raw ratio, peak / peak, is shown beside it; at chance 0.5 a raw 0.55 is no ICL at all). Its interval "
+        "is the hull of the seed range [(min Few seed peak - chance) / (max Many seed peak - chance), (max Few seed "
+        "peak - chance) / (min Many seed peak - chance)] and the 95% bootstrap interval (held-out classes resampled "
+        "on both sides together, seeds on each side). "
         "A cell counts only *without collapse*: (i) at its peak, attn_match_label (query attention on the label "
         "after the matching context image, best layer) is >= 0.5 x the Many+wd=0 value at its peak, so its ICL runs "
-        "on the same induction circuit and not on a shortcut; (ii) its final IWL is >= 0.5 x the Few+wd=0 final IWL, "
-        "so decay shifted the ICL/IWL balance instead of erasing what the network can store in its weights.  "
-        "SUPPORTED if some regularised Few cell without collapse has its whole seed range >= {t:g}; else "
-        "INCONCLUSIVE if the range of some cell without collapse straddles {t:g}; else NOT SUPPORTED "
+        "on the same induction circuit and not on a shortcut; (ii) when the rows have train_dist_acc, its accuracy "
+        "on held-out training-distribution sequences at its peak is >= 0.5 x the Few+wd=0 final one, so the network "
+        "still solves its training task; without train_dist_acc collapse is judged on attention alone. IWL is "
+        "reported, not judged: a penalty that suppresses memorisation is the mechanism under test.  "
+        "SUPPORTED if some regularised Few cell without collapse has its whole interval >= {t:g}; else "
+        "INCONCLUSIVE if the interval of some cell without collapse straddles {t:g}; else NOT SUPPORTED "
         "(all below, or the cells that reach it collapse).")
+
+
+def _candidate_row(c):
+    seed_lo, seed_hi = c['corrected_seed_range']
+    return (f"| {c['regularizer']} | {c['corrected']:.3f} [{c['corrected_lo']:.3f}, {c['corrected_hi']:.3f}] | "
+            f"[{seed_lo:.3f}, {seed_hi:.3f}] | {ci_text(c['corrected_ci'], c['ci_method'])} | "
+            f"{c['ratio']:.3f} ({c['ratio_lo']:.3f}-{c['ratio_hi']:.3f}) | {_fmt(c['final_ratio'])} | "
+            f"{c['attn_label']:.2f} | {'yes' if c['attn_ok'] else 'no'} | {_fmt(c['train_dist_acc'])} | "
+            f"{'-' if c['train_dist_ok'] is None else 'yes' if c['train_dist_ok'] else 'no'} | "
+            f"{fmt_iwl(c['final_iwl'], c['iwl_chance'])} | {_fmt(c['iwl_vs_few_wd0'], '.2f')} |")
 
 
 def verdict_lines(groups, widths, threshold):
@@ -448,30 +572,34 @@ def verdict_lines(groups, widths, threshold):
             continue
         v['width'] = width
         verdicts.append(v)
+        alone = [c['regularizer'] for c in v['candidates'] if c['collapse_judged_on'] == 'attention only']
         lines += [head, "", f"**{v['verdict']}**: {v['reason']}.", "",
-                  f"Many+wd=0 baseline: peak ICL {v['baseline_peak']:.3f}, attn_match_label at peak "
-                  f"{v['baseline_attn_label']:.2f}. Few+wd=0 reaches {v['few_wd0_ratio']:.3f} of it "
-                  f"(final IWL {v['few_wd0_final_iwl']:.3f}).", "",
-                  "| Few cell | peak ICL / Many wd=0 peak (seed range) | final ICL / Many wd=0 final | "
-                  "attn_match_label @peak | attn ok | final IWL | IWL ok |",
-                  "|---|---|---|---|---|---|---|"]
-        for c in v['candidates']:
-            lines.append(f"| {c['regularizer']} | {c['ratio']:.3f} ({c['ratio_lo']:.3f}-{c['ratio_hi']:.3f}) | "
-                         f"{_fmt(c['final_ratio'])} | {c['attn_label']:.2f} | {'yes' if c['attn_ok'] else 'no'} | "
-                         f"{c['final_iwl']:.3f} | {'yes' if c['iwl_ok'] else 'no'} |")
-        lines.append("")
+                  f"Many+wd=0 baseline: peak ICL {v['baseline_peak']:.3f} (chance {v['baseline_chance']:.3f}), "
+                  f"attn_match_label at peak {v['baseline_attn_label']:.2f}. Few+wd=0 reaches {v['few_wd0_corrected']:.3f} "
+                  f"of its gain over chance (raw {v['few_wd0_ratio']:.3f}; final IWL "
+                  f"{fmt_iwl(v['few_wd0_final_iwl'], v['iwl_chance'])}).", ""]
+        if alone:
+            lines += [f"Collapse judged on attention alone for {', '.join(alone)}: their rows have no train_dist_acc.", ""]
+        lines += ["| Few cell | corrected ratio (interval) | seed range | 95% CI | raw peak ratio (seed range) | "
+                  "final ICL / Many wd=0 final | attn_match_label @peak | attn ok | train-dist acc @peak | "
+                  "train-dist ok | final IWL (chance) | IWL / Few wd=0 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [_candidate_row(c) for c in v['candidates']] + [""]
     return lines + [RULE.format(t=threshold), ""], verdicts
 
 
 def runs_table(cells):
     lines = ["## Runs", "",
-             "| run | last step | peak ICL | step of peak | final ICL | final IWL | ECE @peak | attn label @peak | log |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| run | last step | peak ICL | step of peak | final ICL | final IWL (chance) | ECE @peak | attn label @peak | "
+             "peak 95% CI | smoothed peak | chance-null peak | log |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(cells, key=lambda c: c['name']):
         s = c['stats']
         lines.append(f"| {c['name']} | {s['final_iter']}{'' if c['summary'] else ' (running)'} | {s['peak_icl']:.3f} | "
-                     f"{s['peak_iter']} | {s['final_icl']:.3f} | {s['final_iwl']:.3f} | {s['ece_at_peak']:.3f} | "
-                     f"{s['attn_label_at_peak']:.2f} | {c['name']}/train.log |")
+                     f"{s['peak_iter']} | {s['final_icl']:.3f} | {fmt_iwl(s['final_iwl'], s['iwl_chance'])} | "
+                     f"{s['ece_at_peak']:.3f} | {s['attn_label_at_peak']:.2f} | "
+                     f"{ci_text(s['peak_ci'], s['ci_method'])} | {s['smoothed_peak']:.3f} | "
+                     f"{s['null_peak']:.3f}{' (no learning)' if s['no_learning'] else ''} | {c['name']}/train.log |")
     return lines
 
 

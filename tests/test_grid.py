@@ -196,23 +196,27 @@ def test_stale_lock_of_dead_pid_is_reclaimed(grid, tmp_path):
 
 # ---- verdict ---------------------------------------------------------------------------------------
 
-def runs(*peaks, attn=0.8, iwl=0.9):
-    return [{'peak_icl': p, 'attn_label_at_peak': attn, 'final_iwl': iwl} for p in peaks]
+def runs(*peaks, attn=0.8, iwl=0.9, train=None):
+    """run_stats-like dicts (chance 0.5 by default); train: train_dist_acc at the peak and at the end."""
+    extra = {} if train is None else {'train_dist_at_peak': train, 'final_train_dist': train}
+    return [{'peak_icl': p, 'attn_label_at_peak': attn, 'final_iwl': iwl, **extra} for p in peaks]
 
 
-def base_groups():
-    return {('many', 0.0): runs(0.96, 0.97, 0.98, attn=0.8, iwl=0.03),
-            ('few', 0.0): runs(0.50, 0.51, 0.49, attn=0.2, iwl=1.0)}
+def base_groups(train=None):
+    return {('many', 0.0): runs(0.96, 0.97, 0.98, attn=0.8, iwl=0.03, train=train),
+            ('few', 0.0): runs(0.50, 0.51, 0.49, attn=0.2, iwl=1.0, train=train)}
 
 
 def test_verdict_supported(grid):
-    g = {**base_groups(), ('few', 1e-3): runs(0.60, 0.62, 0.61, attn=0.3), ('few', 1e-2): runs(0.93, 0.95, 0.94, attn=0.7)}
+    g = {**base_groups(), ('few', 1e-3): runs(0.60, 0.62, 0.61, attn=0.3), ('few', 1e-2): runs(0.95, 0.96, 0.97, attn=0.7)}
     v = grid.verdict(g)
-    assert v['verdict'] == 'SUPPORTED'
+    assert v['verdict'] == 'SUPPORTED' and v['decided_on'] == 'corrected ratio'
     assert v['best']['weight_decay'] == 1e-2
-    assert v['best']['ratio'] == pytest.approx(0.94 / 0.97)
-    assert v['best']['ratio_lo'] == pytest.approx(0.93 / 0.98)
-    g[('few', 3e-3)] = runs(0.85, 1.0, 1.0)     # higher mean ratio, but its range straddles 0.9
+    assert v['best']['ratio'] == pytest.approx(0.96 / 0.97)                 # raw, kept beside the corrected one
+    assert v['best']['ratio_lo'] == pytest.approx(0.95 / 0.98)
+    assert v['best']['corrected'] == pytest.approx(0.46 / 0.47)             # (peak - chance) / (Many's - chance)
+    assert v['best']['corrected_lo'] == pytest.approx(0.45 / 0.48)          # no episode counts: seed range only
+    g[('few', 3e-3)] = runs(0.9, 1.0, 1.0)      # higher mean ratio, but its range straddles 0.9
     assert grid.verdict(g)['verdict'] == 'SUPPORTED' and grid.verdict(g)['best']['weight_decay'] == 1e-2
 
 
@@ -231,13 +235,18 @@ def test_verdict_inconclusive_when_seed_range_straddles(grid):
 
 
 def test_verdict_ignores_collapsed_cells(grid):
-    # wd=1e-2 reaches the baseline but its attention circuit is gone; wd=3e-3 erased IWL: neither counts
-    g = {**base_groups(), ('few', 1e-2): runs(0.97, 0.97, 0.97, attn=0.1),
-         ('few', 3e-3): runs(0.97, 0.97, 0.97, iwl=0.2), ('few', 1e-3): runs(0.6, 0.6, 0.6)}
+    # wd=1e-2 reaches the baseline but its attention circuit is gone; wd=3e-3 no longer solves its training
+    # sequences (train_dist_acc 0.2 against Few wd=0's 1.0): neither counts
+    g = {**base_groups(train=1.0), ('few', 1e-2): runs(0.97, 0.97, 0.97, attn=0.1, train=1.0),
+         ('few', 3e-3): runs(0.97, 0.97, 0.97, train=0.2), ('few', 1e-3): runs(0.6, 0.6, 0.6, train=0.9)}
     v = grid.verdict(g)
     assert v['verdict'] == 'NOT SUPPORTED' and v['best']['weight_decay'] == 1e-3
     assert {c['weight_decay']: c['eligible'] for c in v['candidates']} == {1e-3: True, 3e-3: False, 1e-2: False}
-    assert 'collapsed: wd=0.003 (IWL), wd=0.01 (attention)' in v['reason']
+    assert 'collapsed: wd=0.003 (training-distribution accuracy), wd=0.01 (attention)' in v['reason']
+    assert 'collapse judged on attention and training-distribution accuracy' in v['reason']
+    # a low IWL is no collapse: suppressing memorisation is the mechanism under test
+    v = grid.verdict({**base_groups(), ('few', 3e-3): runs(0.97, 0.97, 0.97, iwl=0.02)})
+    assert v['verdict'] == 'SUPPORTED' and v['best']['collapse_judged_on'] == 'attention only'
     v = grid.verdict({**base_groups(), ('few', 1e-2): runs(0.97, 0.97, 0.97, attn=0.1)})
     assert v['verdict'] == 'NOT SUPPORTED' and 'fails the collapse check' in v['reason']
     # a cell that straddles but collapsed does not make the verdict INCONCLUSIVE; an eligible one does
@@ -250,7 +259,7 @@ def test_verdict_ignores_collapsed_cells(grid):
 def test_verdict_takes_l2_cells_as_candidates(grid):
     """A classical-L2 Few cell is a regularised cell like a decayed one; (wd, l2) keys keep it apart from wd=0."""
     g = {('many', (0.0, 0.0)): runs(0.96, 0.97, 0.98, iwl=0.03), ('few', (0.0, 0.0)): runs(0.50, 0.51, 0.49, iwl=1.0),
-         ('few', (0.1, 0.0)): runs(0.6), ('few', (0.0, 1e-3)): runs(0.93, 0.95, 0.94)}
+         ('few', (0.1, 0.0)): runs(0.6), ('few', (0.0, 1e-3)): runs(0.95, 0.96, 0.97)}
     v = grid.verdict(g)
     assert v['verdict'] == 'SUPPORTED' and v['best']['regularizer'] == 'l2=0.001' and v['best']['l2'] == 1e-3
     assert v['few_wd0_ratio'] == pytest.approx(0.5 / 0.97) and 'l2=0.001, its peak ICL' in v['reason']
@@ -424,5 +433,7 @@ def test_phase_report_heatmaps_and_thresholds(grid, tmp_path):
     for f in ('phase.png', 'phase_curves.png', 'phase.md', 'phase.json'):
         assert (root / f).stat().st_size > 0, f
     text = (root / 'phase.md').read_text()
-    assert '| none | - | 16000 | 0.50 / 1.00 | 0.70 / 0.10 | 0.95 / 0.10 |' in text
+    assert ('| none | - | 16000 | 0.50° / 1.00 (chance 1/32) | 0.70 / 0.10 (chance 1/32) | 0.95 / 0.10 (chance 1/32) |'
+            in text)                                                   # ° no learning; IWL beside its chance
+    assert '| l2=0.001 | 1600 | 1 | 0.900 [0.900-0.900] | - | 0.875 | 0.500 |' in text   # no episode counts: no CI
     assert '--classes=16000 --seeds=1,2' in text
