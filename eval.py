@@ -4,6 +4,12 @@ calibration, and how much the query attends to the matching context image and it
 train.py calls evaluate() at every eval; the CLI evaluates a saved checkpoint the same way:
 
     python eval.py --out_dir=out
+    python eval.py --out_dir=out --ablate=all     # ICL / IWL with each part mean-ablated (also: encoder,
+                                                  # attn0, mlp1, head, attn, mlp: a comma list of parts)
+
+Mean ablation replaces a part's output by its mean over training sequences (per position), so the part
+still passes on what it says on average but nothing about the sequence at hand: the parts whose loss costs
+IWL hold the class->label map, those whose loss costs ICL hold the in-context circuit.
 """
 import json
 import os
@@ -116,18 +122,145 @@ def load_run(out_dir, ckpt_name='ckpt.pt', device='cpu'):
     return model, config, dataset, checkpoint
 
 
+def ablation_parts(model):
+    """Every part --ablate can knock out: the encoder, each layer's attention and MLP, every layer's attention
+    (attn*) or MLP (mlp*) at once, the head's input."""
+    n = len(model.blocks)
+    return ['encoder', *[f'attn{i}' for i in range(n)], 'attn*', *[f'mlp{i}' for i in range(n)], 'mlp*', 'head']
+
+
+def _layers_of(part, model):
+    """The single parts a part stands for: 'mlp*' -> mlp0, mlp1, ...; any other part -> itself."""
+    if part.endswith('*'):
+        return [f"{part[:-1]}{i}" for i in range(len(model.blocks))]
+    return [part]
+
+
+def parse_ablate(text, model):
+    """'all' | comma list of parts; 'attn' / 'mlp' alone = every layer's (each one knocked out on its own)."""
+    parts = ablation_parts(model)
+    if text == 'all':
+        return parts
+    chosen = []
+    for name in [s.strip() for s in text.split(',') if s.strip()]:
+        expanded = [p for p in parts if p.rstrip('0123456789') == name] if name in ('attn', 'mlp') else [name]
+        for p in expanded:
+            if p not in parts:
+                raise ValueError(f"ablate={text!r}: unknown part {p!r}; parts of this model: {', '.join(parts)} "
+                                 f"(or 'all', 'attn', 'mlp')")
+            chosen.append(p)
+    return chosen
+
+
+def _module_of_part(model, part):
+    if part == 'encoder':
+        return model.encoder
+    if part == 'head':
+        return model.head
+    layer = int(part.lstrip('atnmlp'))
+    return model.blocks[layer].attn if part.startswith('attn') else model.blocks[layer].mlp
+
+
+def _output(out):
+    return out[0] if isinstance(out, tuple) else out
+
+
+@torch.no_grad()
+def part_means(model, reference, parts, batch_size=512):
+    """Each part's mean output over the reference (training) sequences, per position: encoder [C] (over every
+    item), attention / MLP [T, C], head input [C]. The last layer, when it computes the query alone, gets the
+    query position's mean (the same values)."""
+    sums, counts, hooks = {}, {}, []
+
+    def recorder(part):
+        def hook(module, args, out=None):
+            x = args[0] if part == 'head' else _output(out)
+            x = x.float().reshape(-1, x.shape[-1]) if part in ('encoder', 'head') else x.float()
+            sums[part] = sums.get(part, 0) + x.sum(0)
+            counts[part] = counts.get(part, 0) + x.shape[0]
+        return hook
+    for part in parts:
+        module = _module_of_part(model, part)
+        hooks.append(module.register_forward_pre_hook(recorder(part)) if part == 'head'
+                     else module.register_forward_hook(recorder(part)))
+    try:
+        run_episodes(model, reference, batch_size, return_attention=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {part: sums[part] / counts[part] for part in parts}
+
+
+def mean_ablated(model, part, mean):
+    """A context manager-like handle: the forward hook that replaces `part`'s output by `mean` (remove() it)."""
+    module = _module_of_part(model, part)
+    if part == 'head':
+        return module.register_forward_pre_hook(lambda m, args: (mean.to(args[0].dtype).expand_as(args[0]),))
+
+    def hook(m, args, out):
+        y = _output(out)
+        fill = mean[-y.shape[1]:] if y.dim() == 3 else mean  # query-only last layer: the query position's mean
+        fill = fill.to(y.dtype).expand_as(y)
+        return (fill, *out[1:]) if isinstance(out, tuple) else fill
+    return module.register_forward_hook(hook)
+
+
+def ablation_table(model, icl, iwl, reference, config, parts):
+    """[(part, metrics)] with 'none' first: eval metrics with each part mean-ablated on its own."""
+    singles = sorted({p for part in parts for p in _layers_of(part, model)})
+    means = part_means(model, reference, singles)
+    rows = [('none', evaluate(model, icl, iwl, config['context_len'], config['eval_ways']))]
+    for part in parts:
+        handles = [mean_ablated(model, p, means[p]) for p in _layers_of(part, model)]
+        try:
+            rows.append((part, evaluate(model, icl, iwl, config['context_len'], config['eval_ways'])))
+        finally:
+            for h in handles:
+                h.remove()
+    return rows
+
+
+def reference_sequences(dataset, config, n=2048):
+    """n training sequences from the run's own sampler rules (bursty mix, label swap off), seeded apart
+    from training: the distribution the mean activations are taken over."""
+    from data import EpisodeSampler, Episodes
+    sampler = EpisodeSampler(dataset.train, dataset.class_labels, config['context_len'], config['p_bursty'],
+                             config['bursty_shots'], config['ways'], config['zipf_alpha'],
+                             seed=config['data_seed'] + 3000)
+    items, labels, classes = sampler.sample(n)
+    return Episodes(items, labels, classes)
+
+
 if __name__ == '__main__':
     out_dir = 'out'
     ckpt_name = 'ckpt.pt'
     device = 'cpu'
+    ablate = ''        # '' = plain eval; 'all' or a comma list of parts (encoder, attn<i>, mlp<i>, head, attn, mlp)
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     from data import build_eval_episodes
     try:
         model, config, dataset, checkpoint = load_run(out_dir, ckpt_name, device)
-    except (FileNotFoundError, RuntimeError) as e:
+        parts = parse_ablate(ablate, model) if ablate else []
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     icl, iwl = build_eval_episodes(dataset, config)
-    metrics = evaluate(model, icl.to(device), iwl.to(device), config['context_len'], config['eval_ways'])
-    metrics = {'iter': checkpoint['iter_num'], **metrics}
-    print(json.dumps(metrics))
+    icl, iwl = icl.to(device), iwl.to(device)
+    if not parts:
+        metrics = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'])
+        print(json.dumps({'iter': checkpoint['iter_num'], **metrics}))
+        sys.exit(0)
+    rows = ablation_table(model, icl, iwl, reference_sequences(dataset, config).to(device), config, parts)
+    iwl_chance = 1 / dataset.n_labels
+    print(f"{out_dir} at iter {checkpoint['iter_num']}: mean ablation (ICL chance {rows[0][1].get('icl_chance', 0.5)}, "
+          f"IWL chance {iwl_chance:.3f})")
+    print(f"{'ablated':>8} | {'ICL':>5} | {'IWL':>5} | attn lbl")
+    for part, m in rows:
+        print(f"{part:>8} | {m['icl_acc']:.3f} | {m['iwl_acc']:.3f} | {m['attn_match_label']:.2f}")
+    result = {'iter': checkpoint['iter_num'], 'iwl_chance': iwl_chance,
+              'rows': [{'part': p, 'icl_acc': m['icl_acc'], 'iwl_acc': m['iwl_acc'],
+                        'attn_match_label': m['attn_match_label']} for p, m in rows]}
+    path = os.path.join(out_dir, 'ablation.json')
+    with open(path, 'w') as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")

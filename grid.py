@@ -59,6 +59,7 @@ train_script = 'train.py'   # what a cell runs (the tests put a fake trainer her
 group_size = 0              # > 1: train up to this many cells (at the same step) as one stacked model in one
                             # group.py process (member-batched; pays on a GPU, not on a CPU); 0 or 1: one train.py each
 group_script = 'group.py'
+axes = ''                   # any train.py keys as extra axes, crossed with everything else: 'p_bursty=0.5,0.9;zipf_alpha=0,1'
 regularizers = ''           # '' = the weight_decays axis; else e.g. 'none,wd=0.1,l2=1e-3,wd=1@mlp+head,swap=0.2+wd=1@mlp'
                             # (decay, classical L2, on chosen modules, label swap; parse_regularizer has the syntax)
 phase = False               # report a phase diagram (class count x regularizer heatmaps) instead of the verdict
@@ -163,6 +164,11 @@ def parse_regularizer(entry):
         setting['decay_modules'] = ','.join(parse_decay_modules(setting['decay_modules']))
     if setting.get('label_swap', 0) > 1:
         raise ValueError(f"{entry!r}: swap={setting['label_swap']} must be in [0, 1]")
+    from training import check_config
+    try:
+        check_config({**defaults, **setting})  # the rules a cell's train.py would apply, checked before any cell runs
+    except ValueError as e:
+        raise ValueError(f"{entry!r}: {e}")
     return setting
 
 
@@ -179,6 +185,43 @@ def parse_regularizers(text):
     if len({name for name, _ in regs}) != len(regs):
         fail(f"regularizers={text!r} lists a value twice")
     return regs
+
+
+def parse_axes(text):
+    """'p_bursty=0.5,0.9;zipf_alpha=0,1' -> the settings of their product, as (name part, setting) pairs:
+    [('p_bursty_0.5_zipf_alpha_0', {'p_bursty': 0.5, 'zipf_alpha': 0.0}), ...]. Each axis is one train.py
+    key and its values; a cell's setting (and so its report label and column) is its regulariser's plus these."""
+    import itertools
+    axes = []
+    for part in [p.strip() for p in text.split(';') if p.strip()]:
+        key, _, values = part.partition('=')
+        if not values:
+            fail(f"axes: {part!r} must look like key=v1,v2 (axes are separated by ';')")
+        try:
+            settings = [parse_regularizer(f"{key.strip()}={v.strip()}") for v in values.split(',') if v.strip()]
+        except ValueError as e:
+            fail(f"axes: {e}")
+        axes.append(settings)
+    combos = []
+    for settings in itertools.product(*axes):
+        merged = {k: v for s in settings for k, v in s.items()}
+        combos.append((reg_name(merged), merged))
+    return combos
+
+
+def cross(regs, axis_settings):
+    """Every regulariser entry with every combination of the generic axes (names joined by '_')."""
+    if not axis_settings:
+        return regs
+    out = []
+    for name, setting in regs:
+        for axis_name, axis_setting in axis_settings:
+            overlap = set(setting) & set(axis_setting)
+            if overlap:
+                fail(f"axes and regularizers both set {', '.join(sorted(overlap))}")
+            merged = {**setting, **axis_setting}
+            out.append((reg_name(merged), merged))
+    return out
 
 
 def _arg(key, value):
@@ -513,6 +556,9 @@ if __name__ == '__main__':
         fail(f"weight_decays={weight_decays!r} must all be >= 0")
     if regularizers:
         decays = parse_regularizers(regularizers)
+    if axes:
+        decays = cross([r if isinstance(r, tuple) else (wd_name(r), {'weight_decay': r} if r else {})
+                        for r in decays], parse_axes(axes))
     seed_list = split_list('seeds', seeds, int)
     width_list = split_list('widths', widths, str)
     for cf in train_configs + [os.path.join('config', f'{w}.py') for w in width_list if not w.isdigit()]:

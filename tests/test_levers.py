@@ -1,0 +1,269 @@
+"""Issue 17's levers: decay aimed at chosen modules (decay_modules), label swap in the sampler, their grid
+syntax and report labels, and eval.py's mean ablation."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from data import EpisodeSampler, make_synthetic
+from model import ICLTransformer, ModelConfig, parse_decay_modules
+from test_group import assert_close, group
+from test_train import metrics, train
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return ICLTransformer(ModelConfig(n_labels=16, item_shape=(8,), n_layer=2, n_head=2, n_embd=16))
+
+
+# ---- decay_modules ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('modules, names', [
+    ('encoder', ['encoder.proj.weight']),
+    ('attn', [f'blocks.{i}.attn.{w}.weight' for i in range(2) for w in ('qkv', 'proj')]),
+    ('mlp', [f'blocks.{i}.mlp.{j}.weight' for i in range(2) for j in (0, 2)]),
+    ('head', ['head.weight']),
+    ('mlp,head', [f'blocks.{i}.mlp.{j}.weight' for i in range(2) for j in (0, 2)] + ['head.weight']),
+])
+def test_decayed_group_holds_the_linear_weights_of_the_named_modules_only(modules, names):
+    model = tiny_model()
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    decay, no_decay = model.decayed_parameters(modules)
+    assert sorted(name_of[id(p)] for p in decay) == sorted(names)
+    assert len(decay) + len(no_decay) == len(list(model.parameters()))
+    everything, _ = model.decayed_parameters('all')
+    assert {name_of[id(p)] for p in everything} == {name_of[id(p)] for p in model.decayed_parameters(
+        'encoder,attn,mlp,head')[0]}  # 'all' is the four modules: today's group
+    assert not any('ln' in name_of[id(p)] or 'bias' in name_of[id(p)] or 'embedding' in name_of[id(p)]
+                   for p in everything)
+
+
+def test_parse_decay_modules_orders_and_rejects():
+    assert parse_decay_modules('head,mlp') == ('mlp', 'head')
+    assert parse_decay_modules('mlp+head') == ('mlp', 'head')
+    for bad in ('mlp,ffn', '', 'all,mlp'):
+        with pytest.raises(ValueError, match='decay_modules'):
+            parse_decay_modules(bad)
+
+
+def test_optimizer_groups_printed_name_the_modules(capsys):
+    tiny_model().configure_optimizers(1.0, 1e-3, (0.9, 0.99), 'cpu', decay_modules='mlp,head')
+    out = capsys.readouterr().out
+    assert "'decay' (weight_decay=1): 5 tensors" in out and 'Linear/Conv weights of mlp, head' in out
+
+
+def test_unknown_module_is_a_one_line_config_error_before_out_dir(tmp_path):
+    proc = train(tmp_path / 'run', '--decay_modules=mlp,ffn', check=False)
+    assert proc.returncode == 2 and "unknown module 'ffn'" in proc.stderr and 'Traceback' not in proc.stderr
+    assert not os.path.exists(tmp_path / 'run' / 'metrics.jsonl')
+
+
+def test_decay_shrinks_only_the_chosen_modules(tmp_path):
+    """wd on mlp: the MLP weights shrink against a wd=0 run from the same seed; attention stays closer."""
+    train(tmp_path / 'a', '--max_iters=30', '--weight_decay=5', '--decay_modules=mlp', '--learning_rate=1e-2')
+    summary = json.load(open(tmp_path / 'a' / 'summary.json'))
+    assert summary['decay_modules'] == 'mlp' and summary['config']['decay_modules'] == 'mlp'
+    state = torch.load(tmp_path / 'a' / 'ckpt.pt', weights_only=False)
+    assert state['optimizer']['param_groups'][0]['weight_decay'] == 5
+    assert len(state['optimizer']['param_groups'][0]['params']) == 2  # TINY: 1 layer, two MLP Linears
+
+
+def test_resume_refuses_a_change_of_decay_modules_or_label_swap(tmp_path):
+    train(tmp_path, '--max_iters=20', '--decay_modules=mlp', '--weight_decay=0.1')
+    for arg in ('--decay_modules=head', '--label_swap=0.2'):
+        proc = train(tmp_path, '--max_iters=40', '--init_from=resume', '--decay_modules=mlp', '--weight_decay=0.1',
+                     arg, check=False)
+        assert proc.returncode == 2 and 'different config' in proc.stderr and arg[2:].split('=')[0] in proc.stderr
+
+
+# ---- label swap ------------------------------------------------------------------------------------
+
+def swap_sampler(p, seed=0, n_labels=32):
+    data = make_synthetic(400, 10, n_labels, dim=8, exemplars_per_class=5, label_mode='shared', seed=0)
+    return data, EpisodeSampler(data.train, data.class_labels, seed=seed, label_swap=p, n_labels=n_labels)
+
+
+@pytest.mark.parametrize('p', [0.2, 0.6])
+def test_swapped_fraction_is_p_and_a_swap_relabels_every_query_class_item(p):
+    data, sampler = swap_sampler(p)
+    swapped, total = 0, 0
+    for _ in range(20):
+        items, labels, classes = sampler.sample(256)
+        true = data.class_labels[classes]
+        query_class = classes == classes[:, -1:]
+        changed = (labels != true).any(1)
+        assert not (labels != true)[~query_class].any()          # other classes keep their labels
+        for row in changed.nonzero().flatten().tolist():
+            new = labels[row][query_class[row]]
+            assert (new == new[0]).all() and new[0] != true[row, -1]  # one new label, at every query-class item
+        swapped += changed.sum().item()
+        total += len(changed)
+    se = (p * (1 - p) / total) ** 0.5
+    assert abs(swapped / total - p) < 4 * se
+
+
+def test_no_swap_draws_nothing_and_eval_episodes_are_untouched():
+    _, plain = swap_sampler(0.0)
+    data = make_synthetic(400, 10, 32, dim=8, exemplars_per_class=5, label_mode='shared', seed=0)
+    old = EpisodeSampler(data.train, data.class_labels, seed=0)   # no label_swap argument: the old stream
+    for a, b in zip(plain.sample(64), old.sample(64)):
+        assert torch.equal(a, b)
+    from data import make_iwl_episodes  # eval episodes are built without a sampler: swap cannot reach them
+    iwl = make_iwl_episodes(data.train, data.class_labels, 64)
+    assert torch.equal(iwl.labels, data.class_labels[iwl.classes])
+
+
+def test_swap_sampler_state_resumes_the_same_stream():
+    _, a = swap_sampler(0.3, seed=5)
+    a.sample(32)
+    state = a.state_dict()
+    first = a.sample(32)
+    _, b = swap_sampler(0.3, seed=9)
+    b.load_state_dict(state)
+    for x, y in zip(first, b.sample(32)):
+        assert torch.equal(x, y)
+
+
+def test_bad_label_swap_is_a_config_error(tmp_path):
+    proc = train(tmp_path / 'run', '--label_swap=1.5', check=False)
+    assert proc.returncode == 2 and 'label_swap=1.5 must be in [0, 1]' in proc.stderr
+
+
+def test_killed_swap_run_resumes_exactly(tmp_path):
+    train(tmp_path / 'full', '--max_iters=60', '--label_swap=0.3')
+    killed = train(tmp_path / 'cut', '--max_iters=60', '--label_swap=0.3', check=False,
+                   env={'BURSTYICL_FAULT': 'train_step:30'})
+    assert killed.returncode == -9
+    train(tmp_path / 'cut', '--max_iters=60', '--label_swap=0.3', '--init_from=resume')
+    assert metrics(tmp_path / 'cut') == metrics(tmp_path / 'full')
+
+
+# ---- group.py members differ in decay_modules, l2 target and label swap ---------------------------
+
+LEVER_MEMBERS = [['--seed=0', '--weight_decay=0.5', '--decay_modules=mlp'],
+                 ['--seed=1', '--weight_decay=0.5', '--decay_modules=attn,head', '--label_swap=0.3'],
+                 ['--seed=2', '--l2=0.05', '--decay_modules=head']]
+
+
+def test_group_members_with_different_levers_match_their_solo_runs(tmp_path):
+    dirs = [tmp_path / f'g{k}' for k in range(len(LEVER_MEMBERS))]
+    group(dirs, '--max_iters=40', members=LEVER_MEMBERS)
+    for k, member in enumerate(LEVER_MEMBERS):
+        train(tmp_path / f's{k}', '--max_iters=40', *member)
+        assert_close(metrics(dirs[k]), metrics(tmp_path / f's{k}'))
+    # a member's checkpoint is a solo checkpoint: train.py resumes it with its own decay group
+    proc = train(dirs[1], '--max_iters=60', '--init_from=resume', *LEVER_MEMBERS[1], check=False)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+
+
+# ---- grid syntax and report labels ---------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def grid():
+    sys.argv = ['grid.py']
+    import importlib
+    import grid as module
+    return importlib.reload(module)
+
+
+def test_grid_parses_levers_and_their_combinations(grid):
+    regs = dict(grid.parse_regularizers('none,wd=1@mlp+head,swap=0.2,swap=0.2+wd=1@mlp,l2=1e-3@head,p_bursty=0.5'))
+    assert regs == {'wd0': {}, 'wd1-mlp-head': {'weight_decay': 1.0, 'decay_modules': 'mlp,head'},
+                    'swap0.2': {'label_swap': 0.2},
+                    'swap0.2_wd1-mlp': {'label_swap': 0.2, 'weight_decay': 1.0, 'decay_modules': 'mlp'},
+                    'l2_0.001-head': {'l2': 1e-3, 'decay_modules': 'head'}, 'p_bursty_0.5': {'p_bursty': 0.5}}
+    cells = grid.enumerate_cells(['100'], list(grid.parse_regularizers('swap=0.2+wd=1@mlp')), [0], [], [], {}, [])
+    assert cells[0]['args'] == ['--n_train_classes=100', '--weight_decay=1.0', '--label_swap=0.2',
+                                '--decay_modules=mlp', '--seed=0']
+    assert cells[0]['setting'] == {'label_swap': 0.2, 'weight_decay': 1.0, 'decay_modules': 'mlp'}
+
+
+@pytest.mark.parametrize('bad', ['wd=1@ffn', 'swap=1.5', 'swap=0', 'wd=1@mlp+l2=1@head', 'swap=0.1+head', 'foo=1'])
+def test_bad_lever_entries_are_a_clear_error(tmp_path, bad):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path}',
+                           f'--regularizers={bad}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'regularizers' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_report_labels_and_orders_levers():
+    from report import NONE, as_reg, reg_label, reg_name, reg_of, reg_order
+    cell = {'weight_decay': 1.0, 'l2': 0.0, 'setting': {'weight_decay': 1.0, 'decay_modules': 'head,mlp',
+                                                        'label_swap': 0.2}}
+    reg = reg_of(cell)
+    assert reg_label(reg) == 'swap=0.2+wd=1@mlp+head' and reg_name(reg) == 'swap0.2_wd1-mlp-head'
+    assert as_reg({'weight_decay': 1.0, 'decay_modules': 'all'}) == as_reg(1.0)       # 'all' is plain decay
+    assert as_reg({'decay_modules': 'mlp'}) == NONE                                     # nothing decays
+    assert reg_of({'weight_decay': 0.1, 'l2': 0.0}) == as_reg((0.1, 0.0))               # cells from before settings
+    regs = [as_reg(r) for r in ({'label_swap': 0.2}, {'weight_decay': 1.0, 'decay_modules': 'mlp'},
+                                {'weight_decay': 1.0}, {}, {'l2': 1e-3})]
+    assert [reg_label(r) for r in sorted(regs, key=reg_order)] == ['wd=0', 'wd=1', 'wd=1@mlp', 'l2=0.001',
+                                                                     'swap=0.2']
+
+
+# ---- eval.py --ablate ----------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp('abl')
+    train(out, '--max_iters=40', '--n_layer=2')
+    return out
+
+
+def test_ablation_cli_prints_a_row_per_part_and_writes_json(trained):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={trained}', '--ablate=all'],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    result = json.load(open(trained / 'ablation.json'))
+    parts = [r['part'] for r in result['rows']]
+    assert parts == ['none', 'encoder', 'attn0', 'attn1', 'attn*', 'mlp0', 'mlp1', 'mlp*', 'head']
+    logged = metrics(trained)[-1]
+    assert result['rows'][0]['icl_acc'] == pytest.approx(logged['icl_acc'], abs=1e-6)   # 'none' is the plain eval
+    assert 'mlp*' in proc.stdout
+
+
+def test_head_input_ablation_gives_one_answer_for_every_episode(trained):
+    from data import build_eval_episodes
+    from eval import ablation_table, load_run, reference_sequences, run_episodes, mean_ablated, part_means
+    model, config, dataset, _ = load_run(str(trained))
+    icl, iwl = build_eval_episodes(dataset, config)
+    means = part_means(model, reference_sequences(dataset, config, n=128), ['head', 'mlp0'])
+    handle = mean_ablated(model, 'head', means['head'])
+    logits, _ = run_episodes(model, iwl)
+    handle.remove()
+    assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-5)   # the head sees only the mean
+    plain, _ = run_episodes(model, iwl)
+    handle = mean_ablated(model, 'mlp0', means['mlp0'])
+    knocked, _ = run_episodes(model, iwl)
+    handle.remove()
+    assert not torch.allclose(plain, knocked) and torch.equal(plain, run_episodes(model, iwl)[0])  # hooks removed
+    rows = ablation_table(model, icl, iwl, reference_sequences(dataset, config, n=128), config, ['mlp0'])
+    assert [part for part, _ in rows] == ['none', 'mlp0']
+
+
+def test_unknown_ablation_part_is_a_clear_error(trained):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={trained}', '--ablate=mlp7'],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1 and "unknown part 'mlp7'" in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_generic_axes_cross_any_train_key_with_the_regularizers(grid):
+    combos = grid.parse_axes('p_bursty=0.5,1.0;zipf_alpha=0,1')
+    assert [name for name, _ in combos] == ['p_bursty_0.5_zipf_alpha_0', 'p_bursty_0.5_zipf_alpha_1',
+                                            'p_bursty_1_zipf_alpha_0', 'p_bursty_1_zipf_alpha_1']
+    crossed = grid.cross(grid.parse_regularizers('none,swap=0.2'), combos[:1])
+    assert crossed == [('p_bursty_0.5_zipf_alpha_0', {'p_bursty': 0.5, 'zipf_alpha': 0.0}),
+                       ('swap0.2_p_bursty_0.5_zipf_alpha_0', {'label_swap': 0.2, 'p_bursty': 0.5, 'zipf_alpha': 0.0})]
+    from report import reg_label, as_reg
+    assert reg_label(as_reg(crossed[1][1])) == 'swap=0.2+p_bursty=0.5+zipf_alpha=0'
+
+
+@pytest.mark.parametrize('bad, message', [('p_bursty=2', 'p_bursty=2.0 must be in [0, 1]'),
+                                          ('zipf_alpha', 'key=v1,v2'), ('n_layers=1,2', 'no train.py key')])
+def test_bad_axes_are_a_clear_error_before_any_cell(tmp_path, bad, message):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path / "g"}',
+                           f'--axes={bad}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and message in proc.stderr and not os.path.exists(tmp_path / 'g')
