@@ -73,6 +73,7 @@ def run_bench(*args, timeout=120):
                           timeout=timeout, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'})
 
 
+@pytest.mark.slow
 def test_quick_run_prints_table_and_json(tmp_path):
     json_out = tmp_path / 'bench.json'
     proc = run_bench('--quick', '--device=cpu', '--sections=sampler,train', '--image_classes=10',
@@ -89,6 +90,7 @@ def test_quick_run_prints_table_and_json(tmp_path):
     assert json.loads(json_out.read_text()) == result
 
 
+@pytest.mark.slow
 def test_unknown_section_is_a_clear_error():
     proc = run_bench('--sections=sampler,bogus', timeout=60)
     assert proc.returncode == 2

@@ -6,6 +6,8 @@ import pytest
 from checkpoint import load_checkpoint
 from test_train import metrics, train
 
+pytestmark = pytest.mark.slow   # every test here trains, kills and resumes
+
 
 @pytest.fixture(scope='module')
 def reference_run(tmp_path_factory):

@@ -117,6 +117,7 @@ def test_shard_from_flag_and_slurm(grid):
         grid.parse_shard('', {'SLURM_ARRAY_TASK_ID': '5', 'SLURM_ARRAY_TASK_COUNT': '4'})
 
 
+@pytest.mark.slow
 def test_slurm_array_runs_only_its_shard(fake):
     proc = run_grid(fake, env={'SLURM_ARRAY_TASK_ID': '1', 'SLURM_ARRAY_TASK_COUNT': '3'})
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -126,6 +127,7 @@ def test_slurm_array_runs_only_its_shard(fake):
 
 # ---- running: skip, resume, fail and retry, threads ------------------------------------------------
 
+@pytest.mark.slow
 def test_run_skip_resume_fail_and_retry(fake):
     d = fake['dir']
     (d / 'many_wd0_s1').mkdir(parents=True)
@@ -154,6 +156,7 @@ def test_run_skip_resume_fail_and_retry(fake):
     assert calls(fake) == [] and '0 run, 8 already finished' in proc.stdout
 
 
+@pytest.mark.slow
 def test_threads_per_job_is_cores_over_jobs(fake):
     run_grid(fake, '--jobs=1', '--seeds=0', '--weight_decays=0', '--classes=few')
     cores = len(os.sched_getaffinity(0))
@@ -162,6 +165,7 @@ def test_threads_per_job_is_cores_over_jobs(fake):
 
 # ---- locks ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_lock_keeps_a_second_grid_off_a_running_cell(fake):
     args = ('--seeds=0', '--weight_decays=0', '--classes=few')
     first = run_grid(fake, *args, env={'FAKE_SLEEP': '4'}, wait=False)
@@ -342,6 +346,7 @@ def test_report_keeps_l2_cells_apart_from_no_regulariser(grid, tmp_path):
 
 # ---- one tiny real cell: the command a cell runs is a working train.py command ----------------------
 
+@pytest.mark.slow
 def test_tiny_real_cell_runs_then_is_skipped(tmp_path):
     tiny = ('--n_train_classes=200 --n_holdout_classes=20 --item_dim=8 --n_layer=1 --n_embd=16 --n_head=2 '
             '--batch_size=16 --n_eval_episodes=32 --warmup_iters=5 --log_interval=10 --eval_interval=10 --max_iters=20')
@@ -361,6 +366,7 @@ def test_tiny_real_cell_runs_then_is_skipped(tmp_path):
     assert '0 run, 1 already finished' in proc.stdout
 
 
+@pytest.mark.slow
 def test_group_size_trains_cells_as_one_group_with_solo_files(tmp_path):
     """--group_size=3: three cells (Few and Many, two decays) in one group.py process; each cell folder gets
     the files of a solo run, the report reads them, and its cmd.txt still holds the cell's own train.py line."""
@@ -394,6 +400,7 @@ def test_regularizers_and_class_counts_make_cells(grid):
     assert cells[1]['l2'] == 0.0 and cells[2]['l2'] == 1e-3 and cells[2]['regularizer'] == 'l2_0.001'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('bad', ['l1=0.1', 'wd=-1', 'l2=x', 'none,wd=0'])
 def test_bad_regularizers_are_a_clear_error(tmp_path, bad):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path}',

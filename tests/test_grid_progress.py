@@ -2,6 +2,8 @@
 and the time left from the median cell time of this invocation, with the fake trainer of test_grid."""
 import re
 
+import pytest
+
 from test_grid import calls, fake, grid, run_grid  # noqa: F401 (fixtures)
 
 PROGRESS = re.compile(r'^grid: (\d+)/(\d+) done, (\d+) running, (\d+) failed, (.*)$', re.M)
@@ -16,6 +18,7 @@ def test_progress_line_counts_and_time_left(grid):
     assert grid.progress_line(result, 14, 1, [10.0], 4).endswith('~10 s left')
 
 
+@pytest.mark.slow
 def test_grid_prints_progress_after_each_cell_and_counts_finished_ones(fake):
     proc = run_grid(fake, '--jobs=1', env={'FAKE_FAIL': 'few_wd0_s0'})       # the first cell fails
     lines = PROGRESS.findall(proc.stdout)

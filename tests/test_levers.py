@@ -56,12 +56,14 @@ def test_optimizer_groups_printed_name_the_modules(capsys):
     assert "'decay' (weight_decay=1): 5 tensors" in out and 'Linear/Conv weights of mlp, head' in out
 
 
+@pytest.mark.slow
 def test_unknown_module_is_a_one_line_config_error_before_out_dir(tmp_path):
     proc = train(tmp_path / 'run', '--decay_modules=mlp,ffn', check=False)
     assert proc.returncode == 2 and "unknown module 'ffn'" in proc.stderr and 'Traceback' not in proc.stderr
     assert not os.path.exists(tmp_path / 'run' / 'metrics.jsonl')
 
 
+@pytest.mark.slow
 def test_decay_shrinks_only_the_chosen_modules(tmp_path):
     """wd on mlp: the MLP weights shrink against a wd=0 run from the same seed; attention stays closer."""
     train(tmp_path / 'a', '--max_iters=30', '--weight_decay=5', '--decay_modules=mlp', '--learning_rate=1e-2')
@@ -72,6 +74,7 @@ def test_decay_shrinks_only_the_chosen_modules(tmp_path):
     assert len(state['optimizer']['param_groups'][0]['params']) == 2  # TINY: 1 layer, two MLP Linears
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_change_of_decay_modules_or_label_swap(tmp_path):
     train(tmp_path, '--max_iters=20', '--decay_modules=mlp', '--weight_decay=0.1')
     for arg in ('--decay_modules=head', '--label_swap=0.2'):
@@ -128,11 +131,13 @@ def test_swap_sampler_state_resumes_the_same_stream():
         assert torch.equal(x, y)
 
 
+@pytest.mark.slow
 def test_bad_label_swap_is_a_config_error(tmp_path):
     proc = train(tmp_path / 'run', '--label_swap=1.5', check=False)
     assert proc.returncode == 2 and 'label_swap=1.5 must be in [0, 1]' in proc.stderr
 
 
+@pytest.mark.slow
 def test_killed_swap_run_resumes_exactly(tmp_path):
     train(tmp_path / 'full', '--max_iters=60', '--label_swap=0.3')
     killed = train(tmp_path / 'cut', '--max_iters=60', '--label_swap=0.3', check=False,
@@ -149,6 +154,7 @@ LEVER_MEMBERS = [['--seed=0', '--weight_decay=0.5', '--decay_modules=mlp'],
                  ['--seed=2', '--l2=0.05', '--decay_modules=head']]
 
 
+@pytest.mark.slow
 def test_group_members_with_different_levers_match_their_solo_runs(tmp_path):
     dirs = [tmp_path / f'g{k}' for k in range(len(LEVER_MEMBERS))]
     group(dirs, '--max_iters=40', members=LEVER_MEMBERS)
@@ -182,6 +188,7 @@ def test_grid_parses_levers_and_their_combinations(grid):
     assert cells[0]['setting'] == {'label_swap': 0.2, 'weight_decay': 1.0, 'decay_modules': 'mlp'}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('bad', ['wd=1@ffn', 'swap=1.5', 'swap=0', 'wd=1@mlp+l2=1@head', 'swap=0.1+head', 'foo=1'])
 def test_bad_lever_entries_are_a_clear_error(tmp_path, bad):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path}',
@@ -213,6 +220,7 @@ def trained(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_ablation_cli_prints_a_row_per_part_and_writes_json(trained):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={trained}', '--ablate=all'],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -225,6 +233,7 @@ def test_ablation_cli_prints_a_row_per_part_and_writes_json(trained):
     assert 'mlp*' in proc.stdout
 
 
+@pytest.mark.slow
 def test_head_input_ablation_gives_one_answer_for_every_episode(trained):
     from data import build_eval_episodes
     from eval import ablation_table, load_run, reference_sequences, run_episodes, mean_ablated, part_means
@@ -244,6 +253,7 @@ def test_head_input_ablation_gives_one_answer_for_every_episode(trained):
     assert [part for part, _ in rows] == ['none', 'mlp0']
 
 
+@pytest.mark.slow
 def test_unknown_ablation_part_is_a_clear_error(trained):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={trained}', '--ablate=mlp7'],
                           capture_output=True, text=True, timeout=120, cwd=ROOT)
@@ -261,6 +271,7 @@ def test_generic_axes_cross_any_train_key_with_the_regularizers(grid):
     assert reg_label(as_reg(crossed[1][1])) == 'swap=0.2+p_bursty=0.5+zipf_alpha=0'
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('bad, message', [('p_bursty=2', 'p_bursty=2.0 must be in [0, 1]'),
                                           ('zipf_alpha', 'key=v1,v2'), ('n_layers=1,2', 'no train.py key')])
 def test_bad_axes_are_a_clear_error_before_any_cell(tmp_path, bad, message):

@@ -48,6 +48,7 @@ def never_decode(files):
 # ---- loading and the cache ----------------------------------------------------------------
 
 @needs_data
+@pytest.mark.slow
 def test_counts_shapes_and_pixels(omniglot):
     cache, images = omniglot
     assert images.shape == (1623, 20, 105, 105) and images.dtype == np.uint8
@@ -64,6 +65,7 @@ def test_counts_shapes_and_pixels(omniglot):
 
 
 @needs_data
+@pytest.mark.slow
 def test_warm_load_reads_the_cache_not_the_pngs(omniglot, monkeypatch):
     cache, images = omniglot
     monkeypatch.setattr(data, 'decode_omniglot', never_decode)
@@ -71,6 +73,7 @@ def test_warm_load_reads_the_cache_not_the_pngs(omniglot, monkeypatch):
 
 
 @needs_data
+@pytest.mark.slow
 def test_stale_cache_is_rebuilt(omniglot, tmp_path, monkeypatch, capsys):
     _, images = omniglot
     files, fingerprint = omniglot_files(DATA_DIR, download=False)
@@ -85,6 +88,7 @@ def test_stale_cache_is_rebuilt(omniglot, tmp_path, monkeypatch, capsys):
 
 
 @needs_data
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', ['garbage', 'truncated', 'flipped_byte'])
 def test_corrupt_cache_gives_a_message_and_is_rebuilt(omniglot, tmp_path, monkeypatch, capsys, damage):
     cache, images = omniglot
@@ -113,6 +117,7 @@ def test_corrupt_cache_gives_a_message_and_is_rebuilt(omniglot, tmp_path, monkey
 
 
 @needs_data
+@pytest.mark.slow
 def test_downsampled_images_are_cached_separately(omniglot, monkeypatch):
     cache, images = omniglot
     monkeypatch.setattr(data, 'decode_omniglot', never_decode)  # built from the 105 cache
@@ -200,6 +205,7 @@ def test_class_split_errors_name_the_key():
 
 
 @needs_data
+@pytest.mark.slow
 def test_augmented_classes_are_the_flipped_and_rotated_characters(omniglot):
     _, images = omniglot
     train_ids, holdout_ids = omniglot_class_split(1600, 80, 'augmented', seed=0)
@@ -222,6 +228,7 @@ def test_augmented_classes_are_the_flipped_and_rotated_characters(omniglot):
 
 
 @needs_data
+@pytest.mark.slow
 def test_all_exemplars_classes_are_the_characters(omniglot):
     _, images = omniglot
     train_ids, holdout_ids = omniglot_class_split(100, 23, 'all_exemplars', seed=0)
@@ -328,6 +335,7 @@ def run_train(*args, timeout=120):
                           timeout=timeout, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1'})
 
 
+@pytest.mark.slow
 def test_train_py_missing_data_is_one_line(tmp_path):
     (tmp_path / 'data' / 'omniglot-py' / 'images_background').mkdir(parents=True)  # evaluation half missing
     proc = run_train('config/omniglot.py', 'config/few.py', f'--out_dir={tmp_path / "out"}',
@@ -339,6 +347,7 @@ def test_train_py_missing_data_is_one_line(tmp_path):
 
 
 @needs_data
+@pytest.mark.slow
 def test_small_omniglot_cell_runs(omniglot, tmp_path):
     """The CPU-scale Many cell as configured (14x14 images through the paper's ResNet, 4 layers), cut short."""
     cache, _ = omniglot
@@ -353,6 +362,7 @@ def test_small_omniglot_cell_runs(omniglot, tmp_path):
     assert json.load(open(out / 'summary.json'))['config']['image_size'] == 14
 
 @needs_data
+@pytest.mark.slow
 def test_train_py_omniglot_few_cell_runs_and_learns(omniglot, tmp_path):
     cache, _ = omniglot
     out = tmp_path / 'out'

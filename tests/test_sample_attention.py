@@ -77,6 +77,7 @@ def test_label_reads_image_on_a_crafted_previous_token_head():
     assert label_reads_image([torch.eye(17)[None, None]], T).item() == 0.0
 
 
+@pytest.mark.slow
 def test_masses_over_the_full_icl_set_equal_metrics_jsonl(run_dir):
     rows = {r['iter']: r for r in read_metrics(run_dir)}
     assert sorted(rows) == [0, 20, 40]
@@ -92,6 +93,7 @@ def test_masses_over_the_full_icl_set_equal_metrics_jsonl(run_dir):
         assert m['image_mass'].mean(1).tolist() == rows[it]['attn_match_image_by_layer']
 
 
+@pytest.mark.slow
 def test_fixed_episodes_are_the_eval_episodes_and_attention_rows_sum_to_one(run_dir):
     model, config, dataset, _ = load_run(run_dir, 'ckpt_40.pt')
     icl, _ = build_eval_episodes(dataset, config)
@@ -115,6 +117,7 @@ def test_fixed_episodes_are_the_eval_episodes_and_attention_rows_sum_to_one(run_
         fixed_episodes(dataset, config, 65, 0, seed=0)
 
 
+@pytest.mark.slow
 def test_script_writes_heatmaps_summary_and_logged_masses(run_dir):
     out = os.path.join(run_dir, 'attn')
     proc = script('sample_attention.py', f'--out_dir={run_dir}', '--ckpt_iter=20', '--n_icl=2', '--n_bursty=1',
@@ -140,6 +143,7 @@ def test_script_writes_heatmaps_summary_and_logged_masses(run_dir):
     assert 'query copies the matching label' in proc.stdout
 
 
+@pytest.mark.slow
 def test_script_errors_name_the_key(run_dir):
     proc = script('sample_attention.py', f'--out_dir={run_dir}', '--ckpt_iter=999')
     assert proc.returncode == 1

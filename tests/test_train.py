@@ -63,11 +63,13 @@ def test_run_writes_metrics_summary_and_checkpoint(reference_run):
     assert summary['git_commit'] is None or len(summary['git_commit']) == 40
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(reference_run, tmp_path):
     train(tmp_path, '--max_iters=60')
     assert metrics(tmp_path) == metrics(reference_run)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(reference_run, tmp_path):
     train(tmp_path, '--max_iters=40')
     proc = train(tmp_path, '--max_iters=60', '--init_from=resume')
@@ -75,6 +77,7 @@ def test_resume_continues_exactly(reference_run, tmp_path):
     assert metrics(tmp_path) == metrics(reference_run)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_duplicate_or_missing_rows(reference_run, tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--out_dir={tmp_path}', *TINY, '--max_iters=60']
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -91,6 +94,7 @@ def test_killed_run_resumes_without_duplicate_or_missing_rows(reference_run, tmp
     assert metrics(tmp_path) == metrics(reference_run)
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, 'train.py'), f'--out_dir={tmp_path}', *TINY, '--max_iters=1000000',
            '--eval_interval=1000000']
@@ -111,6 +115,7 @@ def test_sigterm_checkpoints_and_exits_cleanly(tmp_path):
     assert [r['iter'] for r in rows] == [0, stopped_at + 10]
 
 
+@pytest.mark.slow
 def test_refuses_existing_run_and_different_config(reference_run, tmp_path):
     before = open(os.path.join(reference_run, 'metrics.jsonl')).read()
     proc = train(reference_run, '--max_iters=60', check=False)
@@ -120,6 +125,7 @@ def test_refuses_existing_run_and_different_config(reference_run, tmp_path):
     assert open(os.path.join(reference_run, 'metrics.jsonl')).read() == before
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_iter_and_keeps_checkpoint(tmp_path):
     proc = train(tmp_path, '--max_iters=200', '--learning_rate=1e12', '--warmup_iters=0',
                  '--lr_schedule=constant', check=False)
@@ -128,6 +134,7 @@ def test_non_finite_loss_stops_with_iter_and_keeps_checkpoint(tmp_path):
     assert os.path.exists(os.path.join(tmp_path, 'ckpt.pt'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arg, message', [
     ('--weight_decay=-1', 'weight_decay=-1.0 must be >= 0'),
     ('--n_layers=3', "unknown key 'n_layers'"),
@@ -146,6 +153,7 @@ def test_bad_values_fail_with_one_line_and_no_output_dir_damage(tmp_path, arg, m
     assert not os.path.exists(tmp_path / 'run' / 'metrics.jsonl')
 
 
+@pytest.mark.slow
 def test_icl_emerges_on_a_tiny_config(tmp_path):
     """The induction circuit forms after a plateau (~1500 steps here): holdout ICL well above 0.5."""
     train(tmp_path, '--max_iters=2500', '--eval_interval=500', '--n_embd=32', '--n_head=4', '--n_layer=2',
@@ -157,6 +165,7 @@ def test_icl_emerges_on_a_tiny_config(tmp_path):
     assert rows[-1]['attn_match_label'] > rows[0]['attn_match_label'] + 0.2   # the query looks up the label
 
 
+@pytest.mark.slow
 def test_eval_cli_reproduces_the_logged_metrics(reference_run):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={reference_run}'],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
@@ -168,6 +177,7 @@ def test_eval_cli_reproduces_the_logged_metrics(reference_run):
         assert printed[key] == logged[key], key
 
 
+@pytest.mark.slow
 def test_eval_cli_without_checkpoint_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={tmp_path}'],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
