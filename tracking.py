@@ -45,26 +45,39 @@ def logged_in(environ):
 def start_tracking(wandb, config, run_id=None):
     """A wandb run object for one run (None when wandb is None); ValueError when wandb cannot start. run_id:
     the id kept in the run's checkpoint, to continue that wandb run on resume. Each call makes its own run
-    object (reinit='create_new'), so the members of a group log as separate runs."""
+    object (reinit='create_new'), so the members of a group log as separate runs. Offline without an API
+    key, and (unless the user set WANDB_MODE) when the server cannot be reached."""
     if wandb is None:
         return None
+    user_mode = 'WANDB_MODE' in os.environ
     why = ''
-    if 'WANDB_MODE' not in os.environ and not logged_in(os.environ):
+    if not user_mode and not logged_in(os.environ):
         os.environ['WANDB_MODE'] = 'offline'
         why = ' (no WANDB_API_KEY or ~/.netrc login)'
-    out_dir = config['out_dir']
-    run_dir = None if os.environ.get('WANDB_DIR') else out_dir
-    os.makedirs(run_dir or os.environ['WANDB_DIR'], exist_ok=True)
     try:
-        run = wandb.init(project=config['wandb_project'], group=config['wandb_group'] or None,
-                         name=config['wandb_run_name'] or os.path.basename(os.path.abspath(out_dir)),
-                         config=config, dir=run_dir, id=run_id, resume='allow' if run_id else None,
-                         reinit='create_new')
+        run = _init(wandb, config, run_id, os.environ.get('WANDB_MODE'))  # explicit: a started session ignores the env
     except Exception as e:  # no network, a bad key or project name: before the run touches its files
-        raise ValueError(f"wandb could not start ({type(e).__name__}: {e}); fix it or use --wandb_log=False") from None
-    if run.offline:
-        where = os.path.dirname(run.dir)
-        print(f"wandb: offline run {run.id}{why} in {where}; upload it with: wandb sync {where}")
+        if user_mode or why:
+            raise ValueError(f"wandb could not start ({type(e).__name__}: {e}); fix it or use --wandb_log=False") from None
+        print(f"warning: wandb could not start online ({type(e).__name__}: {e}); logging offline instead")
+        os.environ['WANDB_MODE'] = 'offline'
+        return start_tracking(wandb, config, run_id)
+    return _offline(run, why) if run.offline else run
+
+
+def _init(wandb, config, run_id, mode):
+    out_dir = config['out_dir']
+    run_dir = None if os.environ.get('WANDB_DIR') else out_dir  # default: the run's files beside its metrics
+    os.makedirs(run_dir or os.environ['WANDB_DIR'], exist_ok=True)
+    return wandb.init(project=config['wandb_project'], group=config['wandb_group'] or None,
+                      name=config['wandb_run_name'] or os.path.basename(os.path.abspath(out_dir)),
+                      config=config, dir=run_dir, id=run_id, resume='allow' if run_id else None, reinit='create_new',
+                      mode=mode)
+
+
+def _offline(run, why):
+    where = os.path.dirname(run.dir)
+    print(f"wandb: offline run {run.id}{why} in {where}; upload it with: wandb sync {where}")
     return run
 
 
