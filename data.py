@@ -537,6 +537,44 @@ def make_iwl_episodes(train, class_labels, n_episodes, context_len=8, zipf_alpha
     return Episodes(train.gather(classes, g), class_labels.cpu()[classes], classes)
 
 
+def make_train_dist_episodes(train, class_labels, config, n_episodes, seed=0):
+    """Held-out draws of the training distribution itself (the run's bursty/non-bursty mix over its own
+    classes, true labels, no label swap): answerable by ICL (when the query's class is in the context) or
+    by a memorised map, so a drop here is a collapse of what the run can do, whichever strategy it uses."""
+    sampler = EpisodeSampler(train, class_labels.cpu(), config['context_len'], config['p_bursty'],
+                             config['bursty_shots'], config['ways'], config['zipf_alpha'], seed=seed)
+    return Episodes(*sampler.sample(n_episodes))
+
+
+def make_conflict_episodes(train, class_labels, n_episodes, context_len=8, ways=2, shots=4, seed=0):
+    """ICL-vs-IWL conflict (as in the transience literature): few-shot episodes on *seen* classes with their
+    labels remapped to 0..ways-1, so the in-context answer and the memorised one disagree. Only classes whose
+    own label is not one of 0..ways-1 take part (the two answers are always different). Returns
+    (episodes, memorised label of each query)."""
+    eligible = (class_labels.cpu() >= ways).nonzero().flatten()
+    if len(eligible) < ways:
+        raise ValueError(f"conflict episodes need {ways} training classes whose label is >= {ways}")
+    episodes = make_icl_episodes(ClassBank(train.exemplars.cpu()[eligible], train.fresh_noise), n_episodes,
+                                 context_len, ways, shots, seed)
+    classes = eligible[episodes.classes]
+    return Episodes(episodes.items, episodes.labels, classes), class_labels.cpu()[classes[:, -1]]
+
+
+def build_probe_episodes(dataset, config):
+    """The collapse and conflict probes evaluate() also scores (fixed by data_seed, like the others):
+    {'train': training-distribution Episodes, 'conflict': Episodes, 'conflict_memorised': [N] labels}."""
+    n = config['n_eval_episodes']
+    conflict, memorised = make_conflict_episodes(dataset.train, dataset.class_labels, n, config['context_len'],
+                                                 config['eval_ways'], config['eval_shots'], seed=config['data_seed'] + 4000)
+    return {'train': make_train_dist_episodes(dataset.train, dataset.class_labels, config, n,
+                                              seed=config['data_seed'] + 5000),
+            'conflict': conflict, 'conflict_memorised': memorised}
+
+
+def probes_to(probes, device):
+    return {k: v.to(device) for k, v in probes.items()}
+
+
 # ----------------------------------------------------------------------------------------------
 # one place that turns a run's config (train.py's globals, or a checkpoint's saved copy) into data
 
@@ -568,7 +606,8 @@ NOT_DATA_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'o
 
 
 def build_run_data(config, device, cache=None):
-    """Everything a training run reads, on `device`: (dataset, sampler, icl_episodes, iwl_episodes).
+    """Everything a training run reads, on `device`: (dataset, sampler, icl_episodes, iwl_episodes, probes),
+    probes being build_probe_episodes' training-distribution and conflict sets.
 
     The one place where data is moved: the eval episodes are drawn with CPU generators from the CPU
     dataset (so they are the same on every device), and only then is everything moved. Moving the
@@ -579,16 +618,17 @@ def build_run_data(config, device, cache=None):
     if cache is None or key not in cache:
         data = build_dataset(config)
         icl, iwl = build_eval_episodes(data, config)
-        moved = data.to(device), icl.to(device), iwl.to(device)
+        probes = build_probe_episodes(data, config)
+        moved = data.to(device), icl.to(device), iwl.to(device), probes_to(probes, device)
         if cache is None:
             cache = {}
         cache[key] = moved
-    data, icl, iwl = cache[key]
+    data, icl, iwl, probes = cache[key]
     sampler = EpisodeSampler(data.train, data.class_labels, config['context_len'], config['p_bursty'],
                              config['bursty_shots'], config['ways'], config['zipf_alpha'],
                              seed=config['seed'], device=device, label_swap=config.get('label_swap', 0.0),
                              n_labels=data.n_labels)
-    return data, sampler, icl, iwl
+    return data, sampler, icl, iwl, probes
 
 
 def build_eval_episodes(dataset, config):

@@ -76,8 +76,21 @@ def hits_by_class(correct, query_class):
 
 
 @torch.no_grad()
+def probe_metrics(model, probes, batch_size=512, autocast=None):
+    """Accuracy on held-out training-distribution sequences (either strategy answers them: the collapse
+    check), and on conflict episodes (seen classes, labels remapped to 0/1) the share of answers that follow
+    the context vs the memorised label: which strategy wins when they disagree (data.build_probe_episodes)."""
+    train_logits, _ = run_episodes(model, probes['train'], batch_size, autocast=autocast)
+    conflict_logits, _ = run_episodes(model, probes['conflict'], batch_size, autocast=autocast)
+    answer = conflict_logits.argmax(-1)
+    return {'train_dist_acc': (train_logits.argmax(-1) == probes['train'].labels[:, -1]).float().mean().item(),
+            'conflict_icl': (answer == probes['conflict'].labels[:, -1]).float().mean().item(),
+            'conflict_iwl': (answer == probes['conflict_memorised']).float().mean().item()}
+
+
+@torch.no_grad()
 def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_size=512, autocast=None,
-             keep_attention=False):
+             keep_attention=False, probes=None):
     """All eval metrics as a dict of plain Python numbers/lists (one metrics.jsonl row's worth);
     with keep_attention also the ICL episodes' per-layer attention (for per-head diagnostics)."""
     was_training = model.training
@@ -104,6 +117,8 @@ def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_siz
         'attn_match_label_by_layer': label_by_layer,
         'icl_hits_by_class': hits_by_class(correct, icl_episodes.classes[:, -1]),
     }
+    if probes is not None:
+        metrics.update(probe_metrics(model, probes, batch_size, autocast))
     model.train(was_training)
     return (metrics, attentions) if keep_attention else metrics
 

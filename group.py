@@ -102,11 +102,11 @@ data_cache, models, samplers, episodes = {}, [], [], []
 try:
     for c in configs:
         torch.manual_seed(c['seed'])  # as train.py: the same init as the member's solo run
-        data, sampler, icl, iwl = build_run_data({k: v for k, v in c.items() if k not in TRACKING_KEYS}, device,
+        data, sampler, icl, iwl, probes = build_run_data({k: v for k, v in c.items() if k not in TRACKING_KEYS}, device,
                                                  cache=data_cache)  # a wandb_run_name is no reason for a copy
         models.append(build_model(c, data).to(device))
         samplers.append(sampler)
-        episodes.append((icl, iwl))
+        episodes.append((icl, iwl, probes))
 except (ValueError, FileNotFoundError) as e:
     fail(str(e))
 template = models[0]                        # a solo model: eval and checkpoints go through it

@@ -119,7 +119,7 @@ device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 # ---- data, model, optimizer (a run that cannot start stops here, before out_dir is touched) -------------
 torch.manual_seed(seed)
 try:
-    data, sampler, icl_episodes, iwl_episodes = build_run_data(config, device)  # all on `device`
+    data, sampler, icl_episodes, iwl_episodes, probes = build_run_data(config, device)  # all on `device`
     model = build_model(config, data).to(device)
 except (ValueError, FileNotFoundError) as e:
     fail(str(e))
@@ -199,7 +199,7 @@ def check_finite():
 while True:
     if eval_due(iter_num, last_eval_iter, config):
         check_finite()
-        row, best = evaluate_and_log(model, (icl_episodes, iwl_episodes), config, iter_num,
+        row, best = evaluate_and_log(model, (icl_episodes, iwl_episodes, probes), config, iter_num,
                                      loss_sum.item() / loss_count if loss_count else None, decayed_params,
                                      wall_offset + time.time() - t0, lr_at(iter_num), autocast, best, run)
         loss_sum.zero_()

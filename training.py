@@ -332,9 +332,10 @@ def weight_norm(decayed):
                                                  for p in decayed])).item()
 
 
-def eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr, autocast=None):
-    """One metrics.jsonl row: eval.evaluate's metrics plus the step, tokens, loss and weight norm."""
-    metrics = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast)
+def eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr, autocast=None, probes=None):
+    """One metrics.jsonl row: eval.evaluate's metrics (with the probes' when given) plus the step, tokens,
+    loss and weight norm."""
+    metrics = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast, probes=probes)
     return {'iter': iter_num, 'tokens': iter_num * tokens_per_step(config), 'train_loss': train_loss,
             'lr': lr, **metrics, 'icl_chance': icl_chance(icl, config['eval_ways']), 'icl_episodes': len(icl),
             'weight_norm': weight_norm(decayed), 'wall_s': round(wall_s, 2)}
@@ -392,8 +393,10 @@ def eval_due(iter_num, last_eval_iter, config):
 
 def evaluate_and_log(model, episodes, config, iter_num, train_loss, decayed, wall_s, lr, autocast, best, run):
     """One run's eval: its metrics row goes to metrics.jsonl and to its wandb run (run may be None).
-    episodes: (icl, iwl). Returns (row, best), best being the peak ICL so far."""
-    row = eval_row(model, *episodes, config, iter_num, train_loss, decayed, wall_s, lr, autocast)
+    episodes: (icl, iwl) or (icl, iwl, probes). Returns (row, best), best being the peak ICL so far."""
+    icl, iwl, *probes = episodes
+    row = eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr, autocast,
+                   probes=probes[0] if probes else None)
     if better_peak(row, best):
         best = {'icl_acc': row['icl_acc'], 'iter': iter_num}
     append_metrics(config['out_dir'], row)

@@ -118,12 +118,15 @@ def test_build_run_data_moves_everything_after_drawing_on_cpu(monkeypatch):
     import data as data_module
     from training import train_defaults
     config = {**train_defaults(), 'n_train_classes': 60, 'n_holdout_classes': 10, 'n_eval_episodes': 32}
-    monkeypatch.setattr(data_module, 'EpisodeSampler', lambda bank, labels, *a, **k: (bank, labels))
-    moved, (bank, labels), icl, iwl = data_module.build_run_data(config, 'meta')
+    real = data_module.EpisodeSampler  # the probes' CPU sampler stays real; the run's on 'meta' is a stand-in
+    monkeypatch.setattr(data_module, 'EpisodeSampler', lambda bank, labels, *a, **k:
+                        (bank, labels) if k.get('device') == 'meta' else real(bank, labels, *a, **k))
+    moved, (bank, labels), icl, iwl, probes = data_module.build_run_data(config, 'meta')
     tensors = [moved.train.exemplars, moved.holdout.exemplars, moved.class_labels, bank.exemplars, labels,
-               icl.items, icl.labels, icl.classes, iwl.items, iwl.labels, iwl.classes]
+               icl.items, icl.labels, icl.classes, iwl.items, iwl.labels, iwl.classes,
+               probes['train'].items, probes['conflict'].items, probes['conflict_memorised']]
     assert all(t.device.type == 'meta' for t in tensors)
-    _, _, cpu_icl, _ = data_module.build_run_data(config, 'cpu')
+    _, _, cpu_icl, _, _ = data_module.build_run_data(config, 'cpu')
     assert cpu_icl.items.shape == icl.items.shape
     cache = {}
     first = data_module.build_run_data(config, 'cpu', cache=cache)

@@ -278,3 +278,23 @@ def test_bad_axes_are_a_clear_error_before_any_cell(tmp_path, bad, message):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path / "g"}',
                            f'--axes={bad}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr and not os.path.exists(tmp_path / 'g')
+
+
+# ---- collapse and conflict probes (issue 20) -------------------------------------------------------
+
+def test_conflict_episodes_put_context_and_memorised_answers_apart():
+    from data import make_conflict_episodes
+    data = make_synthetic(300, 10, 32, dim=8, exemplars_per_class=5, label_mode='shared', seed=0)
+    episodes, memorised = make_conflict_episodes(data.train, data.class_labels, 256, seed=1)
+    assert torch.equal(memorised, data.class_labels[episodes.classes[:, -1]])
+    assert (memorised >= 2).all() and (episodes.labels[:, -1] < 2).all()      # the two answers always differ
+    assert (episodes.classes[:, :8] == episodes.classes[:, 8:]).any(1).all()  # the query's class is in context
+    assert episodes.labels[:, -1].float().mean().item() == 0.5                # balanced 0/1 answers
+
+
+def test_probe_metrics_in_every_eval_row(tmp_path):
+    train(tmp_path, '--max_iters=20')
+    row = metrics(tmp_path)[-1]
+    for key in ('train_dist_acc', 'conflict_icl', 'conflict_iwl'):
+        assert 0.0 <= row[key] <= 1.0
+    assert row['conflict_icl'] + row['conflict_iwl'] <= 1.0
