@@ -1,0 +1,370 @@
+"""
+Results tables that cannot drift from their report files.
+
+README.md's summary table and RESULTS.md's per-result tables sit between markers
+
+    <!-- results:NAME begin -->
+    ...generated text...
+    <!-- results:NAME end -->
+
+and are generated here from the report files that grid.py / phase.py wrote, committed under
+assets/results/<name>/ (phase.json + phase.md for a phase grid; report.md + verdict.json for a verdict grid;
+cells.json, the cells' wall times, when --collect copied them in). tests/test_docs.py checks that every block
+equals what this script generates, so a number in a block is always the report file's number.
+
+    python scripts/results_table.py                          # print every block
+    python scripts/results_table.py --write                  # rewrite the blocks in README.md and RESULTS.md
+    python scripts/results_table.py --check                  # exit 1 if a block differs from the report files
+    python scripts/results_table.py --collect levers out_levers   # copy a finished grid's report files into
+                                                             # assets/results/levers/, then --write
+
+Blocks: 'summary' (README.md: one row per result: question, scale, command, wall time, output folder, verdict)
+and one per entry of RESULTS with a report (RESULTS.md: that grid's table). A result whose assets/results/<name>/
+folder is missing (or incomplete) reads 'pending'. Results from before report files were committed (their out_*
+folders are gone) are rows of recorded text below; their numbers are in RESULTS.md as recorded.
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ('README.md', 'RESULTS.md')
+ASSETS = os.path.join('assets', 'results')
+REPORT_FILES = ('phase.json', 'phase.md', 'phase.png', 'report.md', 'verdict.json', 'icl_vs_steps.png')
+MARKER = re.compile(r'<!-- results:([a-z0-9_]+) begin -->\n(.*?)<!-- results:\1 end -->', re.S)
+
+# One row of README's summary table per result, in this order. 'report': the assets/results/<name>/ folder
+# the row's verdict and wall time come from (and RESULTS.md's block of that name); without it, recorded text.
+RESULTS = [
+    dict(title='Few/Many x weak decay', anchor='the-first-grid-fewmany-x-weak-decay',
+         question='Few (100) + decay ≥ 90% of Many (16000) ICL?', scale='synthetic, 4k',
+         command='python grid.py', out='out_grid/', wall='~22 min (estimate, 30 cells)',
+         verdict='NOT SUPPORTED (superseded version); decays too weak: lr·wd·steps ≤ 0.08'),
+    dict(title='Phase diagram', anchor='phase-diagram-class-count-x-regulariser',
+         question='does decay or L2 lower the class count for ICL?', scale='synthetic, 4k',
+         command='python grid.py config/grid_phase.py', out='out_phase/',
+         wall='99 min (56 cells), 52 min (10 seed cells)',
+         verdict='no: ICL ≥ 0.8 from 1600 with or without; wd=1, l2=1e-2 stop learning'),
+    dict(title='Transience', anchor='transience-25k-steps',
+         question='does ICL fade, and does decay stop that?', scale='synthetic, 25k',
+         command='python grid.py config/grid_transience.py', out='out_transience/', wall='~70 min (6 cells)',
+         verdict='fades at 1600 classes (0.99 → 0.68 at 25k); wd=0.1 too (→ 0.71); none at 16000'),
+    dict(title='Omniglot, Few/Many', anchor='omniglot-at-a-cpu-scale',
+         question='Few (100) + decay or L2 ≥ 90% of Many (1600) ICL?', scale='Omniglot 14², 4L, 10k',
+         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_small.py',
+         out='out_omniglot_small/', wall='17-51 min per cell (7 cells)',
+         verdict='NOT SUPPORTED: Few peak ICL ≤ 0.534 under every regulariser'),
+    dict(title='Omniglot, class count x decay', anchor='omniglot-class-count-x-decay',
+         question='does decay lower the class count for ICL?', scale='Omniglot 14², 4L, 10k',
+         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_phase.py',
+         out='out_omniglot_phase/', wall='~17 min per cell (4 new cells)',
+         verdict='no: ICL ≥ 0.8 needs 1600; wd=1 lifts the 800-class peak for a while (0.64 → 0.77)'),
+    dict(title='Paper scale', anchor='verdict-at-each-scale',
+         question='Few/Many x decay at the paper cell', scale='Omniglot 105², 12L, ≥ 20k',
+         command='python grid.py config/omniglot.py --group_size=15', out='out_grid_omniglot/',
+         wall='needs a GPU', verdict='not settled: 4 cells × 9.5k steps (H200) agree with the CPU scale'),
+    dict(title='Levers (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='levers',
+         question='targeted decay or label swap for rare classes?', scale='synthetic, 4k',
+         command='python grid.py config/grid_levers.py', out='out_levers/'),
+    dict(title='Levers, Omniglot (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='omniglot_levers',
+         question='the strongest levers on real images', scale='Omniglot 14², 4L, 10k',
+         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_levers.py',
+         out='out_omniglot_levers/'),
+]
+
+
+class ReportError(ValueError):
+    """The report files of a result are unreadable or disagree with each other."""
+
+
+# ---- reading report files --------------------------------------------------------------------------
+
+def md_table(text, first_header):
+    """The rows (lists of cell strings) of the markdown table whose header's first cell is first_header,
+    as {'header': [...], 'rows': [[...], ...]}; None when there is no such table."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        cells = _cells(line)
+        if cells and cells[0] == first_header and i + 1 < len(lines) and lines[i + 1].startswith('|---'):
+            rows = []
+            for row in lines[i + 2:]:
+                if not row.startswith('|'):
+                    break
+                rows.append(_cells(row))
+            return {'header': cells, 'rows': rows}
+    return None
+
+
+def _cells(line):
+    if not line.startswith('|'):
+        return None
+    return [c.strip() for c in line.strip().strip('|').split('|')]
+
+
+def _read(path):
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+def load(name, root=ROOT):
+    """The report files of assets/results/<name>/: {'kind': 'phase' | 'verdict', ...}, or None (pending)."""
+    folder = os.path.join(root, ASSETS, name)
+    has = {f: os.path.isfile(os.path.join(folder, f)) for f in REPORT_FILES + ('cells.json',)}
+    cells = json.loads(_read(os.path.join(folder, 'cells.json'))) if has['cells.json'] else None
+    if has['phase.json'] and has['phase.md']:
+        return {'kind': 'phase', 'name': name, 'phase': json.loads(_read(os.path.join(folder, 'phase.json'))),
+                'md': _read(os.path.join(folder, 'phase.md')), 'cells': cells, 'figure': has['phase.png']}
+    if has['report.md'] and has['verdict.json']:
+        return {'kind': 'verdict', 'name': name, 'verdicts': json.loads(_read(os.path.join(folder, 'verdict.json'))),
+                'md': _read(os.path.join(folder, 'report.md')), 'cells': cells, 'figure': has['icl_vs_steps.png']}
+    return None
+
+
+def phase_rows(report):
+    """[(label, lr·wd·steps, first class count or None, {class count: entry})] in phase.md's order, numbers
+    from phase.json; raises ReportError when phase.md and phase.json name different thresholds."""
+    data = report['phase']
+    table = md_table(report['md'], 'regulariser')
+    if table is None:
+        raise ReportError(f"{report['name']}: phase.md has no regulariser table")
+    names = list(data['first_class_count'])
+    if len(names) != len(table['rows']):
+        raise ReportError(f"{report['name']}: phase.md has {len(table['rows'])} regularisers, phase.json {len(names)}")
+    entries = {}
+    for e in data['table']:
+        entries.setdefault(e['regularizer'], {})[e['classes']] = e
+    rows = []
+    for name, md_row in zip(names, table['rows']):
+        first = data['first_class_count'][name]
+        if md_row[2] != ('never' if first is None else str(first)):
+            raise ReportError(f"{report['name']}: {md_row[0]} appears at {md_row[2]} in phase.md, {first} in phase.json")
+        rows.append((md_row[0], md_row[1], first, entries.get(name, {})))
+    return rows
+
+
+def class_counts(report):
+    return sorted({e['classes'] for e in report['phase']['table']})
+
+
+def verdict_cells(report):
+    """report.md's Cells table: [{'cell', 'seeds', 'peak', 'final IWL', 'attn', 'exponent', 'flags'}]."""
+    table = md_table(report['md'], 'cell')
+    if table is None:
+        raise ReportError(f"{report['name']}: report.md has no cells table")
+    col = {h: i for i, h in enumerate(table['header'])}
+    need = ['cell', 'seeds', 'peak ICL [min-max]', 'final IWL (chance)', 'attn label @peak', 'lr·wd·steps', 'flags']
+    missing = [h for h in need if h not in col]
+    if missing:
+        raise ReportError(f"{report['name']}: report.md's cells table has no column {', '.join(missing)}")
+    return [dict(zip(['cell', 'seeds', 'peak', 'iwl', 'attn', 'exponent', 'flags'], [r[col[h]] for h in need]))
+            for r in table['rows']]
+
+
+def report_no_verdict(report):
+    """report.md's 'No verdict yet: ...' line, or None."""
+    m = re.search(r'^No verdict yet: (.*)$', report['md'], re.M)
+    return m.group(1).rstrip('.') if m else None
+
+
+def wall_text(report):
+    cells = report['cells']
+    if not cells:
+        return 'not recorded'
+    hours = sum(c['wall_s'] for c in cells if c.get('wall_s')) / 3600
+    return f"{len(cells)} cells, {hours:.1f} h summed"
+
+
+# ---- what a block says -----------------------------------------------------------------------------
+
+def _first(n):
+    return 'never' if n is None else str(n)
+
+
+def phase_verdict(report):
+    """One line: which regularisers make ICL appear at fewer classes than none does."""
+    rows = phase_rows(report)
+    top = max(class_counts(report))
+    none = next((r for r in rows if r[0] == 'none'), None)
+    if none is None:
+        return 'no none cells yet'
+    inf = float('inf')
+    lower = [(label, first) for label, _, first, _ in rows
+             if label != 'none' and first is not None and first < (none[2] if none[2] is not None else inf)]
+    base = f"none: {_first(none[2])}" + (f" up to {top}" if none[2] is None else '')
+    if not lower:
+        return f"no lever lowers the class count for ICL ≥ {report['phase']['threshold']:g} ({base})"
+    return (f"ICL ≥ {report['phase']['threshold']:g} at fewer classes with "
+            + ', '.join(f"{label} ({n})" for label, n in lower) + f"; {base}")
+
+
+def _peak_value(text):
+    m = re.match(r'\s*([0-9.]+)', text)
+    return float(m.group(1)) if m else None
+
+
+def _class_rank(token):
+    low = token.lower()
+    if low in ('few', 'many'):
+        return (0, 0 if low == 'few' else float('inf'))
+    digits = re.sub(r'\D', '', token)
+    return (0, int(digits)) if digits else (1, 0)
+
+
+def verdict_summary(report):
+    if report['verdicts']:
+        return '; '.join(f"{v['verdict']}" + (f" ({v['width']})" if v.get('width') else '')
+                         + (f" (best {v['best']['regularizer']}: {v['best']['corrected']:.2f} of Many's gain)"
+                            if v.get('best') else '') for v in report['verdicts'])
+    cells = verdict_cells(report)
+    if not cells:
+        return 'no finished cells'
+    smallest = min({c['cell'].split()[0] for c in cells}, key=_class_rank)
+    mine = [c for c in cells if c['cell'].split()[0] == smallest]
+    best = max(mine, key=lambda c: _peak_value(c['peak']) or 0.0)
+    none = next((c for c in mine if c['cell'].split(' ', 1)[1] == 'wd=0'), None)
+    return (f"no Few/Many verdict (class-count grid); peak ICL at {smallest}: best {best['cell'].split(' ', 1)[1]} "
+            f"{_peak_value(best['peak']):.2f}" + (f", none {_peak_value(none['peak']):.2f}" if none else ''))
+
+
+def summary_block(root=ROOT):
+    lines = ['| result | question | scale | command | wall time | output | verdict |',
+             '|---|---|---|---|---|---|---|']
+    for r in RESULTS:
+        wall, verdict = r.get('wall'), r.get('verdict')
+        if r.get('report'):
+            report = load(r['report'], root)
+            if report is None:
+                wall, verdict = 'pending', 'pending'
+            else:
+                wall = wall_text(report)
+                verdict = phase_verdict(report) if report['kind'] == 'phase' else verdict_summary(report)
+        lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['question']} | {r['scale']} | "
+                     f"`{r['command']}` | {wall} | `{r['out']}` | {verdict} |")
+    return '\n'.join(lines) + '\n'
+
+
+def result_block(name, root=ROOT):
+    entry = next(r for r in RESULTS if r.get('report') == name)
+    report = load(name, root)
+    source = f"assets/results/{name}/"
+    if report is None:
+        return (f"pending: `{entry['command']}`, then `python scripts/results_table.py --collect {name} "
+                f"{entry['out'].rstrip('/')}` (copies the report files into `{source}` and rewrites this block).\n")
+    if report['kind'] == 'phase':
+        counts = class_counts(report)
+        runs = sum(e['seeds'] for e in report['phase']['table'])
+        lines = [f"From `{source}phase.json` and `phase.md` ({runs} runs; wall time: {wall_text(report)}). Peak ICL / final IWL "
+                 f"per class count; ° = no learning (peak at most what a run at chance shows); in brackets the seed "
+                 f"range when there are several seeds.", "",
+                 "| regulariser | lr·wd·steps | ICL ≥ %g from | " % report['phase']['threshold']
+                 + ' | '.join(str(n) for n in counts) + ' |',
+                 '|---|---|---|' + '---|' * len(counts)]
+        for label, exponent, first, entries in phase_rows(report):
+            cells = []
+            for n in counts:
+                e = entries.get(n)
+                cells.append('-' if e is None else f"{e['peak_icl']:.2f}{'°' if e['no_learning'] else ''} / "
+                             f"{e['final_iwl']:.2f}" + (f" [{e['peak_min']:.2f}-{e['peak_max']:.2f}]"
+                                                         if e['seeds'] > 1 else ''))
+            lines.append(f"| {label} | {exponent} | {_first(first)} | " + ' | '.join(cells) + ' |')
+        if report['figure']:
+            lines += ['', f"![{name}: phase diagram]({source}phase.png)"]
+        return '\n'.join(lines) + '\n'
+    lines = [f"From `{source}report.md` and `verdict.json` (wall time: {wall_text(report)}).", ""]
+    if report['verdicts']:
+        lines += [f"**{v['verdict']}**" + (f" ({v['width']})" if v.get('width') else '') + f": {v['reason']}."
+                  for v in report['verdicts']]
+    else:
+        lines.append(f"No verdict: {report_no_verdict(report) or 'none in verdict.json'}.")
+    lines += ['', '| cell | seeds | peak ICL [min-max] | final IWL (chance) | attn label @peak | lr·wd·steps | flags |',
+              '|---|---|---|---|---|---|---|']
+    lines += [f"| {c['cell']} | {c['seeds']} | {c['peak']} | {c['iwl']} | {c['attn']} | {c['exponent']} | {c['flags']} |"
+              for c in verdict_cells(report)]
+    if report['figure']:
+        lines += ['', f"![{name}: ICL and IWL vs steps]({source}icl_vs_steps.png)"]
+    return '\n'.join(lines) + '\n'
+
+
+def block(name, root=ROOT):
+    if name == 'summary':
+        return summary_block(root)
+    if any(r.get('report') == name for r in RESULTS):
+        return result_block(name, root)
+    raise KeyError(f"no results block named {name!r} (known: summary, "
+                   + ', '.join(r['report'] for r in RESULTS if r.get('report')) + ")")
+
+
+# ---- the documents ---------------------------------------------------------------------------------
+
+def blocks_in(text):
+    """{name: content} of every marked block of a document."""
+    return {m.group(1): m.group(2) for m in MARKER.finditer(text)}
+
+
+def render(text, root=ROOT):
+    """The document with every marked block regenerated from the report files under root."""
+    return MARKER.sub(lambda m: f"<!-- results:{m.group(1)} begin -->\n{block(m.group(1), root)}"
+                                f"<!-- results:{m.group(1)} end -->", text)
+
+
+def collect(name, grid_dir, root=ROOT):
+    """Copy a grid folder's report files (and its cells' wall times) into assets/results/<name>/."""
+    if not any(r.get('report') == name for r in RESULTS):
+        raise KeyError(f"no result named {name!r} in RESULTS")
+    dest = os.path.join(root, ASSETS, name)
+    found = [f for f in REPORT_FILES if os.path.isfile(os.path.join(grid_dir, f))]
+    if not ({'phase.json', 'phase.md'} <= set(found) or {'report.md', 'verdict.json'} <= set(found)):
+        raise FileNotFoundError(f"{grid_dir} has no phase.json + phase.md or report.md + verdict.json: "
+                                f"run grid.py with --report on it first")
+    os.makedirs(dest, exist_ok=True)
+    for f in found:
+        shutil.copyfile(os.path.join(grid_dir, f), os.path.join(dest, f))
+    cells = []
+    for cell in sorted(os.listdir(grid_dir)):
+        path = os.path.join(grid_dir, cell, 'summary.json')
+        if os.path.isfile(path):
+            summary = json.loads(_read(path))
+            cells.append({'cell': cell, 'wall_s': summary.get('wall_s'), 'final_iter': summary.get('final_iter')})
+    with open(os.path.join(dest, 'cells.json'), 'w') as f:
+        json.dump(cells, f, indent=1)
+    return found + ['cells.json']
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    parser.add_argument('--write', action='store_true', help='rewrite the blocks in README.md and RESULTS.md')
+    parser.add_argument('--check', action='store_true', help='exit 1 if a block differs from the report files')
+    parser.add_argument('--collect', nargs=2, metavar=('NAME', 'GRID_DIR'),
+                        help="copy GRID_DIR's report files into assets/results/NAME/, then --write")
+    args = parser.parse_args(argv)
+    if args.collect:
+        name, grid_dir = args.collect
+        copied = collect(name, grid_dir)
+        print(f"results_table: copied {', '.join(copied)} into {os.path.join(ASSETS, name)}/")
+        args.write = True
+    stale = []
+    for doc in DOCS:
+        path = os.path.join(ROOT, doc)
+        text = _read(path)
+        new = render(text)
+        if args.write and new != text:
+            with open(path, 'w', encoding='utf-8') as f:
+                f.write(new)
+            print(f"results_table: rewrote the blocks of {doc}")
+        elif new != text:
+            stale.append(doc)
+        if not (args.write or args.check):
+            for name, content in blocks_in(new).items():
+                print(f"<!-- results:{name} ({doc}) -->\n{content}")
+    if args.check and stale:
+        print(f"results_table: blocks differ from the report files in {', '.join(stale)}; "
+              f"run python scripts/results_table.py --write", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The documentation cannot drift: README.md / RESULTS.md's results blocks equal what scripts/results_table.py
+generates from the report files committed under assets/results/ ('pending' where there are none), the README
+stays under 12 KB, every `python ...` command in it names a file that exists, CI runs the README's full-suite
+command, the resume rule lists exactly training.RESUMABLE_KEYS, and links and figures resolve."""
+import importlib.util
+import json
+import os
+import re
+
+import pytest
+
+from conftest import ROOT
+
+README = os.path.join(ROOT, 'README.md')
+RESULTS = os.path.join(ROOT, 'RESULTS.md')
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location('results_table', os.path.join(ROOT, 'scripts', 'results_table.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+rt = _load_script()
+
+
+def read(path):
+    with open(path, encoding='utf-8') as f:
+        return f.read()
+
+
+# ---- the committed documents -----------------------------------------------------------------------
+
+def test_readme_is_at_most_12_kb():
+    size = os.path.getsize(README)
+    assert size <= 12288, f"README.md is {size} bytes; move detail into RESULTS.md"
+
+
+@pytest.mark.parametrize('doc, names', [(README, {'summary'}), (RESULTS, {'levers', 'omniglot_levers'})])
+def test_results_blocks_equal_the_report_files(doc, names):
+    text = read(doc)
+    blocks = rt.blocks_in(text)
+    assert names <= set(blocks), f"{os.path.basename(doc)} lacks the blocks {names - set(blocks)}"
+    for name, content in blocks.items():
+        expected = rt.block(name)
+        assert content == expected, (f"{os.path.basename(doc)}'s results:{name} block differs from the report files "
+                                     f"in assets/results/; run python scripts/results_table.py --write")
+        if not os.path.isdir(os.path.join(ROOT, 'assets', 'results', name)) and name != 'summary':
+            assert content.startswith('pending'), name  # no report files: the block says so
+    assert rt.render(text) == text
+
+
+def _python_commands(text):
+    """(line, [tokens]) of every `python ...` command in the text: code-block lines and inline code spans."""
+    commands = []
+    for line in text.splitlines():
+        for m in re.finditer(r'(?:^|`)\s*(?:OMP_NUM_THREADS=\d+\s+)?python\s+([^`#\n]*)', line):
+            commands.append((line, m.group(1).split()))
+    return commands
+
+
+def test_every_python_command_in_the_readme_names_a_file_that_exists():
+    commands = _python_commands(read(README))
+    assert len(commands) > 10
+    for line, tokens in commands:
+        assert tokens, line
+        if tokens[0] == '-m':
+            continue  # python -m pytest ...
+        assert os.path.isfile(os.path.join(ROOT, tokens[0])), f"no file {tokens[0]} (README: {line.strip()})"
+        for t in tokens[1:]:
+            if t.startswith('-') or '<' in t:
+                continue
+            if t.endswith(('.py', '.sh')) or t.startswith(('config/', 'scripts/')):
+                assert os.path.isfile(os.path.join(ROOT, t)), f"no file {t} (README: {line.strip()})"
+    for script in re.findall(r'bash\s+(\S+\.sh)', read(README)):
+        assert os.path.isfile(os.path.join(ROOT, script)), script
+
+
+def test_ci_runs_the_full_suite_command_the_readme_shows():
+    readme = read(README)
+    full = 'python -m pytest -q tests'
+    assert re.search(r'^python -m pytest -q tests\s+# the full suite', readme, re.M)
+    assert 'python -m pytest -q -m "not slow" tests' in readme
+    ci = [line.strip() for line in read(os.path.join(ROOT, '.ci', 'run')).splitlines()]
+    assert full in ci
+
+
+def test_the_resume_rule_lists_exactly_the_resumable_keys():
+    from training import RESUMABLE_KEYS
+    text = ' '.join(read(README).split())
+    m = re.search(r'On resume only (.*?) may change \(training\.RESUMABLE_KEYS\)', text)
+    assert m, "README's resume rule ('On resume only ... may change (training.RESUMABLE_KEYS)') is gone"
+    assert set(re.findall(r'`([a-z_]+)`', m.group(1))) == set(RESUMABLE_KEYS)
+
+
+def _anchor(heading):
+    text = heading.strip().lower()
+    text = re.sub(r'[^\w\- ]', '', text)
+    return text.replace(' ', '-')
+
+
+def test_links_to_results_sections_and_figures_resolve():
+    anchors = {_anchor(h) for h in re.findall(r'^#+ (.*)$', read(RESULTS), re.M)}
+    for doc in (README, RESULTS):
+        text = read(doc)
+        for anchor in re.findall(r'RESULTS\.md#([\w\-]+)', text):
+            assert anchor in anchors, f"{os.path.basename(doc)} links to RESULTS.md#{anchor}, which is no heading"
+        for image in re.findall(r'!\[[^\]]*\]\(([^)]+)\)', text):
+            assert os.path.isfile(os.path.join(ROOT, image)), f"{os.path.basename(doc)} shows a missing {image}"
+    results = read(RESULTS)
+    for png in os.listdir(os.path.join(ROOT, 'assets')):
+        if png.endswith('.png'):
+            assert f'assets/{png}' in results, f"assets/{png} is not described in RESULTS.md"
+    assert '## What replaces rare classes (issue 17)' in results
+
+
+# ---- the script on report files the real writers make ----------------------------------------------
+
+def _cell(root, name, cls, icl, iwl, attn=0.8, setting=None, n_labels=32):
+    setting = setting or {}
+    d = root / name
+    d.mkdir(parents=True)
+    wd = setting.get('weight_decay', 0.0)
+    (d / 'cell.json').write_text(json.dumps({'name': name, 'classes': cls, 'weight_decay': wd, 'l2': 0.0,
+                                             'setting': setting, 'regularizer': name.split('_')[1], 'seed': 0,
+                                             'width': ''}))
+    rows = [{'iter': 100 * i, 'icl_acc': a, 'iwl_acc': b, 'ece': 0.05, 'attn_match_image': 0.1,
+             'attn_match_label': attn * a} for i, (a, b) in enumerate(zip(icl, iwl))]
+    (d / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    config = {'learning_rate': 1e-3, 'warmup_iters': 0, 'max_iters': 100 * (len(rows) - 1), 'lr_schedule': 'constant',
+              'min_lr': 0.0, 'weight_decay': wd, 'seed': 0, 'dataset': 'synthetic', 'data_seed': 0,
+              'n_labels': n_labels, 'label_mode': 'shared', 'batch_size': 64, 'context_len': 8, 'n_layer': 2,
+              'n_train_classes': 16000 if cls == 'many' else 100 if cls == 'few' else int(cls[1:])}
+    (d / 'summary.json').write_text(json.dumps({'config': config, 'wall_s': 1800.0, 'final_iter': config['max_iters']}))
+
+
+def _phase_grid(root):
+    import report
+    from phase import write_phase_report
+    peaks = {'wd0': {100: 0.5, 400: 0.6, 1600: 0.95}, 'swap0.8': {100: 0.9, 400: 0.97, 1600: 0.99}}
+    for reg, by_count in peaks.items():
+        for n, peak in by_count.items():
+            _cell(root, f'c{n}_{reg}_s0', f'c{n}', [0.5, peak, peak - 0.05], [0.0, 0.5, 1.0 if n == 100 else 0.1],
+                  setting={'label_swap': 0.8} if reg == 'swap0.8' else {})
+    cells = report.load_cells(str(root))
+    for c in cells:
+        c['stats'] = report.run_stats(c['rows'], c['summary']['config'])
+    write_phase_report(str(root), cells, threshold=0.8)
+
+
+def test_phase_report_files_make_the_block_and_the_summary_row(tmp_path):
+    grid_dir, repo = tmp_path / 'out_levers', tmp_path / 'repo'
+    _phase_grid(grid_dir)
+    assert rt.load('levers', str(repo)) is None
+    assert rt.result_block('levers', str(repo)).startswith('pending')
+    assert '| pending | `out_levers/` | pending |' in rt.summary_block(str(repo))
+
+    copied = rt.collect('levers', str(grid_dir), str(repo))
+    assert {'phase.json', 'phase.md', 'cells.json'} <= set(copied)
+    data = json.loads((repo / 'assets' / 'results' / 'levers' / 'phase.json').read_text())
+    assert data['first_class_count'] == {'wd0': 1600, 'swap0.8': 100}
+    text = rt.result_block('levers', str(repo))
+    assert '| regulariser | lr·wd·steps | ICL ≥ 0.8 from | 100 | 400 | 1600 |' in text
+    assert '| none | - | 1600 | 0.50° / 1.00 | 0.60 / 0.10 | 0.95 / 0.10 |' in text  # ° = no learning
+    assert '| swap=0.8 | - | 100 | 0.90 / 1.00 | 0.97 / 0.10 | 0.99 / 0.10 |' in text
+    assert '6 runs; wall time: 6 cells, 3.0 h summed' in text
+    assert '(assets/results/levers/phase.png)' in text
+    row = [r for r in rt.summary_block(str(repo)).splitlines() if 'config/grid_levers.py' in r][0]
+    assert '| 6 cells, 3.0 h summed | `out_levers/` | ICL ≥ 0.8 at fewer classes with swap=0.8 (100); none: 1600 |' in row
+
+    # a number in a document that is not the report file's is caught, and --write puts it back
+    doc = f"x\n<!-- results:levers begin -->\n{text.replace('0.97 / 0.10', '0.98 / 0.10')}<!-- results:levers end -->\n"
+    assert rt.render(doc, str(repo)) != doc
+    assert rt.render(rt.render(doc, str(repo)), str(repo)) == rt.render(doc, str(repo))
+    assert '0.97 / 0.10' in rt.render(doc, str(repo))
+
+
+def test_report_files_that_disagree_are_an_error(tmp_path):
+    grid_dir, repo = tmp_path / 'g', tmp_path / 'repo'
+    _phase_grid(grid_dir)
+    rt.collect('levers', str(grid_dir), str(repo))
+    path = repo / 'assets' / 'results' / 'levers' / 'phase.json'
+    data = json.loads(path.read_text())
+    data['first_class_count']['wd0'] = 400
+    path.write_text(json.dumps(data))
+    with pytest.raises(rt.ReportError, match='appears at 1600 in phase.md, 400 in phase.json'):
+        rt.result_block('levers', str(repo))
+
+
+def test_verdict_report_files_make_the_block_and_the_summary_row(tmp_path):
+    import report
+    grid_dir, repo = tmp_path / 'out_omniglot_levers', tmp_path / 'repo'
+    _cell(grid_dir, 'many_wd0_s0', 'many', [0.5, 0.9, 0.88], [0.0, 0.02, 0.03], n_labels=1623)
+    _cell(grid_dir, 'few_wd0_s0', 'few', [0.5, 0.52, 0.5], [0.1, 0.9, 1.0], n_labels=1623)
+    _cell(grid_dir, 'few_swap0.8_s0', 'few', [0.5, 0.7, 0.68], [0.1, 0.3, 0.2], setting={'label_swap': 0.8},
+          n_labels=1623)
+    verdicts = report.write_report(str(grid_dir))
+    rt.collect('omniglot_levers', str(grid_dir), str(repo))
+    text = rt.result_block('omniglot_levers', str(repo))
+    assert f"**{verdicts[0]['verdict']}**: {verdicts[0]['reason']}." in text
+    assert re.search(r'^\| Few swap=0\.8 \| 1/1 \| 0\.700 \[0\.700-0\.700\] \| 0\.200 \(chance 1/1623\) \|', text, re.M)
+    row = [r for r in rt.summary_block(str(repo)).splitlines() if 'grid_omniglot_levers.py' in r][0]
+    assert f"| {verdicts[0]['verdict']} (best swap=0.8: " in row and '| 3 cells, 1.5 h summed |' in row
