@@ -12,7 +12,7 @@ import json
 import os
 
 from report import (CI_NOTE, NONE, ci_text, fmt_iwl, group_flags, group_numbers, iwl_chance, reg_label as _reg_label,
-                    reg_name, reg_of, reg_order, reg_value)
+                    reg_name, reg_of, reg_order, reg_value, verdict_lines)
 
 
 def class_count(cell):
@@ -130,6 +130,22 @@ def plot_threshold_curves(path, cells, first):
     return True
 
 
+def phase_verdict(cells, counts, many=1600, threshold=0.9):
+    """The grid's verdict (report.verdict_lines) with the smallest class count as Few and `many` classes (or the
+    largest count) as Many: does some regularised Few cell reach `threshold` of Many's no-regulariser gain?"""
+    few, many = counts[0], many if many in counts else counts[-1]
+    if few == many:
+        return [], []
+    groups = {}
+    for c in cells:
+        n = class_count(c)
+        if n in (few, many):
+            groups.setdefault(('', 'few' if n == few else 'many', reg_of(c)), []).append(c)
+    lines, verdicts = verdict_lines(groups, [''], threshold)
+    lines[0] = f"## Verdict: Few = {few} classes, Many = {many} classes"
+    return lines, verdicts
+
+
 def write_phase_report(root_dir, cells, threshold=0.8):
     """phase.png, phase_curves.png, phase.md and phase.json from the cells of a class x regulariser grid."""
     running = [c['name'] for c in cells if c['rows'] and c.get('regularizer') and not c['summary']]
@@ -166,12 +182,16 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     lines += cells_lines(table, regs, counts) + ["![phase diagram](phase.png)", ""]
     if curves:
         lines += ["![ICL and IWL vs steps at the threshold](phase_curves.png)", ""]
+    verdict_md, verdicts = phase_verdict(cells, counts)
+    lines += verdict_md
     none_first = first.get(NONE)
     if none_first is not None:
         lines += [f"Next: seeds 1 and 2 at the threshold without a regulariser: rerun this grid's command with "
                   f"`--classes={none_first} --seeds=1,2`", ""]
     with open(os.path.join(root_dir, 'phase.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
+    with open(os.path.join(root_dir, 'verdict.json'), 'w') as f:
+        json.dump(verdicts, f, indent=2)
     with open(os.path.join(root_dir, 'phase.json'), 'w') as f:
         json.dump({'threshold': threshold, 'first_class_count': {reg_name(r): n for r, n in first.items()},
                    'table': [{'regularizer': reg_name(r), 'classes': n, **v}

@@ -7,6 +7,8 @@ bootstrap intervals, the chance-null peak, the smoothed peak, the chance-correct
 import json
 import os
 
+from tracking import TRACKING_KEYS
+
 import stats
 
 
@@ -518,7 +520,9 @@ def header_lines(root_dir, cells):
                 if len(finished) < len(cells) else '') + ".", ""]
     if finished:
         configs = [c['summary']['config'] for c in finished]
-        differing = sorted(k for k in configs[0] if k not in VARYING_KEYS and len({repr(cf.get(k)) for cf in configs}) > 1)
+        axis_keys = {k for c in finished for k in c.get('setting', {})}  # a grid's own axes (--regularizers, --axes)
+        differing = sorted(k for k in configs[0] if k not in VARYING_KEYS | axis_keys | set(TRACKING_KEYS)
+                           and len({repr(cf.get(k)) for cf in configs}) > 1)
         cf = configs[0]
         lines += [f"Same in every finished cell: dataset {cf['dataset']}, data_seed {cf['data_seed']} (holdout classes, "
                   f"label vocabulary of {cf['n_labels']} ({cf['label_mode']}), eval episodes), {cf['max_iters']} steps x "

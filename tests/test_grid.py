@@ -444,3 +444,7 @@ def test_phase_report_heatmaps_and_thresholds(grid, tmp_path):
             in text)                                                   # ° no learning; IWL beside its chance
     assert '| l2=0.001 | 1600 | 1 | 0.900 [0.900-0.900] | - | 0.875 | 0.500 |' in text   # no episode counts: no CI
     assert '--classes=16000 --seeds=1,2' in text
+    # the verdict with the smallest count as Few and 1600 as Many: l2's Few cell (0.5) gets no share of the gain
+    verdicts = json.loads((root / 'verdict.json').read_text())
+    assert '## Verdict: Few = 100 classes, Many = 1600 classes' in text
+    assert verdicts[0]['baseline_peak'] == pytest.approx(0.7) and verdicts[0]['verdict'] == 'NOT SUPPORTED'
