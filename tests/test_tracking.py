@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from test_grid import grid  # noqa: F401 (fixture)
 from test_train import TINY, metrics, train
 from tracking import logged_in
 
@@ -109,14 +110,15 @@ def test_grid_cells_share_a_group_and_group_members_log_as_their_own_runs(tmp_pa
     assert runs['few_wd0_s0'][0][0].run_id != runs['few_wd0.01_s0'][0][0].run_id
 
 
-def test_grid_passes_a_wandb_group_only_to_cells_that_log(tmp_path):
-    base = [sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path / "g"}', '--seeds=0',
-            '--weight_decays=0', '--dry_run']
-    plain = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    logged = subprocess.run(base + ['--train_args=--wandb_log=True'], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert plain.returncode == logged.returncode == 0, plain.stderr + logged.stderr
-    assert '--wandb_group' not in plain.stdout
-    assert logged.stdout.count('--wandb_group=g') == 2   # few and many
+def test_grid_passes_a_wandb_group_only_to_cells_that_log(tmp_path, grid):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path / "g"}', '--seeds=0',
+                           '--weight_decays=0', '--dry_run', '--train_args=--wandb_log=True'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count('--wandb_group=g') == 2     # few and many, in the group named after the grid folder
+    assert not grid.logs_to_wandb(['--seed=0', '--wandb_log=False']) and not grid.logs_to_wandb(['--seed=0'])
+    assert grid.logs_to_wandb(['config/few.py', '--wandb_log=True'])
+    assert not grid.logs_to_wandb(['--wandb_log=maybe'])   # train.py refuses it; the cell's log says so
 
 
 def test_missing_wandb_is_one_config_error_before_out_dir(tmp_path):
