@@ -292,6 +292,7 @@ def test_conflict_episodes_put_context_and_memorised_answers_apart():
     assert episodes.labels[:, -1].float().mean().item() == 0.5                # balanced 0/1 answers
 
 
+@pytest.mark.slow
 def test_probe_metrics_in_every_eval_row(tmp_path):
     train(tmp_path, '--max_iters=20')
     row = metrics(tmp_path)[-1]
