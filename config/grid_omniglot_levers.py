@@ -6,4 +6,5 @@
 classes = '100,800,1600'
 regularizers = 'none,swap=0.8,swap=0.4,wd=1@mlp+head'
 seeds = '0'
+phase = True
 grid_dir = 'out_omniglot_levers'
