@@ -73,6 +73,9 @@ RESULTS = [
          question='the strongest levers on real images', scale='Omniglot 14², 4L, 10k',
          command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_levers.py',
          out='out_omniglot_levers/'),
+    dict(title='Levers, 25k steps (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='levers_long',
+         question='does targeted decay keep ICL from fading, or bring it late?', scale='synthetic, 25k',
+         command='python grid.py config/grid_levers_long.py', out='out_levers_long/'),
 ]
 
 
@@ -288,9 +291,35 @@ def result_block(name, root=ROOT):
     return '\n'.join(lines) + '\n'
 
 
+ABLATION_DIR = 'ablation'  # assets/results/ablation/<grid folder>-<cell>.json: eval.py --ablate=all's ablation.json
+
+
+def ablation_block(root=ROOT):
+    """Where memorisation and the ICL circuit live: ICL / IWL of each checkpoint with one part mean-ablated,
+    one row per checkpoint (assets/results/ablation/*.json, written by `python eval.py --out_dir=<cell>
+    --ablate=all` and copied there)."""
+    folder = os.path.join(root, ASSETS, ABLATION_DIR)
+    names = sorted(f for f in os.listdir(folder) if f.endswith('.json')) if os.path.isdir(folder) else []
+    if not names:
+        return "pending: `python eval.py --out_dir=<cell> --ablate=all`, ablation.json copied to assets/results/ablation/.\n"
+    results = {n[:-5]: json.loads(_read(os.path.join(folder, n))) for n in names}
+    parts = [r['part'] for r in next(iter(results.values()))['rows']]
+    simple = [p for p in parts if p in ('none', 'encoder', 'attn*', 'mlp*', 'head') or p in ('attn0', 'mlp0')]
+    lines = [f"From `{ASSETS}/{ABLATION_DIR}/*.json`. Each entry: ICL / IWL with that part's output replaced by its "
+             "mean over training sequences (attn* / mlp*: every layer's at once; IWL chance 1/n_labels).", "",
+             '| checkpoint (iter) | ' + ' | '.join(simple) + ' |', '|---|' + '---|' * len(simple)]
+    for name, r in results.items():
+        by_part = {row['part']: row for row in r['rows']}
+        lines.append(f"| {name} ({r['iter']}) | " + ' | '.join(
+            f"{by_part[p]['icl_acc']:.2f} / {by_part[p]['iwl_acc']:.2f}" if p in by_part else '-' for p in simple) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def block(name, root=ROOT):
     if name == 'summary':
         return summary_block(root)
+    if name == 'ablation':
+        return ablation_block(root)
     if any(r.get('report') == name for r in RESULTS):
         return result_block(name, root)
     raise KeyError(f"no results block named {name!r} (known: summary, "
