@@ -76,6 +76,9 @@ RESULTS = [
     dict(title='Levers, 25k steps (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='levers_long',
          question='does targeted decay keep ICL from fading, or bring it late?', scale='synthetic, 25k',
          command='python grid.py config/grid_levers_long.py', out='out_levers_long/'),
+    dict(title='Burstiness x Zipf (generic axes)', anchor='burstiness-x-zipf-generic-axes', report='axes',
+         question="Chan et al.'s other knobs, as --axes", scale='synthetic, 4k',
+         command='python grid.py config/grid_axes.py', out='out_axes/'),
 ]
 
 
