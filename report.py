@@ -178,13 +178,14 @@ def _measures(runs):
 
 
 def _collapse(runs, few0, min_attn, train_fraction):
-    """The collapse checks of one cell: attention circuit at the peak, and (when every row has it) accuracy on
-    held-out training-distribution sequences at the peak against Few+wd=0's final one. IWL is not judged:
+    """The collapse checks of one cell: attention circuit at the peak, and (when every seed of the cell and some
+    Few+wd=0 seed have it) accuracy on held-out training-distribution sequences at the peak against Few+wd=0's
+    final one. IWL is not judged:
     suppressing memorisation is the mechanism under test."""
     attn = _mean([r['attn_label_at_peak'] for r in runs])
     train = [r.get('train_dist_at_peak') for r in runs]
-    ref = [r.get('final_train_dist') for r in few0]
-    judged = all(v is not None for v in train + ref)
+    ref = [v for v in (r.get('final_train_dist') for r in few0) if v is not None]  # Few+wd=0 seeds that have it
+    judged = bool(ref) and all(v is not None for v in train)
     train_acc = _mean(train) if judged else None
     train_ok = train_acc >= train_fraction * _mean(ref) if judged else None
     return {'attn_label': attn, 'attn_ok': attn >= min_attn, 'train_dist_acc': train_acc, 'train_dist_ok': train_ok,

@@ -151,3 +151,15 @@ def test_evaluate_logs_hits_per_query_class():
     assert sum(n for _, _, n in table) == 64 and all(n > 0 for _, _, n in table)
     assert sum(h for _, h, _ in table) == round(m['icl_acc'] * 64)
     assert {c for c, _, _ in table} == set(icl.classes[:, -1].tolist())
+
+
+def test_train_dist_reference_uses_the_few_seeds_that_have_it():
+    """Few+wd=0 seeds run before the probe existed do not switch the check off: the others are the reference."""
+    g = groups(0.99, train=0.3)
+    old_seed = run_stats(rows_of([0.5, 0.52, 0.5], attn=0.2), CONFIG)          # no train_dist_acc in its rows
+    g[('few', 0.0)] = g[('few', 0.0)] + [old_seed]
+    best = verdict(g)['best']
+    assert best['collapse_judged_on'] == 'attention and training-distribution accuracy'
+    assert best['train_dist_ok'] is False
+    g[('few', 0.0)] = [old_seed]                                                # none has it: attention alone
+    assert verdict(g)['best']['collapse_judged_on'] == 'attention only'
