@@ -122,7 +122,8 @@ def load(name, root=ROOT):
     cells = json.loads(_read(os.path.join(folder, 'cells.json'))) if has['cells.json'] else None
     if has['phase.json'] and has['phase.md']:
         return {'kind': 'phase', 'name': name, 'phase': json.loads(_read(os.path.join(folder, 'phase.json'))),
-                'md': _read(os.path.join(folder, 'phase.md')), 'cells': cells, 'figure': has['phase.png']}
+                'md': _read(os.path.join(folder, 'phase.md')), 'cells': cells, 'figure': has['phase.png'],
+                'verdicts': json.loads(_read(os.path.join(folder, 'verdict.json'))) if has['verdict.json'] else []}
     if has['report.md'] and has['verdict.json']:
         return {'kind': 'verdict', 'name': name, 'verdicts': json.loads(_read(os.path.join(folder, 'verdict.json'))),
                 'md': _read(os.path.join(folder, 'report.md')), 'cells': cells, 'figure': has['icl_vs_steps.png']}
@@ -189,8 +190,24 @@ def _first(n):
     return 'never' if n is None else str(n)
 
 
+def few_many_verdict(report):
+    """'NOT SUPPORTED (swap=0.8: 0.22 of Many's gain); ' from a phase grid's verdict.json (Few = its smallest
+    class count, Many = 1600), or '' when it has none."""
+    if not report.get('verdicts'):
+        return ''
+    v = report['verdicts'][0]
+    best = v.get('best') or {}
+    share = best.get('corrected', best.get('ratio'))
+    return (f"{v['verdict']}" + (f" ({best['regularizer']}: {share:.2f} of Many's gain)" if best and share is not None
+                                 else '') + '; ')
+
+
 def phase_verdict(report):
-    """One line: which regularisers make ICL appear at fewer classes than none does."""
+    """One line: the Few/Many verdict, then which regularisers make ICL appear at fewer classes than none does."""
+    return few_many_verdict(report) + threshold_verdict(report)
+
+
+def threshold_verdict(report):
     rows = phase_rows(report)
     top = max(class_counts(report))
     none = next((r for r in rows if r[0] == 'none'), None)
