@@ -207,7 +207,21 @@ def phase_verdict(report):
     return few_many_verdict(report) + threshold_verdict(report)
 
 
+def single_count_verdict(report):
+    """A grid at one class count compares its rows there: peak -> final ICL of each (few rows), or which rows
+    reach the threshold (many rows)."""
+    threshold = report['phase']['threshold']
+    rows = [(label, next(iter(entries.values()))) for label, _, _, entries in phase_rows(report) if entries]
+    if len(rows) <= 3:
+        return (f"ICL peak → final (IWL final): " + ', '.join(
+            f"{label} {e['peak_icl']:.2f} → {e['final_icl']:.2f} ({e['final_iwl']:.2f})" for label, e in rows))
+    reach = [label for label, e in rows if e['peak_icl'] >= threshold]
+    return f"ICL ≥ {threshold:g} with {', '.join(reach) or 'none of them'} ({len(reach)} of {len(rows)})"
+
+
 def threshold_verdict(report):
+    if len(class_counts(report)) == 1:
+        return single_count_verdict(report)
     rows = phase_rows(report)
     top = max(class_counts(report))
     none = next((r for r in rows if r[0] == 'none'), None)
@@ -219,6 +233,10 @@ def threshold_verdict(report):
     base = f"none: {_first(none[2])}" + (f" up to {top}" if none[2] is None else '')
     if not lower:
         return f"no lever lowers the class count for ICL ≥ {report['phase']['threshold']:g} ({base})"
+    if len(lower) > 4:  # many levers: the count of them, and those that go lowest
+        least = min(n for _, n in lower)
+        return (f"ICL ≥ {report['phase']['threshold']:g} at fewer classes with {len(lower)} of {len(rows) - 1} levers, "
+                f"from {least} with " + ', '.join(label for label, n in lower if n == least) + f"; {base}")
     return (f"ICL ≥ {report['phase']['threshold']:g} at fewer classes with "
             + ', '.join(f"{label} ({n})" for label, n in lower) + f"; {base}")
 
