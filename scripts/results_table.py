@@ -74,8 +74,8 @@ RESULTS = [
          command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_levers.py',
          out='out_omniglot_levers/'),
     dict(title='Levers, 25k steps (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='levers_long',
-         question='does targeted decay keep ICL from fading, or bring it late?', scale='synthetic, 25k',
-         command='python grid.py config/grid_levers_long.py', out='out_levers_long/'),
+         question='does targeted decay stop fading, or bring ICL late?', scale='synthetic, 25k',
+         command='python grid.py config/grid_levers_long.py', out='out_levers_long/', fading=True),
     dict(title='Burstiness x Zipf (generic axes)', anchor='burstiness-x-zipf-generic-axes', report='axes',
          question="Chan et al.'s other knobs, as --axes", scale='synthetic, 4k',
          command='python grid.py config/grid_axes.py', out='out_axes/'),
@@ -202,9 +202,10 @@ def few_many_verdict(report):
                                  else '') + '; ')
 
 
-def phase_verdict(report):
-    """One line: the Few/Many verdict, then which regularisers make ICL appear at fewer classes than none does."""
-    return few_many_verdict(report) + threshold_verdict(report)
+def phase_verdict(report, fading=False):
+    """One line: the Few/Many verdict, then which regularisers make ICL appear at fewer classes than none does
+    (fading: first the peak -> final ICL of each row at the largest class count)."""
+    return few_many_verdict(report) + threshold_verdict(report, fading)
 
 
 def single_count_verdict(report):
@@ -219,9 +220,22 @@ def single_count_verdict(report):
     return f"ICL ≥ {threshold:g} with {', '.join(reach) or 'none of them'} ({len(reach)} of {len(rows)})"
 
 
-def threshold_verdict(report):
+def top_count_verdict(report):
+    """A long-run grid's few rows at its largest class count: peak -> final ICL (does it fade?)."""
+    top = max(class_counts(report))
+    rows = [(label, entries[top]) for label, _, _, entries in phase_rows(report) if top in entries]
+    return f"at {top}: " + ', '.join(f"{label} {e['peak_icl']:.2f} → {e['final_icl']:.2f}" for label, e in rows)
+
+
+def threshold_verdict(report, fading=False):
     if len(class_counts(report)) == 1:
         return single_count_verdict(report)
+    if fading:  # a long-run grid: does ICL fade at the top count, before whether the threshold moves
+        return f"{top_count_verdict(report)}; {lowering_verdict(report)}"
+    return lowering_verdict(report)
+
+
+def lowering_verdict(report):
     rows = phase_rows(report)
     top = max(class_counts(report))
     none = next((r for r in rows if r[0] == 'none'), None)
@@ -281,7 +295,8 @@ def summary_block(root=ROOT):
                 wall, verdict = 'pending', 'pending'
             else:
                 wall = wall_text(report)
-                verdict = phase_verdict(report) if report['kind'] == 'phase' else verdict_summary(report)
+                verdict = (phase_verdict(report, r.get('fading', False)) if report['kind'] == 'phase'
+                           else verdict_summary(report))
         lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['question']} | {r['scale']} | "
                      f"`{r['command']}` | {wall} | `{r['out']}` | {verdict} |")
     return '\n'.join(lines) + '\n'
