@@ -397,7 +397,9 @@ def bench_share(results, rows):
         sample_s = B / throughput(sampler.sample, B, sync)
         # eval cost is linear in the episode count (fixed 512-episode chunks): quick CPU runs time fewer and scale
         n_measured = min(n_eval_episodes, 64 if cell == 'paper' else 256) if (quick and device_type == 'cpu') else n_eval_episodes
-        icl, iwl = (e.to(device) for e in build_eval_episodes(data, {**config, 'n_eval_episodes': n_measured}))
+        # episodes are drawn on the CPU from a CPU copy, then moved (data.build_run_data's order: drawing from
+        # data already on CUDA with CPU generators fails)
+        icl, iwl = (e.to(device) for e in build_eval_episodes(data.to('cpu'), {**config, 'n_eval_episodes': n_measured}))
         autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device_type == 'cuda' else None
         if not quick:  # warm-up eval (allocator, cudnn autotune)
             evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast)

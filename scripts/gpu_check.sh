@@ -4,7 +4,7 @@
 #     bash scripts/gpu_check.sh [omniglot data_dir]     # default ../shared/data/omniglot
 #
 # CI has no GPU, so this script is the only thing that exercises the CUDA code: the synthetic default,
-# the paper cell (12 layers + ResNet, 105x105) in each compile mode, SIGTERM + resume, eval.py,
+# the levers (decay_modules, label_swap) solo and in a group, the paper cell (12 layers + ResNet, 105x105) in each compile mode, SIGTERM + resume, eval.py,
 # sample_attention.py, bench.py --quick, a grid of two cells, and the same two cells as one group.py group.
 # It stops at the first failure and prints the step rates it saw; outputs go to $OUT (default /tmp/gpu_check).
 set -euo pipefail
@@ -20,6 +20,14 @@ rate() { grep -o '[0-9.]* steps/s' "$1" | tail -1 || true; }
 step "synthetic default, 300 steps"
 python train.py --out_dir="$OUT/synthetic" --max_iters=300 --eval_interval=150 --log_interval=100 > "$OUT/synthetic.log" 2>&1
 echo "synthetic: $(rate "$OUT/synthetic.log")"
+
+step "levers: decay on mlp+head with label swap, 200 steps; a group whose members differ in both"
+LEVERS=(--max_iters=200 --eval_interval=100 --log_interval=100 --n_eval_episodes=128)
+python train.py "${LEVERS[@]}" --weight_decay=1 --decay_modules=mlp,head --label_swap=0.3 \
+  --out_dir="$OUT/levers" > "$OUT/levers.log" 2>&1
+python group.py "${LEVERS[@]}" --decay_modules=mlp --weight_decay=1 --out_dir="$OUT/levers_g0" :: \
+  "${LEVERS[@]}" --label_swap=0.5 --l2=0.01 --decay_modules=head --out_dir="$OUT/levers_g1" > "$OUT/levers_group.log" 2>&1
+echo "levers: $(rate "$OUT/levers.log"); group: $(grep -o '[0-9.]* cell-steps/s' "$OUT/levers_group.log" | tail -1)"
 
 PAPER=(config/omniglot.py config/many.py --data_dir="$DATA" --max_iters=300 --eval_interval=150 --log_interval=100
        --n_eval_episodes=256 --warmup_iters=100)
