@@ -237,13 +237,9 @@ def ablation_table(model, icl, iwl, reference, config, parts):
 
 def reference_sequences(dataset, config, n=2048):
     """n training sequences from the run's own sampler rules (bursty mix, label swap off), seeded apart
-    from training: the distribution the mean activations are taken over."""
-    from data import EpisodeSampler, Episodes
-    sampler = EpisodeSampler(dataset.train, dataset.class_labels, config['context_len'], config['p_bursty'],
-                             config['bursty_shots'], config['ways'], config['zipf_alpha'],
-                             seed=config['data_seed'] + 3000)
-    items, labels, classes = sampler.sample(n)
-    return Episodes(items, labels, classes)
+    from training and from the probes: the distribution the mean activations are taken over."""
+    from data import make_train_dist_episodes
+    return make_train_dist_episodes(dataset.train, dataset.class_labels, config, n, seed=config['data_seed'] + 3000)
 
 
 if __name__ == '__main__':
@@ -252,7 +248,7 @@ if __name__ == '__main__':
     device = 'cpu'
     ablate = ''        # '' = plain eval; 'all' or a comma list of parts (encoder, attn<i>, mlp<i>, head, attn, mlp)
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-    from data import build_eval_episodes
+    from data import build_eval_episodes, icl_chance
     try:
         model, config, dataset, checkpoint = load_run(out_dir, ckpt_name, device)
         parts = parse_ablate(ablate, model) if ablate else []
@@ -267,7 +263,7 @@ if __name__ == '__main__':
         sys.exit(0)
     rows = ablation_table(model, icl, iwl, reference_sequences(dataset, config).to(device), config, parts)
     iwl_chance = 1 / dataset.n_labels
-    print(f"{out_dir} at iter {checkpoint['iter_num']}: mean ablation (ICL chance {rows[0][1].get('icl_chance', 0.5)}, "
+    print(f"{out_dir} at iter {checkpoint['iter_num']}: mean ablation (ICL chance {icl_chance(icl, config['eval_ways']):g}, "
           f"IWL chance {iwl_chance:.3f})")
     print(f"{'ablated':>8} | {'ICL':>5} | {'IWL':>5} | attn lbl")
     for part, m in rows:
