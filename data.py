@@ -404,7 +404,7 @@ class EpisodeSampler:
     """
 
     def __init__(self, bank, class_labels, context_len=8, p_bursty=0.9, bursty_shots=3, ways=2,
-                 zipf_alpha=0.0, seed=0, device='cpu', label_swap=0.0, n_labels=None):
+                 zipf_alpha=0.0, seed=0, device='cpu', label_swap=0.0, n_labels=None, label_swap_to='train'):
         n_classes = bank.n_classes
         if not 0.0 <= p_bursty <= 1.0:
             raise ValueError(f"p_bursty={p_bursty} must be in [0, 1]")
@@ -424,14 +424,21 @@ class EpisodeSampler:
         if not 0.0 <= label_swap <= 1.0:
             raise ValueError(f"label_swap={label_swap} must be in [0, 1]")
         n_labels = int(class_labels.max()) + 1 if n_labels is None else n_labels
-        if label_swap > 0 and n_labels < 2:
-            raise ValueError(f"label_swap={label_swap} needs at least 2 labels to swap to (n_labels={n_labels})")
+        if label_swap_to not in ('train', 'all'):
+            raise ValueError(f"label_swap_to={label_swap_to!r} must be 'train' (the labels of the training classes, "
+                             f"Bratulic et al.) or 'all' (every label of the vocabulary)")
+        # the labels a swap may give: those the training classes own (Bratulic), or the whole vocabulary
+        swap_labels = torch.unique(class_labels) if label_swap_to == 'train' else torch.arange(n_labels)
+        if label_swap > 0 and len(swap_labels) < 2:
+            raise ValueError(f"label_swap={label_swap} needs at least 2 labels to swap to (label_swap_to="
+                             f"{label_swap_to!r} gives {len(swap_labels)})")
         if class_labels.shape != (n_classes,):
             raise ValueError(f"class_labels has shape {tuple(class_labels.shape)}, expected ({n_classes},)")
         self.bank = bank.to(device)
         self.class_labels = class_labels.to(device)
         self.context_len, self.p_bursty, self.bursty_shots, self.ways = context_len, p_bursty, bursty_shots, ways
         self.label_swap, self.n_labels = label_swap, n_labels
+        self.swap_to = swap_labels.to(device)  # sorted
         self.cdf = class_cdf(n_classes, zipf_alpha, device)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
@@ -459,16 +466,19 @@ class EpisodeSampler:
         return items, self.swap_labels(self.class_labels[classes], classes), classes
 
     def swap_labels(self, labels, classes):
-        """Label swap (Bratulić et al. 2025): in a fraction label_swap of the sequences, every item of the
-        query's class (the query included) carries one new label, drawn uniformly from the other labels, so
-        the in-context answer stays right and the memorised one is wrong. Drawn on the device, no host sync;
-        with label_swap = 0 nothing is drawn (the random stream is the one of a run without it)."""
+        """Label swap (Bratulić et al. 2025, `p_noisy_labels`): in a fraction label_swap of the sequences, every
+        item of the query's class (the query included) carries one new label, so the in-context answer stays
+        right and the memorised one is wrong. The new label is uniform over the other labels of self.swap_to:
+        the training classes' labels ('train', as Bratulić draws it) or all n_labels ('all'); the two are the
+        same draw when the training classes own every label (the synthetic default). Drawn on the device, no
+        host sync; with label_swap = 0 nothing is drawn (the random stream is the one of a run without it)."""
         if self.label_swap == 0:
             return labels
-        g, B = self.generator, labels.shape[0]
+        g, B, pool = self.generator, labels.shape[0], self.swap_to
         swapped = torch.rand(B, 1, generator=g, device=labels.device) < self.label_swap
-        shift = torch.randint(1, self.n_labels, (B, 1), generator=g, device=labels.device)
-        new_label = (labels[:, -1:] + shift) % self.n_labels  # never the query's own label
+        shift = torch.randint(1, len(pool), (B, 1), generator=g, device=labels.device)
+        own = torch.searchsorted(pool, labels[:, -1:].contiguous())  # the query label's place in the pool
+        new_label = pool[(own + shift) % len(pool)]      # never the query's own label
         return torch.where(swapped & (classes == classes[:, -1:]), new_label, labels)
 
     def state_dict(self):
@@ -602,7 +612,7 @@ def icl_chance(episodes, ways):
 
 
 # config keys that do not change a run's data (dataset, eval episodes): runs differing only in these share them
-NOT_DATA_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'out_dir', 'init_from', 'overwrite'}
+NOT_DATA_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'label_swap_to', 'out_dir', 'init_from', 'overwrite'}
 
 
 def build_run_data(config, device, cache=None):
@@ -627,7 +637,7 @@ def build_run_data(config, device, cache=None):
     sampler = EpisodeSampler(data.train, data.class_labels, config['context_len'], config['p_bursty'],
                              config['bursty_shots'], config['ways'], config['zipf_alpha'],
                              seed=config['seed'], device=device, label_swap=config.get('label_swap', 0.0),
-                             n_labels=data.n_labels)
+                             n_labels=data.n_labels, label_swap_to=config['label_swap_to'])
     return data, sampler, icl, iwl, probes
 
 
@@ -665,7 +675,7 @@ def check_data_config(config):
     # the sampler's own checks, on a bank of n_train empty items (nothing is allocated)
     EpisodeSampler(ClassBank(torch.empty(n_train, 1, 0)), labels, config['context_len'], config['p_bursty'],
                    config['bursty_shots'], config['ways'], config['zipf_alpha'],
-                   label_swap=config.get('label_swap', 0.0), n_labels=n_labels)
+                   label_swap=config.get('label_swap', 0.0), n_labels=n_labels, label_swap_to=config['label_swap_to'])
     # make_icl_episodes' and make_iwl_episodes' rules; ICL answers are the labels 0..eval_ways-1
     ways, shots = config['eval_ways'], config['eval_shots']
     if ways < 1 or shots < 1:

@@ -62,6 +62,11 @@ group_script = 'group.py'
 axes = ''                   # any train.py keys as extra axes, crossed with everything else: 'p_bursty=0.5,0.9;zipf_alpha=0,1'
 regularizers = ''           # '' = the weight_decays axis; else e.g. 'none,wd=0.1,l2=1e-3,wd=1@mlp+head,swap=0.2+wd=1@mlp'
                             # (decay, classical L2, on chosen modules, label swap; parse_regularizer has the syntax)
+extend_from = ''            # a finished grid at a shorter max_iters: a cell not started here whose namesake finished
+                            # there is copied in and resumed to this grid's max_iters (the first steps are not run
+                            # twice; exact for the constant and inverse_sqrt schedules, refused for cosine)
+extra_cells = ''            # cells beside the classes x regularizers cross, each at every seed: 'classes:regularizer'
+                            # pairs split by ';', e.g. '1600:none;100:swap=0.8+swap_to=all'
 phase = False               # report a phase diagram (class count x regularizer heatmaps) instead of the verdict
 icl_threshold = 0.8         # phase diagram: ICL 'appears' at the first class count whose peak ICL reaches this
 jobs = 0                    # cells at a time on this machine; 0 = number of CPU cores (1 when CUDA is present)
@@ -123,9 +128,10 @@ def parse_shard(text, environ):
     return 0, 1
 
 
-REG_SHORTHANDS = {'wd': 'weight_decay', 'l2': 'l2', 'swap': 'label_swap'}
+REG_SHORTHANDS = {'wd': 'weight_decay', 'l2': 'l2', 'swap': 'label_swap', 'swap_to': 'label_swap_to'}
 REG_SYNTAX = ("'none', or terms joined by '+': wd=<float>, l2=<float> (either may end in @<modules>, e.g. "
-              "wd=1@mlp+head; modules: encoder, attn, mlp, head), swap=<p in [0, 1]>, or <train.py key>=<value>")
+              "wd=1@mlp+head; modules: encoder, attn, mlp, head), swap=<p in [0, 1]>, swap_to=train|all, "
+              "or <train.py key>=<value>")
 
 
 def parse_regularizer(entry):
@@ -258,6 +264,42 @@ def enumerate_cells(class_names, decays, seed_list, width_list, train_configs, c
                     cells.append({'name': name, 'classes': class_cell_name(cls), 'weight_decay': wd, 'l2': l2,
                                   'setting': setting, 'regularizer': reg, 'seed': seed, 'width': width, 'args': args})
     return cells
+
+
+def add_extra_cells(cells, text, seed_list, *cell_args):
+    """cells plus the extra_cells pairs ('1600:none;100:swap=0.8+swap_to=all'), each at every seed, in seed-major
+    order again; a pair that is already a cell of the cross adds nothing."""
+    names = {c['name'] for c in cells}
+    for pair in [p.strip() for p in text.split(';') if p.strip()]:
+        cls, sep, entry = pair.partition(':')
+        if not sep or not (cls.strip() in ('few', 'many') or cls.strip().isdigit()):
+            fail(f"extra_cells: {pair!r} must look like <classes>:<regularizer>, e.g. 1600:none")
+        for cell in enumerate_cells([cls.strip()], parse_regularizers(entry), seed_list, *cell_args):
+            if cell['name'] not in names:
+                cells.append(cell)
+                names.add(cell['name'])
+    return sorted(cells, key=lambda c: c['seed'])  # stable: the cross's order within a seed, extras after
+
+
+def extend_cells(cells, root_dir, source_dir):
+    """Copy each cell of source_dir that finished there into root_dir when root_dir has not started it, minus
+    its summary, so that the grid resumes it to its own (longer) max_iters. Returns the names copied."""
+    import shutil
+    from checkpoint import has_checkpoint, load_checkpoint
+    copied = []
+    for cell in cells:
+        source, target = os.path.join(source_dir, cell['name']), os.path.join(root_dir, cell['name'])
+        if not is_finished(source) or has_checkpoint(target):
+            continue
+        schedule = load_checkpoint(source)['config']['lr_schedule']
+        if schedule == 'cosine':
+            fail(f"extend_from: {source} has a cosine schedule, which depends on max_iters; run it from scratch")
+        shutil.copytree(source, target, dirs_exist_ok=True,
+                        ignore=lambda d, names: [n for n in names if n in ('summary.json', 'exposure.json', 'lock')])
+        with open(os.path.join(target, 'train.log'), 'a') as f:
+            f.write(f"=== grid.py: copied from {source} (finished at its max_iters) to be resumed here\n")
+        copied.append(cell['name'])
+    return copied
 
 
 def shard_cells(cells, index, count):
@@ -579,6 +621,7 @@ if __name__ == '__main__':
         common = shlex.split(synthetic_args)
     common += shlex.split(train_args)
     cells = enumerate_cells(class_names, decays, seed_list, width_list, train_configs, class_args, common)
+    cells = add_extra_cells(cells, extra_cells, seed_list, width_list, train_configs, class_args, common)
     for cell in cells:  # a grid's cells share a wandb group named after its folder (runs are named after cells)
         if logs_to_wandb(cell['args']):
             cell['args'] = [*cell['args'], f'--wandb_group={os.path.basename(root_dir)}']
@@ -603,6 +646,9 @@ if __name__ == '__main__':
             print(f"{', '.join(c['name'] for c in unit)}: {shlex.join(unit_command(unit, root_dir))}")
         sys.exit(0)
     os.makedirs(root_dir, exist_ok=True)
+    if extend_from:
+        copied = extend_cells(mine, root_dir, os.path.abspath(extend_from))
+        print(f"grid: {len(copied)} cells copied from {extend_from} to be resumed to this grid's max_iters")
     t0 = time.time()
     result = run_grid(mine, root_dir, n_jobs, n_threads, group_size)
     print(f"grid: {len(result['done'])} run, {len(result['skipped'])} already finished, {len(result['busy'])} "

@@ -35,7 +35,7 @@ from training import (Exposure, GroupExposure, GroupSampler, NonFinite, StepRate
                       parse_train_args, read_run_dir, resolve_device, stack_group, start_run_dir, stop_and_exit,
                       train_step)
 
-MEMBER_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'n_train_classes', 'out_dir',
+MEMBER_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'label_swap_to', 'n_train_classes', 'out_dir',
                'wandb_run_name'}  # all other keys: one value per group
 
 

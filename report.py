@@ -18,8 +18,8 @@ def wd_name(wd):
 
 # A cell's regulariser is its setting of the REG_KEYS (and any other train.py key a grid's regularizers entry
 # sets), as a canonical tuple of (key, value) pairs without the keys at their defaults: () is no regulariser.
-REG_KEYS = ('weight_decay', 'l2', 'decay_modules', 'label_swap')  # label order; other keys follow by name
-REG_DEFAULTS = {'weight_decay': 0.0, 'l2': 0.0, 'decay_modules': 'all', 'label_swap': 0.0}
+REG_KEYS = ('weight_decay', 'l2', 'decay_modules', 'label_swap', 'label_swap_to')  # label order; others by name
+REG_DEFAULTS = {'weight_decay': 0.0, 'l2': 0.0, 'decay_modules': 'all', 'label_swap': 0.0, 'label_swap_to': 'train'}
 NONE = ()
 
 
@@ -39,6 +39,8 @@ def as_reg(reg):
     else:
         items = {'weight_decay': reg}
     items = {k: float(v) if isinstance(v, int) and not isinstance(v, bool) else v for k, v in items.items()}
+    if not items.get('label_swap'):
+        items.pop('label_swap_to', None)  # which labels a swap draws from matters only when there is one
     if 'decay_modules' in items:
         from model import DECAY_MODULES, parse_decay_modules
         modules = parse_decay_modules(items['decay_modules'])
@@ -54,8 +56,14 @@ def reg_value(reg, key):
 
 
 def reg_of(cell):
-    """A cell's regulariser: its grid setting (cells from before settings have weight_decay and l2 only)."""
-    return as_reg({'weight_decay': cell['weight_decay'], 'l2': cell.get('l2', 0.0), **cell.get('setting', {})})
+    """A cell's regulariser: its grid setting (cells from before settings have weight_decay and l2 only). A swap
+    run older than label_swap_to drew from every label: it reads as label_swap_to='all' (its summary's config
+    has no such key)."""
+    setting = {'weight_decay': cell['weight_decay'], 'l2': cell.get('l2', 0.0), **cell.get('setting', {})}
+    config = (cell.get('summary') or {}).get('config') or {}
+    if config and 'label_swap_to' not in config:
+        setting.setdefault('label_swap_to', 'all')
+    return as_reg(setting)
 
 
 def reg_order(reg):
@@ -76,7 +84,7 @@ def _terms(reg, value_form, modules_form):
     return terms
 
 
-_SHORT = {'weight_decay': 'wd', 'label_swap': 'swap'}
+_SHORT = {'weight_decay': 'wd', 'label_swap': 'swap', 'label_swap_to': 'swap_to'}
 
 
 def reg_label(reg):
@@ -98,7 +106,7 @@ def reg_name(reg):
 
     def value_form(key, value):
         text = f"{value:g}" if isinstance(value, float) else str(value)
-        return {'weight_decay': 'wd', 'l2': 'l2_', 'label_swap': 'swap'}.get(key, key + '_') + text
+        return {'weight_decay': 'wd', 'l2': 'l2_', 'label_swap': 'swap', 'label_swap_to': 'to_'}.get(key, key + '_') + text
     terms = _terms(reg, value_form, lambda m: '-' + m.replace(',', '-'))
     swap = [t for t in terms if t.startswith('swap')]
     return '_'.join(swap + [t for t in terms if not t.startswith('swap')])
@@ -298,7 +306,7 @@ def _decide(candidates, threshold):
 # ---- report ----------------------------------------------------------------------------------------
 
 # config keys that may differ between the cells of one grid; any other difference is flagged in report.md
-VARYING_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'n_train_classes', 'n_embd', 'n_head', 'out_dir', 'init_from', 'overwrite',
+VARYING_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'label_swap_to', 'n_train_classes', 'n_embd', 'n_head', 'out_dir', 'init_from', 'overwrite',
                 'device', 'compile', 'compile_mode', 'dtype', 'log_interval', 'keep_checkpoints'}
 
 

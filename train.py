@@ -50,6 +50,9 @@ bursty_shots = 3
 ways = 2
 zipf_alpha = 0.0            # 0 = uniform class distribution
 label_swap = 0.0            # fraction of training sequences whose query class gets one random new label (Bratulic 2025)
+label_swap_to = 'train'     # the new label: 'train' = another label some training class owns (Bratulic's rule),
+                            # 'all' = any other label of the n_labels (the rule before 2026-12-01; runs older than
+                            # this key resume and report as 'all')
 eval_ways = 2
 eval_shots = 4
 n_eval_episodes = 1024
@@ -129,7 +132,7 @@ decayed_params, _ = model.decayed_parameters(decay_modules)
 print(f"model: {model.num_parameters():,} parameters, {n_layer} layers, d={n_embd}; "
       f"data: {data.name}, {data.train.n_classes} train / {data.holdout.n_classes} holdout classes, "
       f"{data.n_labels} labels; device {device}" + (f"; l2={l2:g} on the decayed group" if l2 else '')
-      + (f"; label_swap={label_swap:g}" if label_swap else ''))
+      + (f"; label_swap={label_swap:g} (to {label_swap_to} labels)" if label_swap else ''))
 
 exposure = Exposure(data.train.n_classes, device)
 iter_num, last_eval_iter, wall_offset = 0, -1, 0.0

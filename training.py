@@ -144,7 +144,7 @@ def start_run_dir(config, checkpoint):
 
 def _default(key):
     """A key newer than a checkpoint counts as its default there (l2 = 0 in runs from before it existed)."""
-    return {'l2': 0.0, 'decay_modules': 'all', 'label_swap': 0.0}.get(key)
+    return {'l2': 0.0, 'decay_modules': 'all', 'label_swap': 0.0, 'label_swap_to': 'all'}.get(key)
 
 
 # ---- the step -------------------------------------------------------------------------------------
