@@ -74,7 +74,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 from data import ClassBank, Dataset, EpisodeSampler, assign_labels, build_dataset, build_eval_episodes
 from eval import evaluate
 from model import build_model
-from training import Exposure, GroupExposure, GroupSampler, stack_group, train_defaults, train_step
+from training import Exposure, GroupExposure, GroupSampler, StepTerms, stack_group, train_defaults, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEEPMIND_SEQ_PER_S = 1000   # the reference generator's rate on one core (shared/notes/findings.md), not run here
@@ -278,27 +278,27 @@ def make_cell(cell, cell_seed=None):
     config['n_eval_episodes'] = n_eval_episodes
     torch.manual_seed(cell_seed)
     data = data.to(device)
-    sampler = EpisodeSampler(data.train, data.class_labels, config['context_len'], config['p_bursty'],
-                             config['bursty_shots'], config['ways'], config['zipf_alpha'], seed=cell_seed, device=device)
+    sampler = EpisodeSampler.from_config(data.train, data.class_labels, config, device, seed=cell_seed)
     model = build_model(config, data).to(device)
     optimizer = model.configure_optimizers(config['weight_decay'], config['learning_rate'],
                                            (config['beta1'], config['beta2']), device_type, verbose=False)
     return config, data, sampler, model, optimizer
 
 
-def make_step(config, sampler, model, optimizer, use_compile, dtype, forward=None, exposure=None, decayed=None):
+def make_step(config, sampler, model, optimizer, use_compile, dtype, forward=None, exposure=None, decayed=None,
+              models=None):
     """train.py's step (training.train_step: sample, exposure counts, forward, query loss, backward, AdamW)
-    and its finite check; a group passes its stacked forward, exposure and decayed tensors."""
+    and its finite check; a group passes its stacked forward, exposure, decayed tensors and members' models."""
     train_model = forward or (torch.compile(model, mode=compile_mode) if use_compile else model)
     autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16) if dtype == 'bf16' else nullcontext()
     exposure = exposure or Exposure(sampler.bank.n_classes, device)
     decayed = decayed if decayed is not None else model.decayed_parameters()[0]
+    terms = StepTerms([config] * (len(models) if models else 1), decayed, models)
     state = {'bad': torch.full((), -1, dtype=torch.long, device=device), 'loss_sum': torch.zeros((), device=device),
              'it': 0}
 
     def step():
-        loss = train_step(train_model, optimizer, sampler, config['batch_size'], config['learning_rate'], exposure,
-                          decayed, config['l2'], config['grad_clip'], autocast)
+        loss = train_step(train_model, optimizer, sampler, config['learning_rate'], exposure, terms, autocast)
         state['bad'] = torch.where((state['bad'] < 0) & ~torch.isfinite(loss).all(), state['it'], state['bad'])
         state['loss_sum'] = state['loss_sum'] + loss.sum()
         state['it'] += 1
@@ -507,7 +507,7 @@ def bench_group(results, rows):
             samplers = [c[2] for c in cellset]
             step, state = make_step(config, GroupSampler(samplers), None, optimizer, False, dtype, forward=stacked,
                                     exposure=GroupExposure([Exposure(s.bank.n_classes, device) for s in samplers]),
-                                    decayed=decayed)
+                                    decayed=decayed, models=[c[3] for c in cellset])
             rate = K / time_steps(step, state, warmup_steps, group_steps)
             out[f'K{K}'] = {'cell_steps_per_s': rate, 'vs_solo': rate / solo}
             rows.append(('group', f'{group_cell} K={K}', rate, 'cell-steps/s', f'x{rate / solo:.2f} vs one solo step'))

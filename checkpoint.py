@@ -1,5 +1,6 @@
 """
-A run directory's files, written so that a kill at any moment loses nothing:
+A run directory's files, written so that a kill at any moment loses nothing (and a saved run's config read
+with the keys newer than it filled in, saved_config):
 - ckpt.pt is replaced atomically (write ckpt.pt.tmp, fsync, rename); the one before it is kept as
   ckpt_prev.pt and used if ckpt.pt turns out unreadable;
 - metrics.jsonl gets one fsync'd JSON line per eval; a torn last line (killed mid-append) is
@@ -11,6 +12,7 @@ import signal
 
 import torch
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 CKPT = 'ckpt.pt'
 PREV_CKPT = 'ckpt_prev.pt'
 METRICS = 'metrics.jsonl'
@@ -61,12 +63,55 @@ def load_checkpoint(out_dir, name=CKPT, map_location='cpu'):
             state = torch.load(path, map_location=map_location, weights_only=False)
             if not isinstance(state, dict) or 'model' not in state or 'iter_num' not in state:
                 raise ValueError("not a burstyicl checkpoint")
+            if 'config' in state:
+                state['config'] = saved_config(state['config'])
         except Exception as e:  # truncated zip, unpickling error, wrong file
             problems.append(f"{path}: unreadable ({type(e).__name__}: {e})")
             print(f"warning: checkpoint {path} is unreadable ({type(e).__name__}); trying the previous one")
             continue
         return state
     raise FileNotFoundError("no usable checkpoint: " + "; ".join(problems))
+
+
+def _train_globals():
+    """train.py's globals block (its embedded default config), run from its source so nothing drifts."""
+    source = open(os.path.join(HERE, 'train.py')).read()
+    start = source.index('# default config')
+    namespace = {}
+    exec(source[source.index('\n', start):source.index('config_keys =')], namespace)
+    return namespace
+
+
+def train_defaults():
+    """train.py's config keys and their defaults."""
+    return {k: v for k, v in _train_globals().items()
+            if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
+
+
+def saved_config(config):
+    """A saved run's config with every key newer than the run filled in: its train.py default, or its entry in
+    train.py's older_runs where runs from before the key behaved otherwise. So a new key is one global in
+    train.py, and old runs still resume, evaluate and report."""
+    namespace = _train_globals()
+    older = {k: namespace['older_runs'].get(k, v) for k, v in train_defaults().items()}
+    return {**older, **config}
+
+
+class KeyReads(dict):
+    """A config that notes which keys were read (config[key] or config.get): data.build_run_data keys its cache on
+    the keys building the data read, and group.py checks that each key its members differ in was read per member."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
 
 
 def has_checkpoint(out_dir):

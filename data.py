@@ -18,6 +18,7 @@ Omniglot (Lake et al. 2015, 1623 characters x 20 drawers) is decoded once into a
 cached outside the data folder; its classes are characters, or characters x 8 flips/rotations.
 """
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from checkpoint import KeyReads
 
 
 @dataclass
@@ -49,8 +52,9 @@ class ClassBank:
     def to(self, device):
         return ClassBank(self.exemplars.to(device), self.fresh_noise)
 
-    def gather(self, classes, generator):
-        """Items for a [B, T] tensor of class ids, exemplars distinct within each row when possible."""
+    def gather(self, classes, generator, copy_of=None):
+        """Items for a [B, T] tensor of class ids, exemplars distinct within each row when possible. copy_of [B, T]
+        (EpisodeSampler.copy_sources): position t shows the very item at position copy_of[b, t] (instance copies)."""
         B, T = classes.shape
         E = self.n_exemplars
         if classes.device != self.exemplars.device:  # a clear error instead of index_select's, before any work
@@ -61,11 +65,15 @@ class ClassBank:
             exemplar = torch.rand(B, E, generator=generator, device=classes.device).argsort(dim=1)[:, :T]
         else:
             exemplar = torch.randint(E, (B, T), generator=generator, device=classes.device)
+        if copy_of is not None:
+            exemplar = exemplar.gather(1, copy_of)
         # index_select copies whole item rows; advanced indexing walks element by element (~3x slower on images)
         flat = self.exemplars.flatten(0, 1)
         items = flat.index_select(0, (classes * E + exemplar).flatten()).view(B, T, *flat.shape[1:])
         if self.fresh_noise > 0:
             noise = torch.randn(items.shape, generator=generator, device=items.device) / math.sqrt(items.shape[-1])
+            if copy_of is not None:  # a copy is the same item, its noise included
+                noise = noise[torch.arange(B, device=noise.device)[:, None], copy_of]
             items = (items + self.fresh_noise * noise) / math.sqrt(1 + self.fresh_noise ** 2)
         return items
 
@@ -404,7 +412,7 @@ class EpisodeSampler:
     """
 
     def __init__(self, bank, class_labels, context_len=8, p_bursty=0.9, bursty_shots=3, ways=2,
-                 zipf_alpha=0.0, seed=0, device='cpu', label_swap=0.0, n_labels=None, label_swap_to='train'):
+                 zipf_alpha=0.0, seed=0, device='cpu', label_swap=0.0, n_labels=None, label_swap_to='train', p_copy=0.0):
         n_classes = bank.n_classes
         if not 0.0 <= p_bursty <= 1.0:
             raise ValueError(f"p_bursty={p_bursty} must be in [0, 1]")
@@ -423,6 +431,10 @@ class EpisodeSampler:
             raise ValueError(f"zipf_alpha={zipf_alpha} must be >= 0")
         if not 0.0 <= label_swap <= 1.0:
             raise ValueError(f"label_swap={label_swap} must be in [0, 1]")
+        if not 0.0 <= p_copy <= 1.0:
+            raise ValueError(f"p_copy={p_copy} must be in [0, 1]")
+        if p_copy > 0 and p_bursty == 0:
+            raise ValueError(f"p_copy={p_copy} turns bursty sequences into copies, but p_bursty=0 makes none")
         n_labels = int(class_labels.max()) + 1 if n_labels is None else n_labels
         if label_swap_to not in ('train', 'all'):
             raise ValueError(f"label_swap_to={label_swap_to!r} must be 'train' (the labels of the training classes, "
@@ -437,19 +449,28 @@ class EpisodeSampler:
         self.bank = bank.to(device)
         self.class_labels = class_labels.to(device)
         self.context_len, self.p_bursty, self.bursty_shots, self.ways = context_len, p_bursty, bursty_shots, ways
-        self.label_swap, self.n_labels = label_swap, n_labels
+        self.label_swap, self.n_labels, self.p_copy = label_swap, n_labels, p_copy
         self.swap_to = swap_labels.to(device)  # sorted
         self.cdf = class_cdf(n_classes, zipf_alpha, device)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
+    @classmethod
+    def from_config(cls, bank, class_labels, config, device, **given):
+        """The sampler a run's config describes, for every caller (train.py, group.py, probes, bench, checks): each
+        constructor argument named like a train.py key comes from config, so a new sampler rule is a train.py global
+        plus an argument, its check and its code in this class. `given` overrides (seed, label_swap=0, ...)."""
+        names = [k for k in inspect.signature(cls.__init__).parameters
+                 if k in config and k not in given and k != 'device']  # config's device may be 'auto'
+        return cls(bank, class_labels, **{k: config[k] for k in names}, device=device, **given)
+
     def sample_classes(self, batch_size):
-        """Class ids [B, context_len + 1] of a batch of training sequences (query last)."""
+        """(class ids [B, context_len + 1] of a batch of training sequences (query last), which rows are bursty [B, 1])."""
         g, T = self.generator, self.context_len
         # non-bursty: everything i.i.d. from the class distribution
         iid = draw_classes(self.cdf, (batch_size, T + 1), g)
         if self.p_bursty == 0:
-            return iid
+            return iid, torch.zeros(batch_size, 1, dtype=torch.bool, device=iid.device)
         # bursty: `ways` distinct classes (query's class first), `shots` each, rest filled i.i.d.
         chosen = draw_classes(self.cdf, (batch_size, 1), g)
         for _ in range(self.ways - 1):
@@ -458,12 +479,25 @@ class EpisodeSampler:
         context = torch.cat([chosen.repeat_interleave(self.bursty_shots, dim=1), iid[:, :n_fill]], 1)
         bursty = torch.cat([shuffle_rows(context, g), chosen[:, :1]], 1)
         is_bursty = torch.rand(batch_size, 1, generator=g, device=iid.device) < self.p_bursty
-        return torch.where(is_bursty, bursty, iid)
+        return torch.where(is_bursty, bursty, iid), is_bursty
 
     def sample(self, batch_size):
-        classes = self.sample_classes(batch_size)
-        items = self.bank.gather(classes, self.generator)
+        classes, bursty = self.sample_classes(batch_size)
+        items = self.bank.gather(classes, self.generator, self.copy_sources(classes, bursty))
         return items, self.swap_labels(self.class_labels[classes], classes), classes
+
+    def copy_sources(self, classes, bursty):
+        """Instance copies (Bratulić et al. 2025, `sequence_with_copy`): in a fraction p_copy of the bursty sequences
+        every item of the query's class is the query itself and every other class is shown as copies of one exemplar
+        (its first item), so matching the query needs no generalisation over exemplars. [B, T+1] positions whose
+        item each position repeats (itself in other sequences), or None when p_copy = 0 (nothing drawn)."""
+        if self.p_copy == 0:
+            return None
+        B, T1 = classes.shape
+        copy = bursty & (torch.rand(B, 1, generator=self.generator, device=classes.device) < self.p_copy)
+        first = (classes[:, :, None] == classes[:, None, :]).int().argmax(-1)  # first position of each item's class
+        source = torch.where(classes == classes[:, -1:], T1 - 1, first)
+        return torch.where(copy, source, torch.arange(T1, device=classes.device).expand(B, -1))
 
     def swap_labels(self, labels, classes):
         """Label swap (Bratulić et al. 2025, `p_noisy_labels`): in a fraction label_swap of the sequences, every
@@ -551,8 +585,7 @@ def make_train_dist_episodes(train, class_labels, config, n_episodes, seed=0):
     """Held-out draws of the training distribution itself (the run's bursty/non-bursty mix over its own
     classes, true labels, no label swap): answerable by ICL (when the query's class is in the context) or
     by a memorised map, so a drop here is a collapse of what the run can do, whichever strategy it uses."""
-    sampler = EpisodeSampler(train, class_labels.cpu(), config['context_len'], config['p_bursty'],
-                             config['bursty_shots'], config['ways'], config['zipf_alpha'], seed=seed)
+    sampler = EpisodeSampler.from_config(train, class_labels.cpu(), config, 'cpu', seed=seed, label_swap=0.0)
     return Episodes(*sampler.sample(n_episodes))
 
 
@@ -611,33 +644,28 @@ def icl_chance(episodes, ways):
     return counts.max().item() / len(episodes)
 
 
-# config keys that do not change a run's data (dataset, eval episodes): runs differing only in these share them
-NOT_DATA_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'label_swap_to', 'out_dir', 'init_from', 'overwrite'}
-
-
 def build_run_data(config, device, cache=None):
     """Everything a training run reads, on `device`: (dataset, sampler, icl_episodes, iwl_episodes, probes),
     probes being build_probe_episodes' training-distribution and conflict sets.
 
     The one place where data is moved: the eval episodes are drawn with CPU generators from the CPU
     dataset (so they are the same on every device), and only then is everything moved. Moving the
-    dataset first made every CUDA run index CUDA data with CPU indices (issue 11). With a `cache` dict,
-    runs whose data is the same (group.py's members) share one copy on the device; each gets its own
-    sampler, seeded by config['seed']."""
-    key = repr(sorted((k, v) for k, v in config.items() if k not in NOT_DATA_KEYS))
-    if cache is None or key not in cache:
-        data = build_dataset(config)
-        icl, iwl = build_eval_episodes(data, config)
-        probes = build_probe_episodes(data, config)
+    dataset first made every CUDA run index CUDA data with CPU indices (issue 11). With a `cache` list,
+    runs whose data is the same (group.py's members) share one copy on the device: the same values of the
+    keys that building it read; each gets its own sampler, seeded by config['seed']."""
+    cache = [] if cache is None else cache
+    for keys, moved in cache:
+        if all(config[k] == v for k, v in keys.items()):
+            break
+    else:
+        reads = KeyReads(config)
+        data = build_dataset(reads)
+        icl, iwl = build_eval_episodes(data, reads)
+        probes = build_probe_episodes(data, reads)
         moved = data.to(device), icl.to(device), iwl.to(device), probes_to(probes, device)
-        if cache is None:
-            cache = {}
-        cache[key] = moved
-    data, icl, iwl, probes = cache[key]
-    sampler = EpisodeSampler(data.train, data.class_labels, config['context_len'], config['p_bursty'],
-                             config['bursty_shots'], config['ways'], config['zipf_alpha'],
-                             seed=config['seed'], device=device, label_swap=config.get('label_swap', 0.0),
-                             n_labels=data.n_labels, label_swap_to=config['label_swap_to'])
+        cache.append(({k: config[k] for k in reads.read}, moved))
+    data, icl, iwl, probes = moved
+    sampler = EpisodeSampler.from_config(data.train, data.class_labels, config, device, n_labels=data.n_labels)
     return data, sampler, icl, iwl, probes
 
 
@@ -672,10 +700,8 @@ def check_data_config(config):
     if n_labels < 1:
         raise ValueError(f"n_labels={n_labels} must be >= 1")
     labels = assign_labels(n_train, n_labels, config['label_mode'], config['data_seed'])
-    # the sampler's own checks, on a bank of n_train empty items (nothing is allocated)
-    EpisodeSampler(ClassBank(torch.empty(n_train, 1, 0)), labels, config['context_len'], config['p_bursty'],
-                   config['bursty_shots'], config['ways'], config['zipf_alpha'],
-                   label_swap=config.get('label_swap', 0.0), n_labels=n_labels, label_swap_to=config['label_swap_to'])
+    # the sampler's own checks (every sampler key's), on a bank of n_train empty items (nothing is allocated)
+    EpisodeSampler.from_config(ClassBank(torch.empty(n_train, 1, 0)), labels, config, 'cpu')
     # make_icl_episodes' and make_iwl_episodes' rules; ICL answers are the labels 0..eval_ways-1
     ways, shots = config['eval_ways'], config['eval_shots']
     if ways < 1 or shots < 1:

@@ -13,9 +13,11 @@ state), so grid.py's report, skip/resume, eval.py, sample_attention.py and even 
 How: every parameter and buffer of model.py's unchanged ICLTransformer gets a leading member axis
 (torch.func.stack_module_state), the forward is vmap over functional_call, and one optimizer step updates
 all members (decoupled decay with each member's own weight_decay, then Adam). Each member draws its own
-batch from its own sampler and seed stream, so its numbers do not depend on which cells share its group:
-members may differ in seed, weight_decay, l2, decay_modules, label_swap, n_train_classes (Few and Many
-together), out_dir and wandb_run_name only. With --wandb_log=True each member logs to its own wandb run.
+batch from its own sampler and seed stream, so its numbers do not depend on which cells share its group.
+Members may differ in any key the group reads per member while it is built (its data and sampler keys, seed,
+weight_decay, decay_modules, each penalty of training.StepTerms, out_dir, wandb_run_name); a key they differ in
+that the group applies once for all (the model's shape, batch, schedule, ...) stops it with an error naming
+the key (check_member_keys). With --wandb_log=True each member logs to its own wandb run.
 On a CPU this buys nothing (the step is compute-bound); on a GPU one small cell leaves the chip idle.
 """
 import json
@@ -26,17 +28,13 @@ from contextlib import nullcontext
 
 import torch
 
-from checkpoint import CKPT
+from checkpoint import CKPT, KeyReads
 from data import build_run_data
 from model import build_model, learning_rate_at
-from tracking import TRACKING_KEYS, finish_tracking, require_wandb, start_tracking
-from training import (Exposure, GroupExposure, GroupSampler, NonFinite, StepRate, StopFlag, check_config,
-                      checkpoint_run, eval_due, evaluate_and_log, finish_run, log_line, member_coefficients,
-                      parse_train_args, read_run_dir, resolve_device, stack_group, start_run_dir, stop_and_exit,
-                      train_step)
-
-MEMBER_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'label_swap_to', 'n_train_classes', 'out_dir',
-               'wandb_run_name'}  # all other keys: one value per group
+from tracking import finish_tracking, require_wandb, start_tracking
+from training import (Exposure, GroupExposure, GroupSampler, NonFinite, StepRate, StepTerms, StopFlag, check_config,
+                      checkpoint_run, eval_due, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir,
+                      resolve_device, stack_group, start_run_dir, stop_and_exit, train_step)
 
 
 def fail(message, kind='error'):
@@ -62,31 +60,43 @@ def member_arguments(argv):
     return members + [current]
 
 
-def check_group(configs):
-    """ValueError unless the members differ only in MEMBER_KEYS (they share one stacked model and loop)."""
-    if len(configs) < 1:
+def check_group(members):
+    """ValueError for a group without members or with two members writing to one out_dir or wandb run name."""
+    if len(members) < 1:
         raise ValueError("a group needs at least one member")
-    for key in configs[0]:
-        values = [c[key] for c in configs]
-        if key not in MEMBER_KEYS and any(v != values[0] for v in values):
-            raise ValueError(f"members differ in {key} ({', '.join(repr(v) for v in values)}); a group's members may "
-                             f"differ only in {', '.join(sorted(MEMBER_KEYS))}")
-    out_dirs = [os.path.abspath(c['out_dir']) for c in configs]
-    if len(set(out_dirs)) != len(out_dirs):
-        raise ValueError(f"two members share an out_dir: {out_dirs}")
+    for key in ('out_dir', 'wandb_run_name'):  # read per member (KeyReads): each member writes its own
+        values = [os.path.abspath(c[key]) if key == 'out_dir' else c[key] for c in members]
+        if len(set(v for v in values if v)) != len([v for v in values if v]):
+            raise ValueError(f"two members share a {key}: {values}")
+
+
+def check_member_keys(configs, reads):
+    """ValueError naming each key the members differ in that the group applies once for all: nothing read it per
+    member (reads: each member's KeyReads after the group was built), so every member would silently train with
+    the value the group took from member 0. A key read per member (data, sampler, seed, decay, StepTerms'
+    penalties) may differ."""
+    per_member = set.intersection(*(r.read for r in reads))
+    refused = [k for k in configs[0] if k not in per_member and len({repr(c[k]) for c in configs}) > 1]
+    if refused:
+        raise ValueError("members differ in " + "; ".join(f"{k} ({', '.join(repr(c[k]) for c in configs)})"
+                                                          for k in refused)
+                         + ", which group.py applies once for the whole group (nothing reads it per member): "
+                           "group cells that agree on it, or train them with train.py")
 
 
 # ---- members: every check before anything is written, then data and models ----------------------
 configs = [parse_train_args(args) for args in member_arguments(sys.argv[1:])]
+reads = [KeyReads(c) for c in configs]  # what the group reads per member (check_member_keys)
+shared = KeyReads(configs[0])           # what it reads once for the whole group
 try:
-    wandb = require_wandb(configs[0])  # wandb_log is one value per group
+    wandb = require_wandb(shared)  # wandb_log is one value per group
 except ImportError as e:
     fail(str(e), kind='config error')
 try:
     for c in configs:
         check_config(c)
-    check_group(configs)
-    device = resolve_device(configs[0]['device'])
+    check_group(reads)
+    device = resolve_device(shared['device'])
     checkpoints = [read_run_dir(c) for c in configs]  # reads only: out_dirs are touched once all can start
 except ValueError as e:
     fail(str(e))
@@ -96,39 +106,37 @@ if len(starts) > 1:
         f"{c['out_dir']}: {ck['iter_num'] if ck else 0}" for c, ck in zip(configs, checkpoints))
          + "); group cells that are at the same step, or run them with train.py")
 K = len(configs)
-shared = configs[0]
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-data_cache, models, samplers, episodes = {}, [], [], []
+data_cache, models, samplers, episodes = [], [], [], []
 try:
-    for c in configs:
+    for c in reads:  # per member, through its KeyReads: data and sampler, init seed, decay, penalties
         torch.manual_seed(c['seed'])  # as train.py: the same init as the member's solo run
-        data, sampler, icl, iwl, probes = build_run_data({k: v for k, v in c.items() if k not in TRACKING_KEYS}, device,
-                                                 cache=data_cache)  # a wandb_run_name is no reason for a copy
-        models.append(build_model(c, data).to(device))
+        data, sampler, icl, iwl, probes = build_run_data(c, device, cache=data_cache)  # one copy of the same data
+        models.append(build_model(shared, data).to(device))  # one architecture: the stacked model is models[0]'s
         samplers.append(sampler)
         episodes.append((icl, iwl, probes))
+    template = models[0]                        # a solo model: eval and checkpoints go through it
+    state_keys = list(template.state_dict().keys())
+    member_decay = [template.decayed_parameters(c['decay_modules'])[0] for c in reads]  # each member's weight norm
+    stacked, optimizer, decayed = stack_group(models, [c['weight_decay'] for c in reads], shared['learning_rate'],
+                                              (shared['beta1'], shared['beta2']), device_type,
+                                              [c['decay_modules'] for c in reads])
+    terms = StepTerms(reads, decayed, models)  # batch size, clip, and each member's penalties
+    # the optimizers solo train.py builds (one per member: decay_modules orders the groups), used only to
+    # write (and read) solo-format optimizer state
+    solo_optimizers = [template.configure_optimizers(c['weight_decay'], shared['learning_rate'],
+                                                     (shared['beta1'], shared['beta2']), device_type, verbose=False,
+                                                     decay_modules=c['decay_modules']) for c in reads]
+    check_member_keys(configs, reads)
 except (ValueError, FileNotFoundError) as e:
     fail(str(e))
-template = models[0]                        # a solo model: eval and checkpoints go through it
-state_keys = list(template.state_dict().keys())
-member_decay = [template.decayed_parameters(c['decay_modules'])[0] for c in configs]  # for each member's weight norm
-modules = [c['decay_modules'] for c in configs]
-stacked, optimizer, decayed = stack_group(models, [c['weight_decay'] for c in configs], shared['learning_rate'],
-                                          (shared['beta1'], shared['beta2']), device_type, modules)
-l2 = (member_coefficients(models, [c['l2'] for c in configs], modules) if any(c['l2'] for c in configs) else 0.0)
-l2 = [torch.tensor(v, device=device) for v in l2] if l2 else 0.0
 name_of = stacked.name_of
 del models
-# the optimizers solo train.py builds (one per member: decay_modules orders the groups), used only to
-# write (and read) solo-format optimizer state
-solo_optimizers = [template.configure_optimizers(c['weight_decay'], shared['learning_rate'],
-                                                 (shared['beta1'], shared['beta2']), device_type, verbose=False,
-                                                 decay_modules=c['decay_modules']) for c in configs]
+differ = [k for k in configs[0] if len({repr(c[k]) for c in configs}) > 1 and k != 'out_dir']
 print(f"group: {K} members, {template.num_parameters():,} parameters each, device {device}"
       + ("; eager: compile is not applied to the stacked model" if device_type == 'cuda' else ''))
 for c in configs:
-    print(f"  {c['out_dir']}: seed {c['seed']}, weight_decay {c['weight_decay']:g}, l2 {c['l2']:g} "
-          f"(on {c['decay_modules']}), label_swap {c['label_swap']:g}, {c['n_train_classes']} train classes")
+    print(f"  {c['out_dir']}: " + (", ".join(f"{k} {c[k]!r}" for k in differ) or 'same config as the others'))
 exposure = GroupExposure([Exposure(s.bank.n_classes, device) for s in samplers])
 sampler = GroupSampler(samplers)
 iter_num, last_eval_iter, wall_offset = 0, -1, 0.0
@@ -189,7 +197,7 @@ try:  # one wandb run per member, continuing the one in its checkpoint
 except ValueError as e:
     fail(str(e))
 wandb_ids = [run.id if run is not None else ck and ck.get('wandb_id') for run, ck in zip(runs, checkpoints)]
-for c, ck in zip(configs, checkpoints):
+for c, ck in zip(reads, checkpoints):
     start_run_dir(c, ck)
 if checkpoints[0] is not None:
     print(f"resumed {K} members from iter {iter_num}")
@@ -226,7 +234,7 @@ def check_finite():
 
 
 def live():
-    return [(k, c) for k, c in enumerate(configs) if k not in failed]
+    return [(k, c) for k, c in enumerate(reads) if k not in failed]
 
 
 while True:
@@ -255,8 +263,7 @@ while True:
                       f"SIGTERM: checkpointed {K - len(failed)} members at iter {iter_num}; rerun to continue",
                       1 if failed else 0)
 
-    loss = train_step(stacked, optimizer, sampler, shared['batch_size'], lr, exposure, decayed, l2,
-                      shared['grad_clip'], autocast)
+    loss = train_step(stacked, optimizer, sampler, lr, exposure, terms, autocast)
     non_finite.update(loss, iter_num)
     loss_sum += loss
     loss_count += 1
@@ -272,4 +279,7 @@ for k, c in live():
     summary = finish_run(c, best[k], exposure.members[k], device_name, runs[k])
     print(f"done {c['out_dir']}: peak icl {summary['peak_icl_acc']}, final icl {summary['final_icl_acc']:.3f}, "
           f"final iwl {summary['final_iwl_acc']:.3f}")
+if os.environ.get('BURSTYICL_READS'):  # test hook: every key the group read (tests/test_group.py)
+    with open(os.environ['BURSTYICL_READS'], 'w') as f:
+        json.dump({'shared': sorted(shared.read), 'members': [sorted(r.read) for r in reads]}, f)
 sys.exit(1 if failed else 0)

@@ -56,13 +56,14 @@ def reg_value(reg, key):
 
 
 def reg_of(cell):
-    """A cell's regulariser: its grid setting (cells from before settings have weight_decay and l2 only). A swap
-    run older than label_swap_to drew from every label: it reads as label_swap_to='all' (its summary's config
-    has no such key)."""
+    """A cell's regulariser: its grid setting (cells from before settings have weight_decay and l2 only), with the
+    regulariser keys newer than its run at the value they had then (checkpoint.saved_config: a swap run from
+    before label_swap_to drew from every label and reads as swap_to=all)."""
+    from checkpoint import saved_config
     setting = {'weight_decay': cell['weight_decay'], 'l2': cell.get('l2', 0.0), **cell.get('setting', {})}
-    config = (cell.get('summary') or {}).get('config') or {}
-    if config and 'label_swap_to' not in config:
-        setting.setdefault('label_swap_to', 'all')
+    config = (cell.get('summary') or {}).get('config')
+    if config:
+        setting = {**{k: v for k, v in saved_config(config).items() if k in REG_KEYS and k not in config}, **setting}
     return as_reg(setting)
 
 
@@ -306,7 +307,7 @@ def _decide(candidates, threshold):
 # ---- report ----------------------------------------------------------------------------------------
 
 # config keys that may differ between the cells of one grid; any other difference is flagged in report.md
-VARYING_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'label_swap_to', 'n_train_classes', 'n_embd', 'n_head', 'out_dir', 'init_from', 'overwrite',
+VARYING_KEYS = {'seed', 'weight_decay', 'l2', 'decay_modules', 'label_swap', 'n_train_classes', 'n_embd', 'n_head', 'out_dir', 'init_from', 'overwrite',
                 'device', 'compile', 'compile_mode', 'dtype', 'log_interval', 'keep_checkpoints'}
 
 

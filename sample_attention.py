@@ -101,9 +101,8 @@ def fixed_episodes(dataset, config, n_icl, n_bursty, seed, icl=None):
     out = [(f'icl{i:02d}', Episodes(icl.items[i:i + 1], icl.labels[i:i + 1], icl.classes[i:i + 1]))
            for i in range(n_icl)]
     if n_bursty:
-        sampler = EpisodeSampler(dataset.train, dataset.class_labels, config['context_len'], 1.0,
-                                 config['bursty_shots'], config['ways'], config['zipf_alpha'], seed=seed,
-                                 device='cpu')
+        sampler = EpisodeSampler.from_config(dataset.train, dataset.class_labels, config, 'cpu', seed=seed,
+                                             p_bursty=1.0, label_swap=0.0)
         items, labels, classes = sampler.sample(n_bursty)
         out += [(f'bursty{i:02d}', Episodes(items[i:i + 1], labels[i:i + 1], classes[i:i + 1]))
                 for i in range(n_bursty)]

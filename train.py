@@ -53,6 +53,8 @@ label_swap = 0.0            # fraction of training sequences whose query class g
 label_swap_to = 'train'     # the new label: 'train' = another label some training class owns (Bratulic's rule),
                             # 'all' = any other label of the n_labels (the rule before 2026-12-01; runs older than
                             # this key resume and report as 'all')
+p_copy = 0.0                # fraction of bursty training sequences made of instance copies (Bratulic 2025's
+                            # sequence_with_copy at 1): the query's class is the query itself, other classes one item
 eval_ways = 2
 eval_shots = 4
 n_eval_episodes = 1024
@@ -82,6 +84,9 @@ compile = True              # torch.compile the model on CUDA (CPU runs eagerly:
 compile_mode = 'reduce-overhead'  # torch.compile mode: 'reduce-overhead' (CUDA graphs: 3.4x 'default' on the paper cell,
                                   # H200, issue 11), 'default' or 'max-autotune'
 seed = 0                    # model init and training stream
+# A run made before a key existed resumes and reports with the key at its default above, unless that run behaved
+# otherwise: then its value for such runs is here (checkpoint.saved_config fills it in).
+older_runs = {'label_swap_to': 'all'}
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
@@ -92,9 +97,9 @@ from checkpoint import CKPT, read_metrics
 from data import build_run_data
 from model import build_model, learning_rate_at
 from tracking import finish_tracking, require_wandb, start_tracking
-from training import (Exposure, NonFinite, StepRate, StopFlag, check_config, checkpoint_run, eval_due, eval_line,
-                      evaluate_and_log, finish_run, log_line, read_run_dir, resolve_device, start_run_dir, stop_and_exit,
-                      train_step)
+from training import (Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_config, checkpoint_run, eval_due,
+                      eval_line, evaluate_and_log, finish_run, log_line, read_run_dir, resolve_device, start_run_dir,
+                      stop_and_exit, train_step)
 
 
 def fail(message, kind='error'):
@@ -129,6 +134,7 @@ except (ValueError, FileNotFoundError) as e:
 optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
                                        decay_modules=decay_modules)
 decayed_params, _ = model.decayed_parameters(decay_modules)
+terms = StepTerms([config], decayed_params)  # batch size, grad clip and penalties: the step reads these, not globals
 print(f"model: {model.num_parameters():,} parameters, {n_layer} layers, d={n_embd}; "
       f"data: {data.name}, {data.train.n_classes} train / {data.holdout.n_classes} holdout classes, "
       f"{data.n_labels} labels; device {device}" + (f"; l2={l2:g} on the decayed group" if l2 else '')
@@ -218,8 +224,7 @@ while True:
                       f"SIGTERM: checkpointed at iter {iter_num}; rerun with --init_from=resume to continue")
 
     lr = lr_at(iter_num)
-    loss = train_step(train_model, optimizer, sampler, batch_size, lr, exposure, decayed_params, l2, grad_clip,
-                      autocast)
+    loss = train_step(train_model, optimizer, sampler, lr, exposure, terms, autocast)
     non_finite.update(loss, iter_num)
     loss_sum += loss
     loss_count += 1

@@ -5,7 +5,8 @@ group.py (K grid cells trained together as one stacked model) and bench.py train
 - check_config:      a run's config checked before anything touches out_dir (clear errors);
 - read_run_dir:      the checkpoint to resume, or a refusal, reading out_dir only;
 - start_run_dir:     only once data and model are built: replace an old run or cut it back to its checkpoint;
-- train_step:        sample -> exposure counts -> forward -> query loss (+ l2) -> backward -> clip -> AdamW,
+- StepTerms:         what a step reads from the config (batch size, clip, penalties such as l2), built once;
+- train_step:        sample -> exposure counts -> forward -> query loss (+ penalties) -> backward -> clip -> AdamW,
                      with no host sync; for a group every tensor simply has a leading member axis;
 - StackedModel, MemberAdamW, GroupSampler, GroupExposure: the same step for K runs at once (group.py);
 - eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run;
@@ -25,7 +26,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from data import check_data_config, icl_chance
 from checkpoint import (append_metrics, fault_point, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint,
-                        truncate_metrics, write_json)
+                        train_defaults, truncate_metrics, write_json)
 from eval import evaluate
 from model import decay_exponent, parse_decay_modules
 from tracking import TRACKING_KEYS, finish_tracking, track
@@ -39,16 +40,6 @@ RESUMABLE_KEYS = {'out_dir', 'init_from', 'overwrite', 'max_iters', 'eval_interv
 
 
 # ---- config ---------------------------------------------------------------------------------------
-
-def train_defaults():
-    """train.py's globals block (its embedded default config), read from its source so nothing drifts."""
-    source = open(os.path.join(HERE, 'train.py')).read()
-    start = source.index('# default config')
-    block = source[source.index('\n', start):source.index('config_keys =')]
-    namespace = {}
-    exec(block, namespace)
-    return {k: v for k, v in namespace.items() if not k.startswith('_')}
-
 
 def parse_train_args(args):
     """The config a `python train.py <args>` run would have: train.py's defaults, then config files and
@@ -112,8 +103,8 @@ def read_run_dir(config):
             checkpoint = load_checkpoint(out_dir, map_location='cpu')
         except FileNotFoundError as e:
             raise ValueError(f"cannot resume: {e}")
-        saved = checkpoint['config']
-        changed = sorted(k for k in config if k not in RESUMABLE_KEYS and saved.get(k, _default(k)) != config[k])
+        saved = checkpoint['config']  # keys newer than the run filled in (checkpoint.saved_config)
+        changed = sorted(k for k in config if k not in RESUMABLE_KEYS and saved[k] != config[k])
         if changed:
             raise ValueError(f"cannot resume {out_dir}: its run used a different config for "
                              + ", ".join(f"{k} ({saved.get(k)!r} there, {config[k]!r} now)" for k in changed))
@@ -140,11 +131,6 @@ def start_run_dir(config, checkpoint):
     elif config['init_from'] == 'resume':
         print(f"init_from='resume' but {out_dir} has no checkpoint: starting from scratch")
     return []
-
-
-def _default(key):
-    """A key newer than a checkpoint counts as its default there (l2 = 0 in runs from before it existed)."""
-    return {'l2': 0.0, 'decay_modules': 'all', 'label_swap': 0.0, 'label_swap_to': 'all'}.get(key)
 
 
 # ---- the step -------------------------------------------------------------------------------------
@@ -192,27 +178,53 @@ def clip_gradients(params, max_norm, member_shape=()):
         g.mul_(scale.view(*member_shape, *[1] * (g.dim() - len(member_shape))).to(g.dtype))
 
 
-def train_step(forward, optimizer, sampler, batch_size, lr, exposure, decayed, l2=0.0, grad_clip=0.0,
-               autocast=None):
+class StepTerms:
+    """What a training step reads from its run's config, in one place, so that train.py, group.py and bench.py
+    step alike: the batch size, gradient clipping and the penalties added to the query loss. Built once from one
+    config (a run) or from each member's (a group, `models` its members' solo models: a penalty's strength is then
+    one value per member). A new penalty is its train.py global, its check in check_config and one term here;
+    group.py then applies it per member, and refuses a key its members differ in that nothing reads per member."""
+
+    def __init__(self, configs, decayed, models=None):
+        self.batch_size, self.grad_clip = configs[0]['batch_size'], configs[0]['grad_clip']
+        self.member_shape = () if models is None else (len(configs),)
+        self.terms = []  # functions () -> penalty of shape member_shape
+        if any([c['l2'] for c in configs]):  # 1/2 * l2 * ||w||^2 on the decayed group (l2_penalty); a list: every
+                                              # member's value is read (group.py checks what was read per member)
+            l2 = self.on_decayed(configs, 'l2', decayed, models)
+            self.terms.append(lambda: l2_penalty(decayed, l2, self.member_shape))
+
+    def on_decayed(self, configs, key, decayed, models):
+        """configs' `key` as the strength on each tensor of `decayed` (a list as long as it): a run's value; for a
+        group a [K] tensor per stacked tensor, 0 for the members whose decay_modules leave that tensor out."""
+        if models is None:
+            return [configs[0][key]] * len(decayed)
+        per_tensor = member_coefficients(models, [c[key] for c in configs], [c['decay_modules'] for c in configs])
+        return [torch.tensor(v, device=p.device) for v, p in zip(per_tensor, decayed)]
+
+    def penalty(self):
+        return sum(term() for term in self.terms) if self.terms else None
+
+
+def train_step(forward, optimizer, sampler, lr, exposure, terms, autocast=None):
     """One optimisation step; returns the detached query loss (shape [] or [K] for a group of K).
 
     forward(items, labels) -> logits: the (compiled) model, or a group's stacked model.
     sampler.sample(B) -> (items, labels, classes) with a leading member axis for a group.
     optimizer: torch AdamW (decay on its 'decay' group), or a group's per-member AdamW.
-    l2 (float or [K]) adds l2_penalty to the loss; the returned loss is the data loss alone."""
+    terms: the run's StepTerms (batch size, grad clip, penalties); the returned loss is the data loss alone."""
     for group in optimizer.param_groups:
         group['lr'] = lr
-    items, labels, classes = sampler.sample(batch_size)
+    items, labels, classes = sampler.sample(terms.batch_size)
     exposure.add(classes)
     with autocast if autocast is not None else torch.autocast('cpu', enabled=False):
         logits = forward(items, labels)
     loss = query_loss(logits, labels)
-    # a group passes l2 as a [K] tensor only when some member has l2 > 0: no value test (a host sync on CUDA)
-    total = loss + l2_penalty(decayed, l2, loss.shape) if not isinstance(l2, (int, float)) or l2 != 0 else loss
-    total.sum().backward()
+    penalty = terms.penalty()
+    (loss if penalty is None else loss + penalty).sum().backward()
     fault_point('train_step')  # test hook (no-op unless BURSTYICL_FAULT is set)
-    if grad_clip > 0:
-        clip_gradients([p for g in optimizer.param_groups for p in g['params']], grad_clip, loss.shape)
+    if terms.grad_clip > 0:
+        clip_gradients([p for g in optimizer.param_groups for p in g['params']], terms.grad_clip, loss.shape)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()

@@ -24,6 +24,9 @@ BAD = [
     ('--n_holdout_classes=1', 'eval ways=2 is more than the 1 holdout classes'),
     ('--item_dim=0', 'item_dim=0 must be >= 1'),
     ('--n_head=3', 'n_embd=16 must be divisible by n_head=3'),
+    ('--label_swap=0.5 --label_swap_to=none', "label_swap_to='none' must be 'train'"),
+    ('--p_copy=1.5', 'p_copy=1.5 must be in [0, 1]'),
+    ('--p_copy=0.5 --p_bursty=0', 'p_copy=0.5 turns bursty sequences into copies, but p_bursty=0 makes none'),
 ]
 
 

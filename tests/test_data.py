@@ -118,9 +118,9 @@ def test_build_run_data_moves_everything_after_drawing_on_cpu(monkeypatch):
     import data as data_module
     from training import train_defaults
     config = {**train_defaults(), 'n_train_classes': 60, 'n_holdout_classes': 10, 'n_eval_episodes': 32}
-    real = data_module.EpisodeSampler  # the probes' CPU sampler stays real; the run's on 'meta' is a stand-in
-    monkeypatch.setattr(data_module, 'EpisodeSampler', lambda bank, labels, *a, **k:
-                        (bank, labels) if k.get('device') == 'meta' else real(bank, labels, *a, **k))
+    real = data_module.EpisodeSampler.from_config  # the probes' CPU sampler stays real; the run's on 'meta' is a stand-in
+    monkeypatch.setattr(data_module.EpisodeSampler, 'from_config', lambda bank, labels, config, device, **k:
+                        (bank, labels) if device == 'meta' else real(bank, labels, config, device, **k))
     moved, (bank, labels), icl, iwl, probes = data_module.build_run_data(config, 'meta')
     tensors = [moved.train.exemplars, moved.holdout.exemplars, moved.class_labels, bank.exemplars, labels,
                icl.items, icl.labels, icl.classes, iwl.items, iwl.labels, iwl.classes,
@@ -128,10 +128,13 @@ def test_build_run_data_moves_everything_after_drawing_on_cpu(monkeypatch):
     assert all(t.device.type == 'meta' for t in tensors)
     _, _, cpu_icl, _, _ = data_module.build_run_data(config, 'cpu')
     assert cpu_icl.items.shape == icl.items.shape
-    cache = {}
+    cache = []
     first = data_module.build_run_data(config, 'cpu', cache=cache)
-    second = data_module.build_run_data({**config, 'seed': 1, 'weight_decay': 0.1}, 'cpu', cache=cache)
+    second = data_module.build_run_data({**config, 'seed': 1, 'weight_decay': 0.1, 'label_swap': 0.5}, 'cpu', cache=cache)
     assert second[0] is first[0] and second[2] is first[2] and len(cache) == 1   # shared, not copied
+    third = data_module.build_run_data({**config, 'n_train_classes': 50}, 'cpu', cache=cache)
+    assert third[0] is not first[0] and len(cache) == 2   # the data's own key: a copy of its own
+    assert {'n_train_classes', 'data_seed', 'p_bursty'} <= set(cache[0][0]) and not {'seed', 'weight_decay', 'label_swap'} & set(cache[0][0])
     assert torch.equal(first[2].labels, cpu_icl.labels)
 
 

@@ -131,7 +131,8 @@ def _cell(root, name, cls, icl, iwl, attn=0.8, setting=None, n_labels=32):
     config = {'learning_rate': 1e-3, 'warmup_iters': 0, 'max_iters': 100 * (len(rows) - 1), 'lr_schedule': 'constant',
               'min_lr': 0.0, 'weight_decay': wd, 'seed': 0, 'dataset': 'synthetic', 'data_seed': 0,
               'n_labels': n_labels, 'label_mode': 'shared', 'batch_size': 64, 'context_len': 8, 'n_layer': 2,
-              'n_train_classes': 16000 if cls == 'many' else 100 if cls == 'few' else int(cls[1:])}
+              'n_train_classes': 16000 if cls == 'many' else 100 if cls == 'few' else int(cls[1:]),
+              'label_swap_to': 'train'}  # a run of today's code (one without the key reads as swap_to=all)
     (d / 'summary.json').write_text(json.dumps({'config': config, 'wall_s': 1800.0, 'final_iter': config['max_iters']}))
 
 

@@ -3,7 +3,7 @@ import torch
 
 from data import make_synthetic, EpisodeSampler
 from model import ICLTransformer, ModelConfig
-from training import Exposure, l2_penalty, train_step
+from training import Exposure, StepTerms, l2_penalty, train_step
 
 
 def tiny():
@@ -54,7 +54,8 @@ def step_grads(l2):
     sampler = EpisodeSampler(data.train, data.class_labels, seed=0)
     decay, no_decay = model.decayed_parameters()
     optimizer = RecordingSGD([{'params': decay}, {'params': no_decay}], lr=0.0)
-    loss = train_step(model, optimizer, sampler, 8, 0.0, Exposure(30, 'cpu'), decay, l2=l2)
+    terms = StepTerms([{'batch_size': 8, 'grad_clip': 0.0, 'l2': l2}], decay)
+    loss = train_step(model, optimizer, sampler, 0.0, Exposure(30, 'cpu'), terms)
     return loss, optimizer.seen, [p.detach() for p in decay], len(decay)
 
 

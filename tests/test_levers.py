@@ -150,6 +150,7 @@ def test_killed_swap_run_resumes_exactly(tmp_path):
 # ---- group.py members differ in decay_modules, l2 target and label swap ---------------------------
 
 LEVER_MEMBERS = [['--seed=0', '--weight_decay=0.5', '--decay_modules=mlp'],
+                 ['--seed=3', '--p_copy=0.5', '--label_swap=0.2', '--label_swap_to=all'],
                  ['--seed=1', '--weight_decay=0.5', '--decay_modules=attn,head', '--label_swap=0.3'],
                  ['--seed=2', '--l2=0.05', '--decay_modules=head']]
 
@@ -299,3 +300,111 @@ def test_probe_metrics_in_every_eval_row(tmp_path):
     for key in ('train_dist_acc', 'conflict_icl', 'conflict_iwl'):
         assert 0.0 <= row[key] <= 1.0
     assert row['conflict_icl'] + row['conflict_iwl'] <= 1.0
+
+
+# ---- label_swap_to: which labels a swap draws from (issue 24) ---------------------------------------
+
+def per_class_swap(rule, n_train=100, n_labels=1623, seed=0):
+    from data import ClassBank, assign_labels
+    labels = assign_labels(n_train, n_labels, 'per_class', 0)
+    return labels, EpisodeSampler(ClassBank(torch.zeros(n_train, 20, 1)), labels, seed=seed, label_swap=1.0,
+                                  n_labels=n_labels, label_swap_to=rule)
+
+
+def test_train_rule_swaps_only_to_labels_of_training_classes():
+    """Omniglot's shape: 100 training classes of 1623 per-class labels. Under 'train' (Bratulic's rule) every
+    swapped label is one some training class owns, never the query's own; under 'all' most are not."""
+    labels, sampler = per_class_swap('train')
+    _, items_labels, classes = sampler.sample(4096)
+    new, own = items_labels[:, -1], labels[classes[:, -1]]
+    assert (new != own).all() and (new < 100).all()        # per_class: class k owns label k
+    assert len(new.unique()) > 90                           # spread over the other owned labels
+    _, everyone = per_class_swap('all')
+    new_all = everyone.sample(4096)[1][:, -1]
+    assert (new_all >= 100).float().mean() > 0.9             # 1523 of 1622 other labels belong to no class
+
+
+def test_swap_rules_are_the_same_draw_when_training_classes_own_every_label():
+    """The synthetic default (32 shared labels, all owned): 'train' and 'all' give the same stream bit for bit, so
+    synthetic results do not depend on the rule."""
+    data = make_synthetic(400, 10, 32, dim=8, exemplars_per_class=5, label_mode='shared', seed=0)
+    a, b = (EpisodeSampler(data.train, data.class_labels, seed=3, label_swap=0.5, n_labels=32, label_swap_to=r)
+            for r in ('train', 'all'))
+    for x, y in zip(a.sample(256), b.sample(256)):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.slow
+def test_a_run_from_before_label_swap_to_resumes_as_the_all_rule(tmp_path):
+    """A checkpoint whose config has no label_swap_to (a run of the old code) resumes with 'all', the rule it ran
+    with: asking for 'train' is a different experiment; a key newer than the run takes its default otherwise."""
+    train(tmp_path, '--max_iters=20', '--label_swap=0.3')
+    ckpt = torch.load(tmp_path / 'ckpt.pt', weights_only=False)
+    del ckpt['config']['label_swap_to'], ckpt['config']['p_copy']   # as saved before these keys existed
+    torch.save(ckpt, tmp_path / 'ckpt.pt')
+    proc = train(tmp_path, '--max_iters=40', '--init_from=resume', '--label_swap=0.3', check=False)
+    assert proc.returncode == 2 and "label_swap_to ('all' there, 'train' now)" in proc.stderr
+    train(tmp_path, '--max_iters=40', '--init_from=resume', '--label_swap=0.3', '--label_swap_to=all')
+    assert metrics(tmp_path)[-1]['iter'] == 40
+
+
+def test_reports_name_the_all_rule_for_runs_from_before_the_key():
+    from report import reg_label, reg_of
+    old = {'weight_decay': 0.0, 'setting': {'label_swap': 0.8}, 'summary': {'config': {'label_swap': 0.8}}}
+    new = {**old, 'summary': {'config': {'label_swap': 0.8, 'label_swap_to': 'train'}}}
+    assert reg_label(reg_of(old)) == 'swap=0.8+swap_to=all'
+    assert reg_label(reg_of(new)) == 'swap=0.8'
+    assert reg_label(reg_of({'weight_decay': 0.1, 'summary': {'config': {}}})) == 'wd=0.1'  # no swap: no rule
+
+
+# ---- p_copy: instance copies (issue 25's worked sampler example; Bratulic's sequence_with_copy) ----------
+
+def copy_sampler(p_copy, exemplars=20, seed=0, **kw):
+    data = make_synthetic(50, 10, 16, dim=8, exemplars_per_class=exemplars, label_mode='shared', seed=0)
+    return EpisodeSampler(data.train, data.class_labels, seed=seed, p_copy=p_copy, **kw)
+
+
+@pytest.mark.parametrize('exemplars', [20, 0])   # 0: fresh noise per draw (a copy keeps its noise too)
+def test_copy_sequences_repeat_the_query_and_one_item_per_class(exemplars):
+    items, labels, classes = copy_sampler(1.0, exemplars, p_bursty=1.0).sample(512)
+    same_class = classes[:, :, None] == classes[:, None, :]
+    same_item = (items[:, :, None] == items[:, None, :]).all(-1)
+    assert torch.equal(same_class, same_item)                       # a class is one item in its sequence
+    query_class = classes[:, :-1] == classes[:, -1:]
+    assert query_class.sum(1).min() >= 3                            # 3 shots of the query's class ...
+    assert (items[:, :-1][query_class] == items[:, -1:].expand_as(items)[:, :-1][query_class]).all()  # ... = the query
+
+
+def test_copies_only_in_a_fraction_p_copy_of_the_bursty_sequences():
+    items, labels, classes = copy_sampler(0.5, p_bursty=0.5).sample(4096)
+    query_class = classes[:, :-1] == classes[:, -1:]
+    copied = ((items[:, :-1] == items[:, -1:]).all(-1) & query_class).any(1)
+    bursty = query_class.sum(1) >= 3
+    assert not copied[~bursty].any()                                   # i.i.d. sequences never copy
+    assert abs(copied[bursty].float().mean().item() - 0.5) < 0.05
+    with_fresh_exemplars = bursty & ~copied                            # the others: distinct exemplars per class
+    same_item = (items[:, :-1, None] == items[:, None, :-1]).all(-1).sum((1, 2)) - (items.shape[1] - 1)
+    assert (same_item[with_fresh_exemplars] == 0).all()
+
+
+def test_no_copy_draws_nothing():
+    a, b = copy_sampler(0.0), copy_sampler(0.0)
+    b.p_copy = 0.0
+    data = make_synthetic(50, 10, 16, dim=8, exemplars_per_class=20, label_mode='shared', seed=0)
+    old = EpisodeSampler(data.train, data.class_labels, seed=0)   # no p_copy argument: the stream of before
+    for x, y in zip(a.sample(64), old.sample(64)):
+        assert torch.equal(x, y)
+
+
+def test_from_config_takes_every_sampler_key():
+    from training import train_defaults
+    data = make_synthetic(50, 10, 16, dim=8, exemplars_per_class=5, label_mode='shared', seed=0)
+    config = {**train_defaults(), 'p_copy': 0.25, 'p_bursty': 0.7, 'label_swap': 0.1, 'seed': 4, 'device': 'auto'}
+    s = EpisodeSampler.from_config(data.train, data.class_labels, config, 'cpu')
+    assert (s.p_copy, s.p_bursty, s.label_swap) == (0.25, 0.7, 0.1)
+    assert EpisodeSampler.from_config(data.train, data.class_labels, config, 'cpu', label_swap=0.0).label_swap == 0.0
+
+
+def test_p_copy_is_a_grid_axis(grid):
+    combos = grid.parse_axes('p_copy=0,0.5')
+    assert [name for name, _ in combos] == ['p_copy_0', 'p_copy_0.5'] and combos[1][1] == {'p_copy': 0.5}
