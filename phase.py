@@ -11,8 +11,8 @@ chance-level run would show ('no learning' under it), a smoothed peak, and IWL b
 import json
 import os
 
-from report import (CI_NOTE, NONE, ci_text, fmt_iwl, group_flags, group_numbers, iwl_chance, reg_label as _reg_label,
-                    reg_name, reg_of, reg_order, reg_value, verdict_lines)
+from report import (CI_NOTE, NONE, _curves, ci_text, fmt_iwl, group_flags, group_numbers, iwl_chance,
+                    reg_label as _reg_label, reg_name, reg_of, reg_order, reg_value, verdict_lines)
 
 
 def class_count(cell):
@@ -96,9 +96,9 @@ def plot_phase(path, table, regs, counts, first, threshold):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.75 * len(counts) * 2, 1.2 + 0.45 * len(regs)), squeeze=False)
-    _heatmap(axes[0, 0], table, regs, counts, 'peak_icl', f'peak ICL (holdout; red box: first >= {threshold:g})',
+    _heatmap(axes[0, 0], table, regs, counts, 'peak_icl', f'peak ICL (holdout)\nred box: first >= {threshold:g}',
              first, 'viridis')
-    _heatmap(axes[0, 1], table, regs, counts, 'final_iwl', 'IWL at the end (seen classes)', first, 'magma')
+    _heatmap(axes[0, 1], table, regs, counts, 'final_iwl', 'IWL at the end\n(seen classes)', first, 'magma')
     axes[0, 0].set_ylabel('regulariser')
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -115,13 +115,17 @@ def plot_threshold_curves(path, cells, first):
         return False
     fig, axes = plt.subplots(2, len(counts), figsize=(4.5 * len(counts), 6), squeeze=False, sharey=True)
     for j, n in enumerate(counts):
-        for c in sorted((c for c in cells if class_count(c) == n and c['seed'] == 0),
-                        key=lambda c: reg_order(reg_of(c))):
-            steps = [r['iter'] for r in c['rows']]
-            axes[0, j].plot(steps, [r['icl_acc'] for r in c['rows']], label=reg_label(reg_of(c)))
-            axes[1, j].plot(steps, [r['iwl_acc'] for r in c['rows']], label=reg_label(reg_of(c)))
-        axes[0, j].set_title(f'{n} classes: ICL (holdout)', fontsize=10)
-        axes[1, j].set_title(f'{n} classes: IWL', fontsize=10)
+        groups = {}
+        for c in cells:
+            if class_count(c) == n:
+                groups.setdefault(reg_of(c), []).append(c)
+        for reg in sorted(groups, key=reg_order):
+            for row, key in ((0, 'icl_acc'), (1, 'iwl_acc')):
+                steps, mean, lo, hi = _curves(groups[reg], key)
+                line, = axes[row, j].plot(steps, mean, label=f"{reg_label(reg)} ({len(groups[reg])} seeds)")
+                axes[row, j].fill_between(steps, lo, hi, color=line.get_color(), alpha=0.15)
+        axes[0, j].set_title(f'{n} classes: ICL (holdout), mean and seed range', fontsize=10)
+        axes[1, j].set_title(f'{n} classes: IWL, mean and seed range', fontsize=10)
         axes[1, j].set_xlabel('step')
     axes[0, -1].legend(fontsize=7)
     fig.tight_layout()
@@ -130,11 +134,70 @@ def plot_threshold_curves(path, cells, first):
     return True
 
 
-def phase_verdict(cells, counts, many=1600, threshold=0.9):
-    """The grid's verdict (report.verdict_lines) with the smallest class count as Few and `many` classes (or the
-    largest count) as Many: does some regularised Few cell reach `threshold` of Many's no-regulariser gain?"""
-    few, many = counts[0], many if many in counts else counts[-1]
-    if few == many:
+def first_step(rows, threshold):
+    """The first eval step whose ICL reaches threshold, or None."""
+    return next((r['iter'] for r in rows if r['icl_acc'] >= threshold), None)
+
+
+def emergence_lines(cells, regs, counts, threshold):
+    """Emergence over time (Singh et al.'s question, seeds declared up front): per cell, the share of its seeds
+    whose holdout ICL has reached `threshold` by each of six steps, the median first step (over all seeds: a
+    seed that never reaches it counts as later than every step), and each seed's peak -> final ICL (fading)."""
+    last = max(c['rows'][-1]['iter'] for c in cells)
+    evals = sorted({r['iter'] for c in cells for r in c['rows']})
+    marks = sorted({min(evals, key=lambda it: abs(it - last * f)) for f in (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)})
+    lines = [f"## Emergence over time (ICL >= {threshold:g})", "",
+             f"Share of seeds whose holdout ICL has reached {threshold:g} by each step; median first step over all "
+             f"seeds ('never' when half or more never reach it); each seed's peak -> final ICL.", "",
+             "| regulariser | classes | " + " | ".join(f"by {it}" for it in marks)
+             + " | median first step | peak -> final ICL per seed |", "|---|---|" + "---|" * (len(marks) + 2)]
+    for reg in regs:
+        for n in counts:
+            group = sorted((c for c in cells if reg_of(c) == reg and class_count(c) == n), key=lambda c: c['seed'])
+            if not group:
+                continue
+            firsts = [first_step(c['rows'], threshold) for c in group]
+            shares = [f"{sum(f is not None and f <= it for f in firsts)}/{len(group)}" for it in marks]
+            ordered = sorted(float('inf') if f is None else f for f in firsts)
+            median = ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1:
+                                                                                          len(ordered) // 2 + 1]) / 2
+            arrows = ', '.join(f"{c['stats']['peak_icl']:.2f} -> {c['stats']['final_icl']:.2f}" for c in group)
+            lines.append(f"| {reg_label(reg)} | {n} | " + " | ".join(shares)
+                         + f" | {'never' if median == float('inf') else f'{median:.0f}'} | {arrows} |")
+    return lines + ["", "![every seed's ICL and IWL](emergence.png)", ""]
+
+
+def plot_emergence(path, cells, regs, counts, threshold):
+    """Every seed's ICL (solid) and IWL (dashed) curve, one panel per (regulariser, class count)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    panels = [(reg, n) for reg in regs for n in counts
+              if any(reg_of(c) == reg and class_count(c) == n for c in cells)]
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False, sharey=True)
+    for ax, (reg, n) in zip(axes.flat, panels):
+        for c in sorted((c for c in cells if reg_of(c) == reg and class_count(c) == n), key=lambda c: c['seed']):
+            steps = [r['iter'] for r in c['rows']]
+            line, = ax.plot(steps, [r['icl_acc'] for r in c['rows']], lw=1.2, label=f"seed {c['seed']}")
+            ax.plot(steps, [r['iwl_acc'] for r in c['rows']], lw=1, ls='--', color=line.get_color())
+        ax.axhline(threshold, color='grey', lw=0.6, ls=':')
+        ax.set_title(f"{reg_label(reg)}, {n} classes", fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=6, loc='lower right')
+    for ax in axes.flat[len(panels):]:
+        ax.axis('off')
+    fig.suptitle('holdout ICL (solid) and IWL (dashed), every seed', fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def phase_verdict(cells, counts, few=100, many=1600, threshold=0.9):
+    """The grid's verdict (report.verdict_lines), Few = 100 classes and Many = 1600 (the project's meanings): does
+    some regularised Few cell reach `threshold` of Many's no-regulariser gain? None without both counts."""
+    if few not in counts or many not in counts:
         return [], []
     groups = {}
     for c in cells:
@@ -182,12 +245,14 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     lines += cells_lines(table, regs, counts) + ["![phase diagram](phase.png)", ""]
     if curves:
         lines += ["![ICL and IWL vs steps at the threshold](phase_curves.png)", ""]
+    lines += emergence_lines(cells, regs, counts, threshold)
+    plot_emergence(os.path.join(root_dir, 'emergence.png'), cells, regs, counts, threshold)
     verdict_md, verdicts = phase_verdict(cells, counts)
     lines += verdict_md
-    none_first = first.get(NONE)
-    if none_first is not None:
-        lines += [f"Next: seeds 1 and 2 at the threshold without a regulariser: rerun this grid's command with "
-                  f"`--classes={none_first} --seeds=1,2`", ""]
+    thin = sorted({reg_label(r) for (r, n), t in table.items() if t['seeds'] < 3})
+    if thin:
+        lines += [f"Seeds: fewer than 3 in some cells ({', '.join(thin)}); declare seeds 0,1,2 in the grid config "
+                  f"for every cell a claim rests on.", ""]
     with open(os.path.join(root_dir, 'phase.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     with open(os.path.join(root_dir, 'verdict.json'), 'w') as f:

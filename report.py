@@ -201,9 +201,10 @@ def _collapse(runs, few0, min_attn, train_fraction):
             'collapse_judged_on': 'attention and training-distribution accuracy' if judged else 'attention only'}
 
 
-def _candidate(reg, runs, base, few0, min_attn, train_fraction):
+def _candidate(reg, runs, base, few0, min_attn, train_fraction, n_levers=1):
     """One regularised Few cell against the Many+wd=0 baseline runs: raw and chance-corrected ratios (seed
-    range, class bootstrap interval), IWL beside its chance, and the collapse checks."""
+    range, class bootstrap interval; and the family interval, Bonferroni-widened over the n_levers tried), IWL
+    beside its chance, and the collapse checks."""
     peaks, base_peaks = [r['peak_icl'] for r in runs], [r['peak_icl'] for r in base]
     chance, base_chance = _chance(runs), _chance(base)
     iwl, few0_iwl = _mean([r['final_iwl'] for r in runs]), _mean([r['final_iwl'] for r in few0])
@@ -216,13 +217,17 @@ def _candidate(reg, runs, base, few0, min_attn, train_fraction):
     seed_hi = float('inf') if seed_hi is None else seed_hi  # a baseline seed at chance: any ratio is possible
     ci_lo, ci_hi, method = stats.ratio_ci(_measures(runs), _measures(base), chance, base_chance)
     lo, hi = (seed_lo, seed_hi) if ci_lo is None else (min(seed_lo, ci_lo), max(seed_hi, ci_hi))
+    family_level = 1 - (1 - stats.LEVEL) / n_levers
+    f_lo, f_hi, _ = stats.ratio_ci(_measures(runs), _measures(base), chance, base_chance, level=family_level)
+    f_lo, f_hi = (seed_lo, seed_hi) if f_lo is None else (min(seed_lo, f_lo), max(seed_hi, f_hi))
     return {**{k: reg_value(reg, k) for k in REG_KEYS}, 'regularizer': reg_label(reg), 'n_seeds': len(runs),
             'ratio': _mean(peaks) / _mean(base_peaks),
             'final_ratio': _mean(finals) / _mean(base_finals) if finals and base_finals and _mean(base_finals) > 0 else None,
             'ratio_lo': min(peaks) / max(base_peaks), 'ratio_hi': max(peaks) / max(min(base_peaks), 1e-12),
             'corrected': corr(_mean(peaks), _mean(base_peaks)), 'corrected_seed_range': [seed_lo, seed_hi],
             'corrected_ci': None if ci_lo is None else [ci_lo, ci_hi], 'ci_method': method,
-            'corrected_lo': lo, 'corrected_hi': hi, 'chance': chance,
+            'corrected_lo': lo, 'corrected_hi': hi, 'family_level': family_level, 'family_lo': f_lo,
+            'family_hi': f_hi, 'chance': chance,
             'final_iwl': iwl, 'iwl_chance': runs[0].get('iwl_chance'),
             'iwl_vs_few_wd0': iwl / few0_iwl if few0_iwl > 0 else None,
             **_collapse(runs, few0, min_attn, train_fraction)}
@@ -245,11 +250,13 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, train_fraction=0.5):
       training-distribution sequences at the peak is >= train_fraction x Few+wd=0's final one (the network still
       solves its training task, by ICL or in weights). IWL is reported, not judged: a penalty that suppresses
       memorisation is the mechanism under test, so a low IWL is no collapse;
-    - SUPPORTED if some regularised Few cell without collapse has its whole interval >= threshold; else
-      INCONCLUSIVE if the interval of some cell without collapse straddles the threshold; else NOT SUPPORTED
-      (every interval below it, or the cells that reach it collapse). 'best' is the deciding cell: the
-      highest mean corrected ratio among those that qualify (for NOT SUPPORTED: among cells without collapse,
-      or among all when every cell collapses).
+    - each regularised Few cell (lever) gets its own verdict on its own 95% interval: SUPPORTED if it has no
+      collapse and its whole interval is >= threshold; INCONCLUSIVE if it has no collapse and its interval
+      straddles the threshold; else NOT SUPPORTED;
+    - the grid's verdict ("some lever") is the same rule on the family intervals: each lever's interval widened
+      to the Bonferroni level 1 - 0.05 / (number of levers tried), so picking the best of N is paid for. 'best'
+      is the deciding cell: the highest mean corrected ratio among those that qualify (for NOT SUPPORTED: among
+      cells without collapse, or among all when every cell collapses).
     Raises ValueError naming a missing group."""
     groups = {(cls, as_reg(reg)): runs for (cls, reg), runs in groups.items()}
     for cls in ('many', 'few'):
@@ -262,27 +269,32 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, train_fraction=0.5):
     if stats.corrected_ratio(base_mean, base_mean, _chance(base)) is None:
         raise ValueError(f"the Many+wd=0 baseline's peak ICL {base_mean:.3f} is not above chance {_chance(base):.3f}")
     base_attn = _mean([r['attn_label_at_peak'] for r in base])
-    candidates = [_candidate(reg, runs, base, few0, attn_fraction * base_attn, train_fraction)
-                  for (cls, reg), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], reg_order(kv[0][1])))
-                  if cls == 'few' and reg != NONE and runs]
+    levers = [(reg, runs) for (cls, reg), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], reg_order(kv[0][1])))
+              if cls == 'few' and reg != NONE and runs]
+    candidates = [_candidate(reg, runs, base, few0, attn_fraction * base_attn, train_fraction, len(levers))
+                  for reg, runs in levers]
     for c in candidates:
         c['eligible'] = c['attn_ok'] and c['train_dist_ok'] is not False
+        c['verdict'] = _decide([c], threshold)['verdict']  # this lever alone, on its own 95% interval
     few0_peak = _mean([r['peak_icl'] for r in few0])
     out = {'baseline_peak': base_mean, 'baseline_attn_label': base_attn, 'baseline_chance': _chance(base),
            'few_wd0_final_iwl': _mean([r['final_iwl'] for r in few0]), 'iwl_chance': few0[0].get('iwl_chance'),
            'few_wd0_ratio': few0_peak / base_mean,
            'few_wd0_corrected': stats.corrected_ratio(few0_peak, base_mean, _chance(few0), _chance(base)),
-           'threshold': threshold, 'decided_on': 'corrected ratio', 'candidates': candidates, 'best': None}
+           'threshold': threshold, 'decided_on': 'corrected ratio', 'candidates': candidates, 'best': None,
+           'n_levers': len(candidates)}
     if not candidates:
         raise ValueError("no finished Few cells with a regulariser (weight decay or l2 > 0)")
-    return {**out, **_decide(candidates, threshold)}
+    return {**out, **_decide(candidates, threshold, 'family')}
 
 
-def _decide(candidates, threshold):
-    """verdict, best and reason from the candidates' corrected-ratio intervals and collapse checks."""
+def _decide(candidates, threshold, interval='corrected'):
+    """verdict, best and reason from the candidates' corrected-ratio intervals ('corrected': each one's 95%;
+    'family': Bonferroni-widened over the candidates) and collapse checks."""
+    lo, hi = f'{interval}_lo', f'{interval}_hi'
     eligible = [c for c in candidates if c['eligible']]
-    above = [c for c in eligible if c['corrected_lo'] >= threshold]
-    straddle = [c for c in eligible if c['corrected_lo'] < threshold <= c['corrected_hi']]
+    above = [c for c in eligible if c[lo] >= threshold]
+    straddle = [c for c in eligible if c[lo] < threshold <= c[hi]]
     if above:
         result, pool = 'SUPPORTED', above
     elif straddle:
@@ -290,13 +302,15 @@ def _decide(candidates, threshold):
     else:
         result, pool = 'NOT SUPPORTED', eligible or candidates
     best = max(pool, key=lambda c: c['corrected'])
-    rel = ('>=' if best['corrected_lo'] >= threshold else 'straddles' if best['corrected_hi'] >= threshold else '<')
+    rel = ('>=' if best[lo] >= threshold else 'straddles' if best[hi] >= threshold else '<')
     who = ('best Few cell without collapse' if best['eligible']
            else 'best Few cell (every regularised Few cell fails the collapse check)')
-    reason = (f"{who}: {best['regularizer']}, its peak ICL above chance is {best['corrected']:.3f} (interval "
-              f"[{best['corrected_lo']:.3f}, {best['corrected_hi']:.3f}]; raw peak ratio {best['ratio']:.3f}) of the "
+    which = (f"interval over {len(candidates)} levers (Bonferroni, {100 * best['family_level']:.1f}%)"
+             if interval == 'family' else 'interval')
+    reason = (f"{who}: {best['regularizer']}, its peak ICL above chance is {best['corrected']:.3f} ({which} "
+              f"[{best[lo]:.3f}, {best[hi]:.3f}]; raw peak ratio {best['ratio']:.3f}) of the "
               f"Many+wd=0 one, {rel} {threshold:g}; collapse judged on {best['collapse_judged_on']}")
-    collapsed = [c for c in candidates if not c['eligible'] and c['corrected_hi'] >= threshold]
+    collapsed = [c for c in candidates if not c['eligible'] and c[hi] >= threshold]
     if collapsed and result != 'SUPPORTED':
         reason += ("; reaching the threshold but collapsed: "
                    + ", ".join(f"{c['regularizer']} ({'attention' if not c['attn_ok'] else 'training-distribution accuracy'})"
@@ -557,14 +571,17 @@ RULE = ("Rule: the verdict decides on the *corrected* ratio = (mean-over-seeds p
         "on held-out training-distribution sequences at its peak is >= 0.5 x the Few+wd=0 final one, so the network "
         "still solves its training task; without train_dist_acc collapse is judged on attention alone. IWL is "
         "reported, not judged: a penalty that suppresses memorisation is the mechanism under test.  "
-        "SUPPORTED if some regularised Few cell without collapse has its whole interval >= {t:g}; else "
-        "INCONCLUSIVE if the interval of some cell without collapse straddles {t:g}; else NOT SUPPORTED "
-        "(all below, or the cells that reach it collapse).")
+        "Each lever (regularised Few cell) alone: SUPPORTED if it has no collapse and its whole interval is >= {t:g}; "
+        "INCONCLUSIVE if it has no collapse and its interval straddles {t:g}; else NOT SUPPORTED. The grid's "
+        "verdict (some lever) is the same rule on the family intervals, each widened to the Bonferroni level "
+        "1 - 0.05 / (levers tried), so that the best of several levers is not a free pick.")
 
 
 def _candidate_row(c):
     seed_lo, seed_hi = c['corrected_seed_range']
-    return (f"| {c['regularizer']} | {c['corrected']:.3f} [{c['corrected_lo']:.3f}, {c['corrected_hi']:.3f}] | "
+    return (f"| {c['regularizer']} | {c.get('verdict', '-')} | {c['n_seeds']} | "
+            f"{c['corrected']:.3f} [{c['corrected_lo']:.3f}, {c['corrected_hi']:.3f}] | "
+            f"{ci_text((c['family_lo'], c['family_hi']), None) if 'family_lo' in c else '-'} | "
             f"[{seed_lo:.3f}, {seed_hi:.3f}] | {ci_text(c['corrected_ci'], c['ci_method'])} | "
             f"{c['ratio']:.3f} ({c['ratio_lo']:.3f}-{c['ratio_hi']:.3f}) | {_fmt(c['final_ratio'])} | "
             f"{c['attn_label']:.2f} | {'yes' if c['attn_ok'] else 'no'} | {_fmt(c['train_dist_acc'])} | "
@@ -594,10 +611,13 @@ def verdict_lines(groups, widths, threshold):
                   f"{fmt_iwl(v['few_wd0_final_iwl'], v['iwl_chance'])}).", ""]
         if alone:
             lines += [f"Collapse judged on attention alone for {', '.join(alone)}: their rows have no train_dist_acc.", ""]
-        lines += ["| Few cell | corrected ratio (interval) | seed range | 95% CI | raw peak ratio (seed range) | "
-                  "final ICL / Many wd=0 final | attn_match_label @peak | attn ok | train-dist acc @peak | "
-                  "train-dist ok | final IWL (chance) | IWL / Few wd=0 |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"{v['n_levers']} levers tried at Few; each has its own verdict on its own 95% interval, and the "
+                  f"grid's verdict above is the best of them on its interval widened to "
+                  f"{100 * (1 - 0.05 / v['n_levers']):.1f}% (Bonferroni over the {v['n_levers']}).", "",
+                  "| Few cell | verdict | seeds | corrected ratio (interval) | family interval | seed range | 95% CI | "
+                  "raw peak ratio (seed range) | final ICL / Many wd=0 final | attn_match_label @peak | attn ok | "
+                  "train-dist acc @peak | train-dist ok | final IWL (chance) | IWL / Few wd=0 |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         lines += [_candidate_row(c) for c in v['candidates']] + [""]
     return lines + [RULE.format(t=threshold), ""], verdicts
 

@@ -84,9 +84,10 @@ def corrected_ratio(peak, base_peak, chance, base_chance=None):
     return (peak - chance) / gain if gain > 0 else None
 
 
-def ratio_ci(measures, base_measures, chance, base_chance, n_boot=N_BOOT, seed=BOOT_SEED):
+def ratio_ci(measures, base_measures, chance, base_chance, n_boot=N_BOOT, seed=BOOT_SEED, level=LEVEL):
     """(lo, hi, method) of the corrected ratio of two cells' mean-over-seeds accuracies: classes resampled
-    together on both sides (the same held-out episodes), seeds independently."""
+    together on both sides (the same held-out episodes), seeds independently; `level` < LEVEL's tail share per
+    side widens it (Bonferroni over several levers: level = 1 - (1 - LEVEL) / n_levers)."""
     method = method_of(measures + base_measures)
     if method is None:
         return None, None, None
@@ -95,9 +96,9 @@ def ratio_ci(measures, base_measures, chance, base_chance, n_boot=N_BOOT, seed=B
     gain = many - base_chance
     with np.errstate(invalid='ignore', divide='ignore'):
         ratio = np.where(gain > 0, (few - chance) / gain, np.nan)
-    if np.isnan(ratio).mean() > 1 - LEVEL:
+    if np.isnan(ratio).mean() > 1 - level:
         return None, None, method
-    return (*interval(ratio), method)
+    return (*interval(ratio, level), method)
 
 
 def _binom_cdf(n, p):

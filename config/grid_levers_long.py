@@ -1,11 +1,12 @@
-# Issue 17, part d: persistence and late emergence on the embedded synthetic default, 25k steps (seed 0).
-#   python grid.py config/grid_levers_long.py                                          # 1600 classes: none vs wd=1@mlp+head
-#   python grid.py config/grid_levers_long.py --classes=400 --regularizers=wd=1@mlp+head   # late emergence below the threshold
-# wd=1@mlp+head is the first pass's best targeted decay (ICL 0.998 at 800 classes where none stays at 0.52).
-# Budget: config/grid.py's synthetic_args with 25k steps and an eval every 500 (lr*wd*steps = 50*wd).
+# Persistence and late emergence on the embedded synthetic default (issues 17, 24), 25k steps, seeds 0-2:
+#   python grid.py config/grid_levers_long.py
+# At 1600 classes (the ICL threshold without a lever) ICL fades without one (seed 0: 0.99 -> 0.71): does the decay
+# aimed at the MLPs + head (wd=1@mlp+head, the best targeted decay at 4k steps) keep it? At 400 classes: does it
+# bring ICL late? Budget: config/grid.py's synthetic_args with 25k steps, an eval every 500 (lr*wd*steps = 50*wd).
 classes = '1600'
 regularizers = 'none,wd=1@mlp+head'
-seeds = '0'
+extra_cells = '400:wd=1@mlp+head'
+seeds = '0,1,2'
 synthetic_args = '--max_iters=25000 --n_eval_episodes=512 --eval_interval=500 --log_interval=500'
 phase = True
 grid_dir = 'out_levers_long'

@@ -33,7 +33,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = ('README.md', 'RESULTS.md')
 ASSETS = os.path.join('assets', 'results')
-REPORT_FILES = ('phase.json', 'phase.md', 'phase.png', 'report.md', 'verdict.json', 'icl_vs_steps.png')
+REPORT_FILES = ('phase.json', 'phase.md', 'phase.png', 'phase_curves.png', 'emergence.png', 'report.md', 'verdict.json',
+                'icl_vs_steps.png')
 MARKER = re.compile(r'<!-- results:([a-z0-9_]+) begin -->\n(.*?)<!-- results:\1 end -->', re.S)
 
 # One row of README's summary table per result, in this order. 'report': the assets/results/<name>/ folder

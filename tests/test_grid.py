@@ -443,8 +443,66 @@ def test_phase_report_heatmaps_and_thresholds(grid, tmp_path):
     assert ('| none | - | 16000 | 0.50° / 1.00 (chance 1/32) | 0.70 / 0.10 (chance 1/32) | 0.95 / 0.10 (chance 1/32) |'
             in text)                                                   # ° no learning; IWL beside its chance
     assert '| l2=0.001 | 1600 | 1 | 0.900 [0.900-0.900] | - | 0.875 | 0.500 |' in text   # no episode counts: no CI
-    assert '--classes=16000 --seeds=1,2' in text
+    assert 'fewer than 3 in some cells (l2=0.001, none); declare seeds 0,1,2' in text
+    assert '## Emergence over time (ICL >= 0.8)' in text and (root / 'emergence.png').stat().st_size > 0
     # the verdict with the smallest count as Few and 1600 as Many: l2's Few cell (0.5) gets no share of the gain
     verdicts = json.loads((root / 'verdict.json').read_text())
     assert '## Verdict: Few = 100 classes, Many = 1600 classes' in text
     assert verdicts[0]['baseline_peak'] == pytest.approx(0.7) and verdicts[0]['verdict'] == 'NOT SUPPORTED'
+
+
+def test_emergence_table_counts_seeds_reaching_icl_by_each_step():
+    """Time, not one budget: per cell the share of seeds at ICL >= 0.8 by each step and the median first step."""
+    from phase import emergence_lines
+
+    def cell(seed, accs):
+        rows = [{'iter': 1000 * i, 'icl_acc': a} for i, a in enumerate(accs)]
+        return {'classes': 'c100', 'seed': seed, 'weight_decay': 0.0, 'setting': {'label_swap': 0.8},
+                'summary': {'config': {'label_swap_to': 'train'}}, 'rows': rows,
+                'stats': {'peak_icl': max(accs[1:]), 'final_icl': accs[-1]}}
+    cells = [cell(0, [0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.6]),   # early, then fades
+             cell(1, [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.85, 0.9, 0.9, 0.9, 0.9]),  # late
+             cell(2, [0.5] * 11)]                                                # never
+    reg = (('label_swap', 0.8),)
+    text = '\n'.join(emergence_lines(cells, [reg], [100], 0.8))
+    assert '| by 1000 | by 2000 | by 4000 | by 6000 | by 8000 | by 10000 |' in text
+    assert '| swap=0.8 | 100 | 1/3 | 1/3 | 1/3 | 2/3 | 2/3 | 2/3 | 6000 | 0.90 -> 0.60, 0.90 -> 0.90, 0.50 -> 0.50 |' in text
+    cells[1]['rows'] = cells[2]['rows']
+    assert '| 1/3 | never |' in '\n'.join(emergence_lines(cells, [reg], [100], 0.8))
+
+
+def test_extra_cells_join_the_cross_at_every_seed_in_seed_major_order(grid):
+    cells = grid.enumerate_cells(['100'], grid.parse_regularizers('none,swap=0.8'), [0, 1], [], [], {}, [])
+    cells = grid.add_extra_cells(cells, '1600:none;100:swap=0.8+swap_to=all;100:none', [0, 1], [], [], {}, [])
+    assert [c['name'] for c in cells] == ['c100_wd0_s0', 'c100_swap0.8_s0', 'c1600_wd0_s0', 'c100_swap0.8_to_all_s0',
+                                          'c100_wd0_s1', 'c100_swap0.8_s1', 'c1600_wd0_s1', 'c100_swap0.8_to_all_s1']
+    assert '--label_swap_to=all' in cells[3]['args'] and '--n_train_classes=1600' in cells[2]['args']
+
+
+@pytest.mark.parametrize('bad', ['1600', 'lots:none', '100:bogus=1'])
+def test_bad_extra_cells_are_a_clear_error(tmp_path, bad):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--extra_cells={bad}', '--dry_run',
+                           f'--grid_dir={tmp_path}/g'], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2 and ('extra_cells' in proc.stderr or 'regularizers' in proc.stderr), proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_extend_from_copies_finished_cells_without_their_summary(grid, tmp_path):
+    import torch
+    source, target = tmp_path / 'short', tmp_path / 'long'
+    cells = grid.enumerate_cells(['100'], grid.parse_regularizers('none,swap=0.8'), [0], [], [], {}, [])
+    done, running = source / cells[0]['name'], source / cells[1]['name']
+    for d in (done, running):
+        d.mkdir(parents=True)
+        torch.save({'model': {}, 'iter_num': 10, 'config': {'lr_schedule': 'constant'}}, d / 'ckpt.pt')
+        (d / 'metrics.jsonl').write_text('{"iter": 10}\n')
+    (done / 'summary.json').write_text('{}')
+    target.mkdir()
+    assert grid.extend_cells(cells, str(target), str(source)) == [cells[0]['name']]   # only the finished one
+    copied = target / cells[0]['name']
+    assert (copied / 'ckpt.pt').exists() and (copied / 'metrics.jsonl').exists() and not (copied / 'summary.json').exists()
+    assert grid.extend_cells(cells, str(target), str(source)) == []                   # started here: left alone
+    torch.save({'model': {}, 'iter_num': 10, 'config': {'lr_schedule': 'cosine'}}, running / 'ckpt.pt')
+    (running / 'summary.json').write_text('{}')
+    with pytest.raises(SystemExit):
+        grid.extend_cells(cells, str(target), str(source))                             # cosine depends on max_iters

@@ -108,6 +108,28 @@ def test_low_iwl_with_intact_attention_is_no_collapse():
     assert verdict(groups(0.99, train=0.9))['best']['eligible']
 
 
+def test_each_lever_has_its_own_verdict_and_the_best_of_n_pays_with_a_wider_interval():
+    from report import verdict
+    rng = __import__('numpy').random.default_rng(0)
+
+    def runs(peak, n=3):
+        return [{'peak_icl': peak + d, 'attn_label_at_peak': 0.8, 'final_iwl': 0.1, 'chance': 0.5,
+                 'peak_measure': {'acc': peak + d, 'n': 512,
+                                  'hits': [(c, int(round((peak + d) * 64 + rng.integers(-3, 4))), 64) for c in range(8)]}}
+                for d in (-0.01, 0.0, 0.01)[:n]]
+    groups = {('many', ()): runs(0.95), ('few', ()): runs(0.52),
+              ('few', (('label_swap', 0.8),)): runs(0.91), ('few', (('label_swap', 0.4),)): runs(0.60),
+              ('few', (('weight_decay', 1.0),)): runs(0.55)}
+    v = verdict(groups)
+    assert v['n_levers'] == 3
+    by = {c['regularizer']: c for c in v['candidates']}
+    assert by['swap=0.4']['verdict'] == by['wd=1']['verdict'] == 'NOT SUPPORTED'
+    best = by['swap=0.8']
+    assert best['family_lo'] <= best['corrected_lo'] and best['family_hi'] >= best['corrected_hi']
+    assert best['family_level'] == 1 - 0.05 / 3
+    assert v['best'] is best and 'over 3 levers (Bonferroni, 98.3%)' in v['reason']
+
+
 def cell(name, cls, wd, accs, iwl, hits=None):
     rows = rows_of(accs, hits=hits)
     for r in rows:
@@ -129,7 +151,8 @@ def test_tables_show_iwl_chance_intervals_and_the_episode_fallback():
     assert '†' in few0 and 'no learning' in few0             # rows from before per-class hits: episode bootstrap
     few1 = [line for line in text.splitlines() if line.startswith('| Few wd=1 |')][0]
     assert '†' not in few1
-    assert '| wd=1 | 0.000 [' in text                        # corrected ratio of a chance cell
+    assert '| wd=1 | NOT SUPPORTED | 1 | 0.000 [' in text     # its own verdict, seeds, corrected ratio at chance
+    assert '1 levers tried at Few' in text
     assert 'decides on the *corrected* ratio' in text and 'IWL is reported, not judged' in text
     assert 'Collapse judged on attention alone for wd=1' in text
 
