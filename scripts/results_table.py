@@ -43,39 +43,51 @@ RESULTS = [
     dict(title='Few/Many x weak decay', anchor='the-first-grid-fewmany-x-weak-decay',
          question='Few (100) + decay ≥ 90% of Many (16000) ICL?', scale='synthetic, 4k',
          command='python grid.py', out='out_grid/', wall='~22 min (estimate, 30 cells)',
-         verdict='NOT SUPPORTED (superseded version); decays too weak: lr·wd·steps ≤ 0.08'),
+         verdict='NOT SUPPORTED (superseded); decays too weak', summary=False),
     dict(title='Phase diagram', anchor='phase-diagram-class-count-x-regulariser',
-         question='does decay or L2 lower the class count for ICL?', scale='synthetic, 4k',
+         question='does decay or L2 lower the class count?', scale='synthetic, 4k',
          command='python grid.py config/grid_phase.py', out='out_phase/',
          wall='99 min (56 cells), 52 min (10 seed cells)',
-         verdict='no: ICL ≥ 0.8 from 1600 with or without; wd=1, l2=1e-2 stop learning'),
+         verdict='no: ICL ≥ 0.8 from 1600 with or without'),
     dict(title='Transience', anchor='transience-25k-steps',
          question='does ICL fade, and does decay stop that?', scale='synthetic, 25k',
          command='python grid.py config/grid_transience.py', out='out_transience/', wall='~70 min (6 cells)',
          verdict='fades at 1600 classes (0.99 → 0.68 at 25k); wd=0.1 too (→ 0.71); none at 16000'),
     dict(title='Omniglot, Few/Many', anchor='omniglot-at-a-cpu-scale',
-         question='Few (100) + decay or L2 ≥ 90% of Many (1600) ICL?', scale='Omniglot 14², 4L, 10k',
+         question='Few (100) + decay or L2 vs Many (1600)', scale='Omniglot 14², 4L, 10k',
          command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_small.py',
          out='out_omniglot_small/', wall='17-51 min per cell (7 cells)',
          verdict='NOT SUPPORTED: Few peak ICL ≤ 0.534 under every regulariser'),
     dict(title='Omniglot, class count x decay', anchor='omniglot-class-count-x-decay',
-         question='does decay lower the class count for ICL?', scale='Omniglot 14², 4L, 10k',
+         question='does decay lower the class count?', scale='Omniglot 14², 4L, 10k',
          command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_phase.py',
          out='out_omniglot_phase/', wall='~17 min per cell (4 new cells)',
-         verdict='no: ICL ≥ 0.8 needs 1600; wd=1 lifts the 800-class peak for a while (0.64 → 0.77)'),
+         verdict='no: ICL ≥ 0.8 needs 1600; wd=1 lifts the 800-class peak for a while (0.61 → 0.73, 2 seeds)'),
     dict(title='Paper scale', anchor='verdict-at-each-scale',
          question='Few/Many x decay at the paper cell', scale='Omniglot 105², 12L, ≥ 20k',
          command='python grid.py config/omniglot.py --group_size=15', out='out_grid_omniglot/',
-         wall='needs a GPU', verdict='not settled: 4 cells × 9.5k steps (H200) agree with the CPU scale'),
+         wall='needs a GPU', verdict='not settled: 4 uniform-decay cells × 9.5k steps (H200) agree with the CPU scale'),
     dict(title='Levers (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='levers',
          question='targeted decay or label swap for rare classes?', scale='synthetic, 4k',
          command='python grid.py config/grid_levers.py', out='out_levers/'),
-    dict(title='Levers, Omniglot (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='omniglot_levers',
-         question='the strongest levers on real images', scale='Omniglot 14², 4L, 10k',
+    dict(title='Levers, Omniglot, 3 seeds (issue 24)', anchor='real-images-the-papers-rule-three-seeds-issue-24',
+         report='omniglot_levers3', question='the levers on real images, swap as Bratulić draws it',
+         scale='Omniglot 14², 4L, 10k',
          command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_levers.py',
-         out='out_omniglot_levers/'),
+         out='out_omniglot_levers3/'),
+    dict(title='Omniglot over time (issue 24)', anchor='real-images-the-papers-rule-three-seeds-issue-24',
+         report='omniglot_long', question='does ICL at Few persist, fade or arrive late?', scale='Omniglot 14², 4L, 25k',
+         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_long.py',
+         out='out_omniglot_long/', fading=True),
+    dict(title='Levers at Few over time (issue 24)', anchor='real-images-the-papers-rule-three-seeds-issue-24',
+         report='levers_emergence', question='the same on the proxy', scale='synthetic, 12k',
+         command='python grid.py config/grid_levers_emergence.py', out='out_levers_emergence/'),
+    dict(title='Levers, Omniglot, seed 0, swap to all labels (issue 17)', anchor='what-replaces-rare-classes-issue-17',
+         report='omniglot_levers', question='the strongest levers on real images', scale='Omniglot 14², 4L, 10k',
+         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_levers.py',
+         out='out_omniglot_levers/', summary=False),
     dict(title='Levers, 25k steps (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='levers_long',
-         question='does targeted decay stop fading, or bring ICL late?', scale='synthetic, 25k',
+         question='does targeted decay stop fading?', scale='synthetic, 25k',
          command='python grid.py config/grid_levers_long.py', out='out_levers_long/', fading=True),
     dict(title='Burstiness x Zipf (generic axes)', anchor='burstiness-x-zipf-generic-axes', report='axes',
          question="Chan et al.'s other knobs, as --axes", scale='synthetic, 4k',
@@ -199,8 +211,9 @@ def few_many_verdict(report):
     v = report['verdicts'][0]
     best = v.get('best') or {}
     share = best.get('corrected', best.get('ratio'))
-    return (f"{v['verdict']}" + (f" ({best['regularizer']}: {share:.2f} of Many's gain)" if best and share is not None
-                                 else '') + '; ')
+    return (f"{v['verdict']}" + (f" over {v['n_levers']} levers" if v.get('n_levers') else '')
+            + (f" (best {best['regularizer']}: {share:.2f} of the gain at 1600 classes)" if best and share is not None
+               else '') + '; ')
 
 
 def phase_verdict(report, fading=False):
@@ -288,7 +301,7 @@ def verdict_summary(report):
 def summary_block(root=ROOT):
     lines = ['| result | question | scale | command | wall time | output | verdict |',
              '|---|---|---|---|---|---|---|']
-    for r in RESULTS:
+    for r in [r for r in RESULTS if r.get('summary', True)]:  # summary=False: kept in RESULTS.md only
         wall, verdict = r.get('wall'), r.get('verdict')
         if r.get('report'):
             report = load(r['report'], root)

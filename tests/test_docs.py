@@ -37,7 +37,7 @@ def test_readme_is_at_most_12_kb():
     assert size <= 12288, f"README.md is {size} bytes; move detail into RESULTS.md"
 
 
-@pytest.mark.parametrize('doc, names', [(README, {'summary'}), (RESULTS, {'levers', 'omniglot_levers'})])
+@pytest.mark.parametrize('doc, names', [(README, {'summary'}), (RESULTS, {'levers', 'omniglot_levers', 'omniglot_levers3', 'omniglot_long', 'levers_emergence'})])
 def test_results_blocks_equal_the_report_files(doc, names):
     text = read(doc)
     blocks = rt.blocks_in(text)
@@ -168,8 +168,9 @@ def test_phase_report_files_make_the_block_and_the_summary_row(tmp_path):
     assert '6 runs; wall time: 6 cells, 3.0 h summed' in text
     assert '(assets/results/levers/phase.png)' in text
     row = [r for r in rt.summary_block(str(repo)).splitlines() if 'config/grid_levers.py' in r][0]
-    assert re.search(r"\| 6 cells, 3\.0 h summed \| `out_levers/` \| (SUPPORTED|INCONCLUSIVE|NOT SUPPORTED) \(swap=0\.8: "
-                     r"0\.\d\d of Many's gain\); ICL ≥ 0\.8 at fewer classes with swap=0\.8 \(100\); none: 1600 \|", row), row
+    assert re.search(r"\| 6 cells, 3\.0 h summed \| `out_levers/` \| (SUPPORTED|INCONCLUSIVE|NOT SUPPORTED) over 1 levers "
+                     r"\(best swap=0\.8: 0\.\d\d of the gain at 1600 classes\); ICL ≥ 0\.8 at fewer classes with "
+                     r"swap=0\.8 \(100\); none: 1600 \|", row), row
 
     # a number in a document that is not the report file's is caught, and --write puts it back
     doc = f"x\n<!-- results:levers begin -->\n{text.replace('0.97 / 0.10', '0.98 / 0.10')}<!-- results:levers end -->\n"
@@ -192,15 +193,17 @@ def test_report_files_that_disagree_are_an_error(tmp_path):
 
 def test_verdict_report_files_make_the_block_and_the_summary_row(tmp_path):
     import report
-    grid_dir, repo = tmp_path / 'out_omniglot_levers', tmp_path / 'repo'
+    grid_dir, repo = tmp_path / 'out_omniglot_levers3', tmp_path / 'repo'
     _cell(grid_dir, 'many_wd0_s0', 'many', [0.5, 0.9, 0.88], [0.0, 0.02, 0.03], n_labels=1623)
     _cell(grid_dir, 'few_wd0_s0', 'few', [0.5, 0.52, 0.5], [0.1, 0.9, 1.0], n_labels=1623)
     _cell(grid_dir, 'few_swap0.8_s0', 'few', [0.5, 0.7, 0.68], [0.1, 0.3, 0.2], setting={'label_swap': 0.8},
           n_labels=1623)
     verdicts = report.write_report(str(grid_dir))
-    rt.collect('omniglot_levers', str(grid_dir), str(repo))
-    text = rt.result_block('omniglot_levers', str(repo))
+    rt.collect('omniglot_levers3', str(grid_dir), str(repo))
+    text = rt.result_block('omniglot_levers3', str(repo))
     assert f"**{verdicts[0]['verdict']}**: {verdicts[0]['reason']}." in text
     assert re.search(r'^\| Few swap=0\.8 \| 1/1 \| 0\.700 \[0\.700-0\.700\] \| 0\.200 \(chance 1/1623\) \|', text, re.M)
     row = [r for r in rt.summary_block(str(repo)).splitlines() if 'grid_omniglot_levers.py' in r][0]
     assert f"| {verdicts[0]['verdict']} (best swap=0.8: " in row and '| 3 cells, 1.5 h summed |' in row
+    assert 'grid_omniglot_levers.py' not in ''.join(r for r in rt.summary_block(str(repo)).splitlines()
+                                                    if 'swap to all labels' in r)   # issue 17's: RESULTS.md only
