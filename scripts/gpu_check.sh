@@ -21,12 +21,12 @@ step "synthetic default, 300 steps"
 python train.py --out_dir="$OUT/synthetic" --max_iters=300 --eval_interval=150 --log_interval=100 > "$OUT/synthetic.log" 2>&1
 echo "synthetic: $(rate "$OUT/synthetic.log")"
 
-step "levers: decay on mlp+head with label swap, 200 steps; a group whose members differ in both"
+step "levers: decay on mlp+head with label swap, 200 steps; a group whose members differ in levers (p_copy too)"
 LEVERS=(--max_iters=200 --eval_interval=100 --log_interval=100 --n_eval_episodes=128)
 python train.py "${LEVERS[@]}" --weight_decay=1 --decay_modules=mlp,head --label_swap=0.3 \
   --out_dir="$OUT/levers" > "$OUT/levers.log" 2>&1
 python group.py "${LEVERS[@]}" --decay_modules=mlp --weight_decay=1 --out_dir="$OUT/levers_g0" :: \
-  "${LEVERS[@]}" --label_swap=0.5 --l2=0.01 --decay_modules=head --out_dir="$OUT/levers_g1" > "$OUT/levers_group.log" 2>&1
+  "${LEVERS[@]}" --label_swap=0.5 --l2=0.01 --decay_modules=head --p_copy=0.5 --out_dir="$OUT/levers_g1" > "$OUT/levers_group.log" 2>&1
 echo "levers: $(rate "$OUT/levers.log"); group: $(grep -o '[0-9.]* cell-steps/s' "$OUT/levers_group.log" | tail -1)"
 
 PAPER=(config/omniglot.py config/many.py --data_dir="$DATA" --max_iters=300 --eval_interval=150 --log_interval=100
