@@ -90,7 +90,7 @@ def test_solo_train_py_resumes_a_member_checkpoint(solo_runs, tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1])['icl_acc'] == metrics(dirs[1])[-1]['icl_acc']
 
 
-def test_members_may_differ_only_in_member_keys(tmp_path):
+def test_members_may_not_differ_in_the_model_shape(tmp_path):
     proc = group([tmp_path / 'a', tmp_path / 'b'], '--max_iters=20', check=False,
                  members=[['--seed=0'], ['--seed=1', '--n_layer=2']])
     assert proc.returncode == 2 and 'members differ in n_layer' in proc.stderr and 'Traceback' not in proc.stderr
