@@ -82,9 +82,9 @@ def _train_globals():
     return namespace
 
 
-def train_defaults():
-    """train.py's config keys and their defaults."""
-    return {k: v for k, v in _train_globals().items()
+def train_defaults(namespace=None):
+    """train.py's config keys and their defaults (from its globals block, or that block's namespace)."""
+    return {k: v for k, v in (namespace or _train_globals()).items()
             if not k.startswith('_') and isinstance(v, (int, float, bool, str))}
 
 
@@ -93,7 +93,7 @@ def saved_config(config):
     train.py's older_runs where runs from before the key behaved otherwise. So a new key is one global in
     train.py, and old runs still resume, evaluate and report."""
     namespace = _train_globals()
-    older = {k: namespace['older_runs'].get(k, v) for k, v in train_defaults().items()}
+    older = {k: namespace['older_runs'].get(k, v) for k, v in train_defaults(namespace).items()}
     return {**older, **config}
 
 
