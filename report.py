@@ -218,8 +218,11 @@ def _candidate(reg, runs, base, few0, min_attn, train_fraction, n_levers=1):
     ci_lo, ci_hi, method = stats.ratio_ci(_measures(runs), _measures(base), chance, base_chance)
     lo, hi = (seed_lo, seed_hi) if ci_lo is None else (min(seed_lo, ci_lo), max(seed_hi, ci_hi))
     family_level = 1 - (1 - stats.LEVEL) / n_levers
-    f_lo, f_hi, _ = stats.ratio_ci(_measures(runs), _measures(base), chance, base_chance, level=family_level)
-    f_lo, f_hi = (seed_lo, seed_hi) if f_lo is None else (min(seed_lo, f_lo), max(seed_hi, f_hi))
+    if n_levers > 1:  # one lever: its family interval is its 95% one (no second bootstrap)
+        f_lo, f_hi, _ = stats.ratio_ci(_measures(runs), _measures(base), chance, base_chance, level=family_level)
+        f_lo, f_hi = (seed_lo, seed_hi) if f_lo is None else (min(seed_lo, f_lo), max(seed_hi, f_hi))
+    else:
+        f_lo, f_hi = lo, hi
     return {**{k: reg_value(reg, k) for k in REG_KEYS}, 'regularizer': reg_label(reg), 'n_seeds': len(runs),
             'ratio': _mean(peaks) / _mean(base_peaks),
             'final_ratio': _mean(finals) / _mean(base_finals) if finals and base_finals and _mean(base_finals) > 0 else None,
