@@ -134,6 +134,12 @@ def plot_threshold_curves(path, cells, first):
     return True
 
 
+def peak_text(peak, threshold):
+    """A mean peak ICL to two decimals, or three where two would round it up to the threshold it misses (0.796 is
+    not 'ICL >= 0.8', and a table that printed 0.80 beside 'never' would read as a contradiction)."""
+    return f"{peak:.3f}" if peak < threshold <= round(peak, 2) else f"{peak:.2f}"
+
+
 def first_step(rows, threshold):
     """The first eval step whose ICL reaches threshold, or None."""
     return next((r['iter'] for r in rows if r['icl_acc'] >= threshold), None)
@@ -234,7 +240,8 @@ def write_phase_report(root_dir, cells, threshold=0.8):
         cellsrow = []
         for n in counts:
             t = table.get((reg, n))
-            cellsrow.append('-' if t is None else f"{t['peak_icl']:.2f}{'°' if t['no_learning'] else ''} / "
+            peak = '' if t is None else peak_text(t['peak_icl'], threshold) + ('°' if t['no_learning'] else '')
+            cellsrow.append('-' if t is None else f"{peak} / "
                             f"{fmt_iwl(t['final_iwl'], t['iwl_chance'], '.2f')}"
                             + (f" ({t['seeds']} seeds, {t['peak_min']:.2f}-{t['peak_max']:.2f})" if t['seeds'] > 1 else ''))
         exponent = exponents.get(reg)

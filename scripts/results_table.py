@@ -31,6 +31,8 @@ import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from phase import peak_text  # noqa: E402 (the repo's root is on the path only from here on)
 DOCS = ('README.md', 'RESULTS.md')
 ASSETS = os.path.join('assets', 'results')
 REPORT_FILES = ('phase.json', 'phase.md', 'phase.png', 'phase_curves.png', 'emergence.png', 'report.md', 'verdict.json',
@@ -324,19 +326,20 @@ def result_block(name, root=ROOT):
         return (f"pending: `{entry['command']}`, then `python scripts/results_table.py --collect {name} "
                 f"{entry['out'].rstrip('/')}` (copies the report files into `{source}` and rewrites this block).\n")
     if report['kind'] == 'phase':
-        counts = class_counts(report)
+        counts, threshold = class_counts(report), report['phase']['threshold']
         runs = sum(e['seeds'] for e in report['phase']['table'])
         lines = [f"From `{source}phase.json` and `phase.md` ({runs} runs; wall time: {wall_text(report)}). Peak ICL / final IWL "
                  f"per class count; ° = no learning (peak at most what a run at chance shows); in brackets the seed "
                  f"range when there are several seeds.", "",
-                 "| regulariser | lr·wd·steps | ICL ≥ %g from | " % report['phase']['threshold']
+                 "| regulariser | lr·wd·steps | ICL ≥ %g from | " % threshold
                  + ' | '.join(str(n) for n in counts) + ' |',
                  '|---|---|---|' + '---|' * len(counts)]
         for label, exponent, first, entries in phase_rows(report):
             cells = []
             for n in counts:
                 e = entries.get(n)
-                cells.append('-' if e is None else f"{e['peak_icl']:.2f}{'°' if e['no_learning'] else ''} / "
+                peak = '' if e is None else peak_text(e['peak_icl'], threshold) + ('°' if e['no_learning'] else '')
+                cells.append('-' if e is None else f"{peak} / "
                              f"{e['final_iwl']:.2f}" + (f" [{e['peak_min']:.2f}-{e['peak_max']:.2f}]"
                                                          if e['seeds'] > 1 else ''))
             lines.append(f"| {label} | {exponent} | {_first(first)} | " + ' | '.join(cells) + ' |')

@@ -471,6 +471,12 @@ def test_emergence_table_counts_seeds_reaching_icl_by_each_step():
     assert '| 1/3 | never |' in '\n'.join(emergence_lines(cells, [reg], [100], 0.8))
 
 
+def test_a_peak_just_below_the_threshold_is_not_printed_as_reaching_it():
+    """0.796 beside 'ICL >= 0.8 from: never' must not read 0.80 in phase.md or the RESULTS block."""
+    from phase import peak_text
+    assert [peak_text(p, 0.8) for p in (0.796, 0.7949, 0.8, 0.804, 0.5)] == ['0.796', '0.79', '0.80', '0.80', '0.50']
+
+
 def test_extra_cells_join_the_cross_at_every_seed_in_seed_major_order(grid):
     cells = grid.enumerate_cells(['100'], grid.parse_regularizers('none,swap=0.8'), [0, 1], [], [], {}, [])
     cells = grid.add_extra_cells(cells, '1600:none;100:swap=0.8+swap_to=all;100:none', [0, 1], [], [], {}, [])
