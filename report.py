@@ -309,7 +309,7 @@ def _decide(candidates, threshold, interval='corrected'):
     who = ('best Few cell without collapse' if best['eligible']
            else 'best Few cell (every regularised Few cell fails the collapse check)')
     which = (f"interval over {len(candidates)} levers (Bonferroni, {100 * best['family_level']:.1f}%)"
-             if interval == 'family' else 'interval')
+             if interval == 'family' and len(candidates) > 1 else 'interval')
     reason = (f"{who}: {best['regularizer']}, its peak ICL above chance is {best['corrected']:.3f} ({which} "
               f"[{best[lo]:.3f}, {best[hi]:.3f}]; raw peak ratio {best['ratio']:.3f}) of the "
               f"Many+wd=0 one, {rel} {threshold:g}; collapse judged on {best['collapse_judged_on']}")
@@ -614,9 +614,10 @@ def verdict_lines(groups, widths, threshold):
                   f"{fmt_iwl(v['few_wd0_final_iwl'], v['iwl_chance'])}).", ""]
         if alone:
             lines += [f"Collapse judged on attention alone for {', '.join(alone)}: their rows have no train_dist_acc.", ""]
-        lines += [f"{v['n_levers']} levers tried at Few; each has its own verdict on its own 95% interval, and the "
-                  f"grid's verdict above is the best of them on its interval widened to "
-                  f"{100 * (1 - 0.05 / v['n_levers']):.1f}% (Bonferroni over the {v['n_levers']}).", "",
+        lines += [(f"{v['n_levers']} levers tried at Few; each has its own verdict on its own 95% interval, and the "
+                   f"grid's verdict above is the best of them on its interval widened to "
+                   f"{100 * (1 - 0.05 / v['n_levers']):.1f}% (Bonferroni over the {v['n_levers']})." if v['n_levers'] > 1
+                   else "1 lever tried at Few: the grid's verdict is its own, on its 95% interval."), "",
                   "| Few cell | verdict | seeds | corrected ratio (interval) | family interval | seed range | 95% CI | "
                   "raw peak ratio (seed range) | final ICL / Many wd=0 final | attn_match_label @peak | attn ok | "
                   "train-dist acc @peak | train-dist ok | final IWL (chance) | IWL / Few wd=0 |",

@@ -213,9 +213,10 @@ def few_many_verdict(report):
     v = report['verdicts'][0]
     best = v.get('best') or {}
     share = best.get('corrected', best.get('ratio'))
-    return (f"{v['verdict']}" + (f" over {v['n_levers']} levers" if v.get('n_levers') else '')
-            + (f" (best {best['regularizer']}: {share:.2f} of the gain at 1600 classes)" if best and share is not None
-               else '') + '; ')
+    n = v.get('n_levers')  # absent from reports before issue 24
+    return (f"{v['verdict']}" + (f" over {n} levers" if n and n > 1 else '')
+            + (f" ({'' if n == 1 else 'best '}{best['regularizer']}: {share:.2f} of the gain at 1600 classes)"
+               if best and share is not None else '') + '; ')
 
 
 def phase_verdict(report, fading=False):

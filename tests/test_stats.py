@@ -152,7 +152,7 @@ def test_tables_show_iwl_chance_intervals_and_the_episode_fallback():
     few1 = [line for line in text.splitlines() if line.startswith('| Few wd=1 |')][0]
     assert '†' not in few1
     assert '| wd=1 | NOT SUPPORTED | 1 | 0.000 [' in text     # its own verdict, seeds, corrected ratio at chance
-    assert '1 levers tried at Few' in text
+    assert "1 lever tried at Few: the grid's verdict is its own, on its 95% interval." in text
     assert 'decides on the *corrected* ratio' in text and 'IWL is reported, not judged' in text
     assert 'Collapse judged on attention alone for wd=1' in text
 
