@@ -301,6 +301,14 @@ def verdict_summary(report):
             f"{_peak_value(best['peak']):.2f}" + (f", none {_peak_value(none['peak']):.2f}" if none else ''))
 
 
+def seeds_missing(report):
+    """True when some cell of the report has fewer than the 3 seeds a claim needs: phase.json's per-cell 'seeds',
+    or a verdict report's Few cells' 'n_seeds' (a cell without the count is taken to have one seed)."""
+    if report['kind'] == 'phase':
+        return any(entry.get('seeds', 1) < 3 for entry in report['phase']['table'])
+    return any(c.get('n_seeds', 1) < 3 for v in report['verdicts'] for c in v.get('candidates', []))
+
+
 def summary_block(root=ROOT):
     lines = ['| result | question | scale | command | wall time | output | verdict |',
              '|---|---|---|---|---|---|---|']
@@ -311,7 +319,7 @@ def summary_block(root=ROOT):
             if report is None:
                 wall, verdict = 'pending', 'pending'
             else:
-                wall = wall_text(report) + (' (seeds missing: interim)' if 'Seeds: fewer than 3' in report['md'] else '')
+                wall = wall_text(report) + (' (seeds missing: interim)' if seeds_missing(report) else '')
                 verdict = (phase_verdict(report, r.get('fading', False)) if report['kind'] == 'phase'
                            else verdict_summary(report))
         lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['question']} | {r['scale']} | "
