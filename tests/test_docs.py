@@ -13,6 +13,7 @@ from conftest import ROOT
 
 README = os.path.join(ROOT, 'README.md')
 RESULTS = os.path.join(ROOT, 'RESULTS.md')
+IMAGE = re.compile(r'!\[[^\]]*\]\(([^)]+)\)')  # a markdown image's path
 
 
 def _load_script():
@@ -106,13 +107,13 @@ def test_links_to_results_sections_and_figures_resolve():
         text = read(doc)
         for anchor in re.findall(r'RESULTS\.md#([\w\-]+)', text):
             assert anchor in anchors, f"{os.path.basename(doc)} links to RESULTS.md#{anchor}, which is no heading"
-        for image in re.findall(r'!\[[^\]]*\]\(([^)]+)\)', text):
+        for image in IMAGE.findall(text):
             assert os.path.isfile(os.path.join(ROOT, image)), f"{os.path.basename(doc)} shows a missing {image}"
     reports = os.path.join(ROOT, 'assets', 'results')
     for name in os.listdir(reports):  # a committed report shows only figures committed beside it
         for md in ('phase.md', 'report.md'):
             path = os.path.join(reports, name, md)
-            for image in re.findall(r'!\[[^\]]*\]\(([^)]+)\)', read(path)) if os.path.isfile(path) else []:
+            for image in IMAGE.findall(read(path)) if os.path.isfile(path) else []:
                 assert os.path.isfile(os.path.join(reports, name, image)), f"{name}/{md} shows a missing {image}"
     results = read(RESULTS)
     for png in os.listdir(os.path.join(ROOT, 'assets')):
