@@ -9,7 +9,7 @@ README.md's summary table and RESULTS.md's per-result tables sit between markers
 
 and are generated here from the report files that grid.py / phase.py wrote, committed under
 assets/results/<name>/ (phase.json + phase.md for a phase grid; report.md + verdict.json for a verdict grid;
-cells.json, the cells' wall times, when --collect copied them in). tests/test_docs.py checks that every block
+cells.json, the cells' wall times and last evals, when --collect copied them in). tests/test_docs.py checks that every block
 equals what this script generates, so a number in a block is always the report file's number.
 
     python scripts/results_table.py                          # print every block
@@ -418,8 +418,16 @@ def render(text, root=ROOT):
                                 f"<!-- results:{m.group(1)} end -->", text)
 
 
+def _final_eval(cell_dir):
+    """The scalar numbers of a cell's last eval row (probes, weight norm, attention), so that a number the prose
+    quotes per seed comes from a committed file too; per-layer lists stay in the cell's metrics.jsonl."""
+    from checkpoint import read_metrics
+    rows = [r for r in read_metrics(cell_dir) if 'icl_acc' in r]
+    return {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))} if rows else None
+
+
 def collect(name, grid_dir, root=ROOT):
-    """Copy a grid folder's report files (and its cells' wall times) into assets/results/<name>/."""
+    """Copy a grid folder's report files (and per cell its wall time and last eval) into assets/results/<name>/."""
     if not any(r.get('report') == name for r in RESULTS):
         raise KeyError(f"no result named {name!r} in RESULTS")
     dest = os.path.join(root, ASSETS, name)
@@ -435,7 +443,8 @@ def collect(name, grid_dir, root=ROOT):
         path = os.path.join(grid_dir, cell, 'summary.json')
         if os.path.isfile(path):
             summary = json.loads(_read(path))
-            cells.append({'cell': cell, 'wall_s': summary.get('wall_s'), 'final_iter': summary.get('final_iter')})
+            cells.append({'cell': cell, 'wall_s': summary.get('wall_s'), 'final_iter': summary.get('final_iter'),
+                          'final': _final_eval(os.path.join(grid_dir, cell))})
     with open(os.path.join(dest, 'cells.json'), 'w') as f:
         json.dump(cells, f, indent=1)
     return found + ['cells.json']

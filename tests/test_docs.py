@@ -166,6 +166,9 @@ def test_phase_report_files_make_the_block_and_the_summary_row(tmp_path):
 
     copied = rt.collect('levers', str(grid_dir), str(repo))
     assert {'phase.json', 'phase.md', 'cells.json'} <= set(copied)
+    cells = json.loads((repo / 'assets' / 'results' / 'levers' / 'cells.json').read_text())
+    final = {c['cell']: c['final'] for c in cells}['c400_swap0.8_s0']  # the last eval row's numbers, per cell
+    assert final['iter'] == 200 and abs(final['icl_acc'] - 0.92) < 1e-9 and final['iwl_acc'] == 0.1
     data = json.loads((repo / 'assets' / 'results' / 'levers' / 'phase.json').read_text())
     assert data['first_class_count'] == {'wd0': 1600, 'swap0.8': 100}
     text = rt.result_block('levers', str(repo))
