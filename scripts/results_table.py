@@ -422,7 +422,7 @@ def _final_eval(cell_dir):
     """The scalar numbers of a cell's last eval row (probes, weight norm, attention), so that a number the prose
     quotes per seed comes from a committed file too; per-layer lists stay in the cell's metrics.jsonl."""
     from checkpoint import read_metrics
-    rows = [r for r in read_metrics(cell_dir) if 'icl_acc' in r]
+    rows = read_metrics(cell_dir)  # every row is an eval row (training.eval_row is its one writer)
     return {k: v for k, v in rows[-1].items() if isinstance(v, (int, float))} if rows else None
 
 
