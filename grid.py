@@ -52,7 +52,7 @@ widths = ''                 # '' = no width axis; 'd48,d96' -> config/d48.py, co
 few_config = 'config/few.py'
 many_config = 'config/many.py'
 synthetic_few = '--n_train_classes=100'
-synthetic_many = '--n_train_classes=16000'
+synthetic_many = '--n_train_classes=1600'
 synthetic_args = ''
 train_args = ''             # extra train.py arguments for every cell, e.g. "--device=cuda:0 --compile=False"
 train_script = 'train.py'   # what a cell runs (the tests put a fake trainer here)

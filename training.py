@@ -388,6 +388,7 @@ def write_run_files(config, best, exposure, device_name):
         'decay_exponent': decay_exponent(config),  # wd * sum of lr = lr*wd*steps at constant lr: how hard decay bites
         'exposure': {'query': _spread(exposure.query), 'seen': _spread(exposure.seen)},
         'wall_s': final['wall_s'], 'git_commit': git_commit(), 'torch_version': torch.__version__,
+        'threads': torch.get_num_threads(),  # CPU numerics depend on it: reruns match bit for bit at the same threads
         'device': device_name, 'config': config,
     }
     write_json(os.path.join(out_dir, 'summary.json'), summary)
