@@ -6,13 +6,14 @@ grid.py calls write_phase_report with its cells (metrics and run_stats already l
 phase.png (two heatmaps: peak ICL, and IWL at the end, the ICL threshold marked per regulariser),
 phase_curves.png (ICL and IWL vs steps at the threshold), phase.md and phase.json into the grid folder.
 phase.md's numbers carry report.py's statistics: 95% intervals over held-out classes and seeds, the peak a
-chance-level run would show ('no learning' under it), a smoothed peak, and IWL beside its chance (1 / n_labels).
+chance-level run would show ('no learning' under it), the raw maximum beside the 3-eval peak, and IWL beside its chance (1 / n_labels).
 """
 import json
 import os
 
-from report import (CI_NOTE, NONE, _curves, ci_text, fmt_iwl, group_flags, group_numbers, iwl_chance,
-                    reg_label as _reg_label, reg_name, reg_of, reg_order, reg_value, verdict_lines)
+from report import (CI_NOTE, NONE, PEAK_RULE, _curves, ci_text, fmt_iwl, group_flags, group_numbers, iwl_chance,
+                    numerics_line, reg_label as _reg_label, reg_name, reg_of, reg_order, reg_value, verdict_lines)
+from stats import WINDOW, reach_step
 
 
 def class_count(cell):
@@ -30,7 +31,7 @@ def _mean(values):
 
 def phase_table(cells):
     """{(regulariser, classes): {'peak_icl', 'final_icl', 'final_iwl', 'seeds', 'peak_min', 'peak_max', 'no_learning',
-    and report.group_numbers' intervals, smoothed and chance-null peaks, iwl_chance, below_chance}} (mean over seeds)."""
+    and report.group_numbers' intervals, raw-maximum and chance-null peaks, iwl_chance, below_chance}} (mean over seeds)."""
     groups = {}
     for c in cells:
         groups.setdefault((reg_of(c), class_count(c)), []).append(c)
@@ -46,9 +47,9 @@ def phase_table(cells):
 
 
 def cells_lines(table, regs, counts):
-    """phase.md's per-cell table: intervals over classes and seeds, smoothed and chance-null peaks, flags."""
+    """phase.md's per-cell table: intervals over classes and seeds, raw-maximum and chance-null peaks, flags."""
     lines = ["## Cells (mean over seeds; 95% CI over classes and seeds)", "",
-             "| regulariser | classes | seeds | peak ICL [min-max] | peak 95% CI | smoothed peak | chance-null peak | "
+             "| regulariser | classes | seeds | peak ICL [min-max] | peak 95% CI | raw maximum | chance-null peak | "
              "final ICL [95% CI] | final IWL (chance) | flags |", "|---|---|---|---|---|---|---|---|---|---|"]
     for reg in regs:
         for n in counts:
@@ -56,7 +57,7 @@ def cells_lines(table, regs, counts):
             if t is None:
                 continue
             lines.append(f"| {reg_label(reg)} | {n} | {t['seeds']} | {t['peak_icl']:.3f} [{t['peak_min']:.3f}-"
-                         f"{t['peak_max']:.3f}] | {ci_text(t['peak_ci'], t['ci_method'])} | {t['smoothed_peak']:.3f} | "
+                         f"{t['peak_max']:.3f}] | {ci_text(t['peak_ci'], t['ci_method'])} | {t['raw_peak']:.3f} | "
                          f"{t['null_peak']:.3f} | {t['final_icl']:.3f} {ci_text(t['final_ci'], t['final_ci_method'])} | "
                          f"{fmt_iwl(t['final_iwl'], t['iwl_chance'])} | {', '.join(group_flags(t)) or '-'} |")
     return lines + ["", CI_NOTE, ""]
@@ -141,40 +142,51 @@ def peak_text(peak, threshold):
 
 
 def first_step(rows, threshold):
-    """The first eval step whose ICL reaches threshold, or None."""
+    """The first eval step whose ICL reaches threshold (one eval: the raw rule), or None."""
     return next((r['iter'] for r in rows if r['icl_acc'] >= threshold), None)
+
+
+def _median(firsts):
+    ordered = sorted(float('inf') if f is None else f for f in firsts)
+    mid = len(ordered) // 2
+    median = ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    return 'never' if median == float('inf') else f"{median:.0f}"
 
 
 def emergence_lines(cells, regs, counts, threshold):
     """Emergence over time (Singh et al.'s question, seeds declared up front): per cell, the share of its seeds
-    whose holdout ICL has reached `threshold` by each of six steps, the median first step (over all seeds: a
-    seed that never reaches it counts as later than every step), and each seed's peak -> final ICL (fading)."""
+    whose holdout ICL has reached `threshold` (report.PEAK_RULE's reach rule: 3 consecutive evals) by each of six
+    steps, the median first step over all seeds (a seed that never reaches it counts as later than every step; the
+    raw rule's, one eval, beside it), and each seed's peak -> final ICL (fading) and final IWL."""
     last = max(c['rows'][-1]['iter'] for c in cells)
     evals = sorted({r['iter'] for c in cells for r in c['rows']})
     marks = sorted({min(evals, key=lambda it: abs(it - last * f)) for f in (0.1, 0.2, 0.4, 0.6, 0.8, 1.0)})
     lines = [f"## Emergence over time (ICL >= {threshold:g})", "",
-             f"Share of seeds whose holdout ICL has reached {threshold:g} by each step; median first step over all "
-             f"seeds ('never' when half or more never reach it); each seed's peak -> final ICL.", "",
+             f"Share of seeds whose holdout ICL has reached {threshold:g} by each step (3 consecutive evals averaging "
+             f">= {threshold:g}); median first step over all seeds ('never' when half or more never reach it), the raw "
+             f"rule's (one eval) in brackets; each seed's peak -> final ICL and its final IWL.", "",
              "| regulariser | classes | " + " | ".join(f"by {it}" for it in marks)
-             + " | median first step | peak -> final ICL per seed |", "|---|---|" + "---|" * (len(marks) + 2)]
+             + " | median first step [raw] | peak -> final ICL per seed | final IWL per seed |",
+             "|---|---|" + "---|" * (len(marks) + 3)]
     for reg in regs:
         for n in counts:
             group = sorted((c for c in cells if reg_of(c) == reg and class_count(c) == n), key=lambda c: c['seed'])
             if not group:
                 continue
-            firsts = [first_step(c['rows'], threshold) for c in group]
+            trained = [[r for r in c['rows'] if r['iter'] > 0] for c in group]
+            firsts = [reach_step(rows, threshold) for rows in trained]
             shares = [f"{sum(f is not None and f <= it for f in firsts)}/{len(group)}" for it in marks]
-            ordered = sorted(float('inf') if f is None else f for f in firsts)
-            median = ordered[(len(ordered) - 1) // 2] if len(ordered) % 2 else sum(ordered[len(ordered) // 2 - 1:
-                                                                                          len(ordered) // 2 + 1]) / 2
             arrows = ', '.join(f"{c['stats']['peak_icl']:.2f} -> {c['stats']['final_icl']:.2f}" for c in group)
+            iwl = ', '.join(f"{c['stats']['final_iwl']:.2f}" for c in group)
             lines.append(f"| {reg_label(reg)} | {n} | " + " | ".join(shares)
-                         + f" | {'never' if median == float('inf') else f'{median:.0f}'} | {arrows} |")
-    return lines + ["", "![every seed's ICL and IWL](emergence.png)", ""]
+                         + f" | {_median(firsts)} [{_median([first_step(rows, threshold) for rows in trained])}] | "
+                           f"{arrows} | {iwl} |")
+    return lines + ["", "![every seed's ICL, IWL and decayed-weight norm](emergence.png)", ""]
 
 
 def plot_emergence(path, cells, regs, counts, threshold):
-    """Every seed's ICL (solid) and IWL (dashed) curve, one panel per (regulariser, class count)."""
+    """Every seed's ICL (solid) and IWL (dashed) curve, one panel per (regulariser, class count), and under it the
+    norm of the weights that decay acts on (what a penalty shrinks while memorisation may persist)."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -182,19 +194,28 @@ def plot_emergence(path, cells, regs, counts, threshold):
               if any(reg_of(c) == reg and class_count(c) == n for c in cells)]
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.6 * rows), squeeze=False, sharey=True)
-    for ax, (reg, n) in zip(axes.flat, panels):
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(3.6 * cols, 4.4 * rows), squeeze=False,
+                             gridspec_kw={'height_ratios': [2, 1] * rows})
+    for k, (reg, n) in enumerate(panels):
+        ax, ax_norm = axes[2 * (k // cols), k % cols], axes[2 * (k // cols) + 1, k % cols]
         for c in sorted((c for c in cells if reg_of(c) == reg and class_count(c) == n), key=lambda c: c['seed']):
             steps = [r['iter'] for r in c['rows']]
             line, = ax.plot(steps, [r['icl_acc'] for r in c['rows']], lw=1.2, label=f"seed {c['seed']}")
             ax.plot(steps, [r['iwl_acc'] for r in c['rows']], lw=1, ls='--', color=line.get_color())
+            if all('weight_norm' in r for r in c['rows']):
+                ax_norm.plot(steps, [r['weight_norm'] for r in c['rows']], lw=1, color=line.get_color())
         ax.axhline(threshold, color='grey', lw=0.6, ls=':')
         ax.set_title(f"{reg_label(reg)}, {n} classes", fontsize=9)
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=6, loc='lower right')
-    for ax in axes.flat[len(panels):]:
-        ax.axis('off')
-    fig.suptitle('holdout ICL (solid) and IWL (dashed), every seed', fontsize=10)
+        ax_norm.set_ylabel('decayed-weight norm', fontsize=7)
+        ax_norm.set_xlabel('step', fontsize=7)
+        ax_norm.tick_params(labelsize=6)
+    for k in range(len(panels), rows * cols):
+        axes[2 * (k // cols), k % cols].axis('off')
+        axes[2 * (k // cols) + 1, k % cols].axis('off')
+    fig.suptitle('holdout ICL (solid) and IWL (dashed), every seed; below: norm of the weights decay acts on',
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -230,10 +251,10 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     curves = plot_threshold_curves(os.path.join(root_dir, 'phase_curves.png'), cells, first)
     exponents = {reg_of(c): c['summary'].get('decay_exponent') for c in cells
                  if not reg_value(reg_of(c), 'l2')}  # lr*wd*steps: decay only
-    lines = [f"# Phase diagram: {root_dir}", "",
+    lines = [f"# Phase diagram: {os.path.basename(os.path.normpath(root_dir))}", "",
              f"{len(cells)} finished runs" + (f" ({len(running)} still running: not shown)" if running else '')
-             + f". Peak ICL = best holdout ICL after step 0 (mean over seeds); ICL 'appears' at the "
-             f"first class count whose peak ICL >= {threshold:g}.", "",
+             + f". {PEAK_RULE} ICL 'appears' at the first class count whose mean peak ICL >= {threshold:g}.", "",
+             numerics_line([c['summary'] for c in cells]), "",
              "| regulariser | lr·wd·steps | ICL appears at | " + " | ".join(f"{n}" for n in counts) + " |",
              "|---|---|---|" + "---|" * len(counts)]
     for reg in regs:
@@ -265,7 +286,7 @@ def write_phase_report(root_dir, cells, threshold=0.8):
     with open(os.path.join(root_dir, 'verdict.json'), 'w') as f:
         json.dump(verdicts, f, indent=2)
     with open(os.path.join(root_dir, 'phase.json'), 'w') as f:
-        json.dump({'threshold': threshold, 'first_class_count': {reg_name(r): n for r, n in first.items()},
+        json.dump({'threshold': threshold, 'peak_window': WINDOW, 'first_class_count': {reg_name(r): n for r, n in first.items()},
                    'table': [{'regularizer': reg_name(r), 'classes': n, **v}
                              for (r, n), v in sorted(table.items(), key=lambda kv: (reg_name(kv[0][0]), kv[0][1]))]},
                   f, indent=2)

@@ -119,7 +119,10 @@ def null_peak(n_evals, n_episodes, chance, q=LEVEL):
     return int(np.searchsorted(cdf_max, q)) / n_episodes
 
 
-def smoothed_peak(rows, window=3):
+WINDOW = 3  # the reach and peak rule: an eval counts as ICL only inside WINDOW consecutive evals that average to it
+
+
+def smoothed_peak(rows, window=WINDOW):
     """(best mean ICL over `window` consecutive evals, the iter of the window's middle eval): a peak that
     one lucky eval cannot make. Fewer rows than the window: their mean."""
     accs = [r['icl_acc'] for r in rows]
@@ -127,3 +130,37 @@ def smoothed_peak(rows, window=3):
     means = [sum(accs[i:i + w]) / w for i in range(len(accs) - w + 1)]
     best = max(range(len(means)), key=lambda i: means[i])
     return means[best], rows[best + w // 2]['iter']
+
+
+def peak_window(rows, window=WINDOW):
+    """The `window` consecutive rows whose mean ICL is the smoothed peak (all rows when there are fewer)."""
+    accs = [r['icl_acc'] for r in rows]
+    w = min(window, len(accs))
+    best = max(range(len(accs) - w + 1), key=lambda i: sum(accs[i:i + w]))
+    return rows[best:best + w]
+
+
+def window_measure(rows, n_episodes=None):
+    """measure() of several evals pooled: their hits per class summed (or their mean accuracy and total episodes),
+    so the smoothed peak gets a bootstrap interval as a single eval's accuracy does."""
+    ms = [measure(r, n_episodes) for r in rows]
+    hits = None
+    if all(m['hits'] for m in ms):
+        pooled = {}
+        for m in ms:
+            for c, h, k in m['hits']:
+                ph, pk = pooled.get(c, (0, 0))
+                pooled[c] = (ph + h, pk + k)
+        hits = [[c, h, k] for c, (h, k) in sorted(pooled.items())]
+    n = sum(m['n'] for m in ms) if all(m['n'] for m in ms) else None
+    return {'acc': sum(m['acc'] for m in ms) / len(ms), 'hits': hits, 'n': n}
+
+
+def reach_step(rows, threshold, window=WINDOW):
+    """The first step by which ICL has reached `threshold` robustly: the last eval of the first `window`
+    consecutive evals whose mean is >= threshold (None if none); one lucky eval does not count."""
+    accs = [r['icl_acc'] for r in rows]
+    for i in range(len(accs) - window + 1):
+        if sum(accs[i:i + window]) / window >= threshold:
+            return rows[i + window - 1]['iter']
+    return None

@@ -149,7 +149,8 @@ def _phase_grid(root):
     peaks = {'wd0': {100: 0.5, 400: 0.6, 1600: 0.95}, 'swap0.8': {100: 0.9, 400: 0.97, 1600: 0.99}}
     for reg, by_count in peaks.items():
         for n, peak in by_count.items():
-            _cell(root, f'c{n}_{reg}_s0', f'c{n}', [0.5, peak, peak - 0.05], [0.0, 0.5, 1.0 if n == 100 else 0.1],
+            _cell(root, f'c{n}_{reg}_s0', f'c{n}', [0.5, peak, peak, peak, peak - 0.05],
+                  [0.0, 0.5, 0.5, 0.5, 1.0 if n == 100 else 0.1],
                   setting={'label_swap': 0.8} if reg == 'swap0.8' else {})
     cells = report.load_cells(str(root))
     for c in cells:
@@ -168,7 +169,7 @@ def test_phase_report_files_make_the_block_and_the_summary_row(tmp_path):
     assert {'phase.json', 'phase.md', 'cells.json'} <= set(copied)
     cells = json.loads((repo / 'assets' / 'results' / 'levers' / 'cells.json').read_text())
     final = {c['cell']: c['final'] for c in cells}['c400_swap0.8_s0']  # the last eval row's numbers, per cell
-    assert final['iter'] == 200 and abs(final['icl_acc'] - 0.92) < 1e-9 and final['iwl_acc'] == 0.1
+    assert final['iter'] == 400 and abs(final['icl_acc'] - 0.92) < 1e-9 and final['iwl_acc'] == 0.1
     data = json.loads((repo / 'assets' / 'results' / 'levers' / 'phase.json').read_text())
     assert data['first_class_count'] == {'wd0': 1600, 'swap0.8': 100}
     text = rt.result_block('levers', str(repo))
@@ -204,9 +205,10 @@ def test_report_files_that_disagree_are_an_error(tmp_path):
 def test_verdict_report_files_make_the_block_and_the_summary_row(tmp_path):
     import report
     grid_dir, repo = tmp_path / 'out_omniglot_levers3', tmp_path / 'repo'
-    _cell(grid_dir, 'many_wd0_s0', 'many', [0.5, 0.9, 0.88], [0.0, 0.02, 0.03], n_labels=1623)
-    _cell(grid_dir, 'few_wd0_s0', 'few', [0.5, 0.52, 0.5], [0.1, 0.9, 1.0], n_labels=1623)
-    _cell(grid_dir, 'few_swap0.8_s0', 'few', [0.5, 0.7, 0.68], [0.1, 0.3, 0.2], setting={'label_swap': 0.8},
+    _cell(grid_dir, 'many_wd0_s0', 'many', [0.5, 0.9, 0.9, 0.9, 0.88], [0.0, 0.02, 0.02, 0.02, 0.03], n_labels=1623)
+    _cell(grid_dir, 'few_wd0_s0', 'few', [0.5, 0.52, 0.52, 0.52, 0.5], [0.1, 0.9, 0.9, 0.9, 1.0], n_labels=1623)
+    _cell(grid_dir, 'few_swap0.8_s0', 'few', [0.5, 0.7, 0.7, 0.7, 0.68], [0.1, 0.3, 0.3, 0.3, 0.2],
+          setting={'label_swap': 0.8},
           n_labels=1623)
     verdicts = report.write_report(str(grid_dir))
     rt.collect('omniglot_levers3', str(grid_dir), str(repo))

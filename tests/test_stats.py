@@ -61,8 +61,26 @@ def test_smoothed_peak_is_the_best_mean_of_three_consecutive_evals():
     rows = rows_of([0.5, 0.9, 0.5, 0.7, 0.72, 0.74])
     assert stats.smoothed_peak(rows[1:]) == (pytest.approx(0.72), 400)
     s = run_stats(rows)
-    assert s['peak_icl'] == 0.9 and s['smoothed_peak'] == pytest.approx(0.72) and s['smoothed_iter'] == 400
+    assert s['peak_icl'] == pytest.approx(0.72) and s['peak_iter'] == 400     # the peak is the robust one
+    assert (s['raw_peak_icl'], s['raw_peak_iter']) == (0.9, 100)              # the lucky eval, kept beside it
+    assert s['smoothed_peak'] == pytest.approx(0.72) and s['smoothed_iter'] == 400
     assert stats.smoothed_peak(rows[:2]) == (pytest.approx(0.7), 100)   # fewer rows than the window
+
+
+def test_reaching_a_threshold_takes_three_consecutive_evals_not_one_lucky_one():
+    rows = rows_of([0.5, 0.85, 0.6, 0.7, 0.8, 0.82, 0.84, 0.6])
+    assert stats.reach_step(rows[1:], 0.8) == 600        # 0.80, 0.82, 0.84 average 0.82: reached at their last eval
+    assert stats.reach_step(rows[1:], 0.85) is None      # the single 0.85 does not count
+    from phase import first_step
+    assert first_step(rows[1:], 0.85) == 100             # the raw rule would have said step 100
+
+
+def test_the_peaks_interval_pools_the_hits_of_its_three_evals():
+    hits = [[[0, 8, 10], [1, 2, 10]], [[0, 10, 10], [1, 4, 10]], [[0, 9, 10], [1, 3, 10]], [[0, 1, 10], [1, 1, 10]]]
+    rows = rows_of([0.5, 0.5, 0.7, 0.6], n=20, hits=[[[0, 5, 10], [1, 5, 10]]] + hits[:3])
+    m = run_stats(rows)['peak_measure']
+    assert m['hits'] == [[0, 27, 30], [1, 9, 30]] and m['n'] == 60
+    assert m['acc'] == pytest.approx(0.6)
 
 
 def test_corrected_ratio_and_its_class_interval():
@@ -79,9 +97,9 @@ def groups(few_peak, few_attn=0.8, few_iwl=0.03, train=None):
     Few cell's train_dist_acc (the baselines' then 1.0), None: rows without it."""
     def extra(value):
         return {} if train is None else {'train_dist_acc': value}
-    many = run_stats(rows_of([0.5, 0.9, 0.95], **extra(1.0)), CONFIG)
-    few0 = run_stats(rows_of([0.5, 0.52, 0.5], attn=0.2, **extra(1.0)), CONFIG)
-    few = run_stats(rows_of([0.5, few_peak, few_peak], attn=few_attn, **extra(train)), CONFIG)
+    many = run_stats(rows_of([0.5, 0.95, 0.95, 0.95], **extra(1.0)), CONFIG)
+    few0 = run_stats(rows_of([0.5, 0.52, 0.5, 0.5], attn=0.2, **extra(1.0)), CONFIG)
+    few = run_stats(rows_of([0.5, few_peak, few_peak, few_peak], attn=few_attn, **extra(train)), CONFIG)
     few['final_iwl'] = few_iwl
     return {('many', 0.0): [many], ('few', 0.0): [few0], ('few', 1.0): [few]}
 
@@ -94,6 +112,19 @@ def test_verdict_decides_on_the_corrected_ratio():
     assert c['corrected_lo'] < 0.9 < c['corrected_hi']
     assert 'above chance is 0.889' in v['reason'] and 'raw peak ratio 0.947' in v['reason']
     assert verdict(groups(0.99))['verdict'] == 'SUPPORTED'
+
+
+def test_the_rule_as_posed_is_the_raw_peak_ratio_and_comes_first():
+    v = verdict(groups(0.90))                                 # raw 0.947 >= 0.9, corrected 0.889: the rules part
+    assert v['posed']['verdict'] == 'MET' and v['posed']['ratio'] == pytest.approx(0.90 / 0.95)
+    assert v['best']['posed'] == 'MET' and v['best']['seeds_at_posed'] == 1
+    assert verdict(groups(0.84))['posed']['verdict'] == 'NOT MET'                 # 0.884 < 0.9
+    assert verdict(groups(0.99, few_attn=0.2))['posed']['verdict'] == 'NOT MET'   # collapsed: no pass either way
+    lines, _ = verdict_lines({('', cls, reg): [{'stats': s, 'summary': {'finished': True}}] for (cls, reg), (s,) in groups(0.90).items()},
+                             [''], 0.9)
+    text = '\n'.join(lines)
+    assert text.index('**Rule as posed**') < text.index('**Chance-corrected rule**')
+    assert '**MET**' in text and '**INCONCLUSIVE**' in text
 
 
 def test_low_iwl_with_intact_attention_is_no_collapse():
@@ -151,9 +182,9 @@ def test_tables_show_iwl_chance_intervals_and_the_episode_fallback():
     assert '†' in few0 and 'no learning' in few0             # rows from before per-class hits: episode bootstrap
     few1 = [line for line in text.splitlines() if line.startswith('| Few wd=1 |')][0]
     assert '†' not in few1
-    assert '| wd=1 | NOT SUPPORTED | 1 | 0.000 [' in text     # its own verdict, seeds, corrected ratio at chance
+    assert '| wd=1 | NOT MET | 0.536 (0.536-0.536) | 0/1 | 0.526 | NOT SUPPORTED | 1 | 0.000 [' in text  # both rules
     assert "1 lever tried at Few: the grid's verdict is its own, on its 95% interval." in text
-    assert 'decides on the *corrected* ratio' in text and 'IWL is reported, not judged' in text
+    assert '*Chance-corrected*' in text and 'IWL is reported, not judged' in text
     assert 'Collapse judged on attention alone for wd=1' in text
 
 
