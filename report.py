@@ -556,9 +556,11 @@ def plot_peak_bars(path, groups, widths, class_names, regs, chance, threshold):
             bars = ax.bar(xs, heights, bar_w, yerr=[err_lo, err_hi], capsize=3, label=label('', cls), color=f"C{k}")
             ax.bar_label(bars, fmt='%.2f', fontsize=7, padding=4)
         base = groups.get((width, 'many', NONE))
-        if base:  # the verdict's line: threshold x Many's gain over chance
-            ref = chance + threshold * (_mean([r['stats']['peak_icl'] for r in shown(base)]) - chance)
-            ax.axhline(ref, color='C3', ls='--', lw=1, label=f"chance + {threshold:g} x Many wd=0 gain")
+        if base:  # the verdicts' lines: threshold x Many's peak (as posed), threshold x its gain over chance
+            base_peak = _mean([r['stats']['peak_icl'] for r in shown(base)])
+            ax.axhline(threshold * base_peak, color='C2', ls='-.', lw=1, label=f"{threshold:g} x Many wd=0 peak (as posed)")
+            ax.axhline(chance + threshold * (base_peak - chance), color='C3', ls='--', lw=1,
+                       label=f"chance + {threshold:g} x Many wd=0 gain (corrected)")
         ax.axhline(chance, color='gray', lw=0.8, ls=':', label=f'chance {chance:.3f}')
         plain = all(len(reg) <= 1 and not reg_value(reg, 'l2') for reg in regs)  # a weight-decay axis alone
         ax.set_xticks(range(len(regs)), [f"{reg_value(reg, 'weight_decay'):g}" if plain else reg_label(reg)

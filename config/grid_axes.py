@@ -1,5 +1,5 @@
-# Chan et al.'s two other distributional knobs as generic grid axes (issue 20): burstiness x Zipf exponent at the
-# ICL threshold of the synthetic default (1600 classes), no regulariser, seed 0, 4000 steps. No code names these
+# Chan et al.'s two other distributional knobs as generic grid axes: burstiness x Zipf exponent at the ICL threshold
+# of the synthetic default (1600 classes), no regulariser, one seed (exploratory: no claim rests on it), 4000 steps. No code names these
 # keys: --axes crosses any train.py keys, and report/phase label the columns from the cells' settings.
 #   python grid.py config/grid_axes.py
 classes = '1600'

@@ -1,4 +1,4 @@
-# What can replace rare classes (issues 17, 24)? Levers x class count on the embedded synthetic default, seeds 0-2
+# What can replace rare classes? Levers x class count on the embedded synthetic default, seeds 0-2
 # declared here for every cell (one command regenerates the whole result):
 #   python grid.py config/grid_levers.py
 # Levers: uniform decay (wd=1 on every Linear weight), the same decay aimed at one part of the model

@@ -1,4 +1,4 @@
-# Persistence and late emergence on the embedded synthetic default (issues 17, 24), 25k steps, seeds 0-2:
+# Persistence and late emergence on the embedded synthetic default, 25k steps, seeds 0-2:
 #   python grid.py config/grid_levers_long.py
 # At 1600 classes (the ICL threshold without a lever) ICL fades without one (seed 0: 0.99 -> 0.71): does the decay
 # aimed at the MLPs + head (wd=1@mlp+head, the best targeted decay at 4k steps) keep it? At 400 classes: does it

@@ -36,63 +36,45 @@ from phase import peak_text  # noqa: E402 (the repo's root is on the path only f
 DOCS = ('README.md', 'RESULTS.md')
 ASSETS = os.path.join('assets', 'results')
 REPORT_FILES = ('phase.json', 'phase.md', 'phase.png', 'phase_curves.png', 'emergence.png', 'report.md', 'verdict.json',
-                'icl_vs_steps.png')
+                'icl_vs_steps.png', 'peak_icl.png', 'attention.png')
 MARKER = re.compile(r'<!-- results:([a-z0-9_]+) begin -->\n(.*?)<!-- results:\1 end -->', re.S)
 
-# One row of README's summary table per result, in this order. 'report': the assets/results/<name>/ folder
-# the row's verdict and wall time come from (and RESULTS.md's block of that name); without it, recorded text.
+# One row of README's summary table per result, in this order, each one command with all its seeds. 'report': the
+# assets/results/<name>/ folder the row's numbers come from (and RESULTS.md's block of that name); 'seeds': the
+# seeds its config declares per cell (3 unless said), fewer finished in some cell marks the row interim.
 RESULTS = [
-    dict(title='Few/Many x weak decay', anchor='the-first-grid-fewmany-x-weak-decay',
-         question='Few (100) + decay ≥ 90% of Many (16000) ICL?', scale='synthetic, 4k',
-         command='python grid.py', out='out_grid/', wall='~22 min (estimate, 30 cells)',
-         verdict='NOT SUPPORTED (superseded); decays too weak', summary=False),
-    dict(title='Phase diagram', anchor='phase-diagram-class-count-x-regulariser',
-         question='does decay or L2 lower the class count?', scale='synthetic, 4k',
-         command='python grid.py config/grid_phase.py', out='out_phase/',
-         wall='99 min (56 cells), 52 min (10 seed cells)',
-         verdict='no: ICL ≥ 0.8 from 1600 with or without'),
-    dict(title='Transience', anchor='transience-25k-steps',
-         question='does ICL fade, and does decay stop that?', scale='synthetic, 25k',
-         command='python grid.py config/grid_transience.py', out='out_transience/', wall='~70 min (6 cells)',
-         verdict='fades at 1600 classes (0.99 → 0.68 at 25k); wd=0.1 too (→ 0.71); none at 16000'),
-    dict(title='Omniglot, Few/Many', anchor='omniglot-at-a-cpu-scale',
-         question='Few (100) + decay or L2 vs Many (1600)', scale='Omniglot 14², 4L, 10k',
-         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_small.py',
-         out='out_omniglot_small/', wall='17-51 min per cell (7 cells)',
-         verdict='NOT SUPPORTED: Few peak ICL ≤ 0.534 under every regulariser', summary=False),
-    dict(title='Omniglot, class count x decay', anchor='omniglot-class-count-x-decay',
-         question='does decay lower the class count?', scale='Omniglot 14², 4L, 10k',
-         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_phase.py',
-         out='out_omniglot_phase/', wall='~17 min per cell (4 new cells)',
-         verdict='no: ICL ≥ 0.8 needs 1600; wd=1 lifts the 800-class peak for a while (0.61 → 0.73, 2 seeds)'),
-    dict(title='Paper scale', anchor='verdict-at-each-scale',
-         question='Few/Many x decay at the paper cell', scale='Omniglot 105², 12L, ≥ 20k',
-         command='python grid.py config/omniglot.py --group_size=15', out='out_grid_omniglot/',
-         wall='needs a GPU', verdict='not settled: 4 uniform-decay cells × 9.5k steps (H200) agree with the CPU scale'),
-    dict(title='Levers (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='levers',
-         question='targeted decay or label swap for rare classes?', scale='synthetic, 4k',
+    dict(title='As posed, proxy', anchor='the-experiment-as-posed', report='posed',
+         question='Few (100) + AdamW decay ≥ 0.9 of Many (1600)?', scale='synthetic, 4k',
+         command='python grid.py', out='out_grid/'),
+    dict(title='As posed, Omniglot', anchor='the-experiment-as-posed', report='posed_omniglot',
+         question='the same on real images', scale='Omniglot 14², 4L, 10k',
+         command='python grid.py config/omniglot.py config/omniglot_small.py', out='out_grid_omniglot_omniglot_small/'),
+    dict(title='As posed, Omniglot, 25k', anchor='the-experiment-as-posed', report='posed_omniglot_long',
+         question='the same, Many given time to finish rising', scale='Omniglot 14², 4L, 25k',
+         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_posed_omniglot_long.py',
+         out='out_posed_omniglot_long/'),
+    dict(title='Levers, proxy', anchor='what-can-replace-rare-classes', report='levers',
+         question='targeted decay or label swap instead of rare classes?', scale='synthetic, 4k',
          command='python grid.py config/grid_levers.py', out='out_levers/'),
-    dict(title='Levers, Omniglot (issue 24)', anchor='real-images-the-papers-rule-three-seeds-issue-24',
-         report='omniglot_levers3', question="levers on real images, Bratulić's swap",
-         scale='Omniglot 14², 4L, 10k',
+    dict(title='Levers, Omniglot', anchor='what-can-replace-rare-classes', report='omniglot_levers3',
+         question="the same on real images, Bratulić's swap", scale='Omniglot 14², 4L, 10k',
          command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_levers.py',
          out='out_omniglot_levers3/'),
-    dict(title='Omniglot over time (issue 24)', anchor='real-images-the-papers-rule-three-seeds-issue-24',
-         report='omniglot_long', question='does ICL at Few persist, fade or arrive late?', scale='Omniglot 14², 4L, 25k',
+    dict(title='Few over time, proxy', anchor='over-time', report='levers_emergence',
+         question='does ICL at Few persist, fade or arrive late?', scale='synthetic, 12k',
+         command='python grid.py config/grid_levers_emergence.py', out='out_levers_emergence/'),
+    dict(title='Few over time, Omniglot', anchor='over-time', report='omniglot_long',
+         question='the same on real images', scale='Omniglot 14², 4L, 25k',
          command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_long.py',
          out='out_omniglot_long/', fading=True),
-    dict(title='Levers at Few over time (issue 24)', anchor='real-images-the-papers-rule-three-seeds-issue-24',
-         report='levers_emergence', question='the same on the proxy', scale='synthetic, 12k',
-         command='python grid.py config/grid_levers_emergence.py', out='out_levers_emergence/'),
-    dict(title='Levers, Omniglot, seed 0, swap to all labels (issue 17)', anchor='what-replaces-rare-classes-issue-17',
-         report='omniglot_levers', question='the strongest levers on real images', scale='Omniglot 14², 4L, 10k',
-         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_levers.py',
-         out='out_omniglot_levers/', summary=False),
-    dict(title='Levers, 25k steps (issue 17)', anchor='what-replaces-rare-classes-issue-17', report='levers_long',
-         question='does targeted decay stop fading?', scale='synthetic, 25k',
+    dict(title='Persistence at 1600, proxy', anchor='over-time', report='levers_long',
+         question='does targeted decay stop ICL fading?', scale='synthetic, 25k',
          command='python grid.py config/grid_levers_long.py', out='out_levers_long/', fading=True),
-    dict(title='Burstiness x Zipf (generic axes)', anchor='burstiness-x-zipf-generic-axes', report='axes',
-         question="Chan et al.'s other knobs, as --axes", scale='synthetic, 4k',
+    dict(title='The long horizon, proxy', anchor='over-time', report='long_horizon',
+         question='does Few + strong decay switch to ICL late?', scale='synthetic, 50k',
+         command='python grid.py config/grid_long_horizon.py', out='out_long_horizon/'),
+    dict(title='Burstiness × Zipf, proxy', anchor='other-knobs', report='axes', seeds=1,
+         question="Chan et al.'s other knobs (one seed: exploratory)", scale='synthetic, 4k',
          command='python grid.py config/grid_axes.py', out='out_axes/'),
 ]
 
@@ -163,8 +145,15 @@ def phase_rows(report):
         first = data['first_class_count'][name]
         if md_row[2] != ('never' if first is None else str(first)):
             raise ReportError(f"{report['name']}: {md_row[0]} appears at {md_row[2]} in phase.md, {first} in phase.json")
-        rows.append((md_row[0], md_row[1], first, entries.get(name, {})))
+        mine = entries.get(name, {})  # the first count by the 3-eval peak (a report before that rule: recomputed)
+        first = next((n for n in sorted(mine) if peak_of(mine[n]) >= data['threshold']), None)
+        rows.append((md_row[0], md_row[1], first, mine))
     return rows
+
+
+def peak_of(entry):
+    """A phase.json entry's peak ICL by the 3-eval rule (the smoothed peak every report holds)."""
+    return entry.get('smoothed_peak', entry['peak_icl'])
 
 
 def class_counts(report):
@@ -205,18 +194,56 @@ def _first(n):
     return 'never' if n is None else str(n)
 
 
+def posed_of(v, phase=None):
+    """A verdict's rule as posed: verdict.json's 'posed', or for reports made before it, the same rule recomputed:
+    on the 3-eval peaks of phase.json (Few = 100, Many = 1600 classes) when it has them, else on the candidates'
+    raw peak ratios (then the peaks are single evals)."""
+    if v.get('posed'):
+        return v['posed']
+    from report import REG_KEYS, reg_name
+    smoothed = {(e['regularizer'], e['classes']): e.get('smoothed_peak') for e in (phase or {}).get('table', [])}
+    many = smoothed.get(('wd0', 1600))
+
+    def ratio(c):
+        few = smoothed.get((reg_name({k: c[k] for k in REG_KEYS if k in c}), 100))
+        return few / many if few is not None and many else c['ratio']
+    cands = [{**c, 'posed_ratio': ratio(c)} for c in v['candidates']]
+    met = [c for c in cands if c.get('eligible') and c['posed_ratio'] >= v['threshold']]
+    pool = met or [c for c in cands if c.get('eligible')] or cands
+    best = max(pool, key=lambda c: c['posed_ratio'])
+    return {'verdict': 'MET' if met else 'NOT MET', 'best': best['regularizer'], 'ratio': best['posed_ratio'],
+            'raw_max_ratio': best['ratio']}
+
+
+def rules_text(v, many="Many's", phase=None, short=False):
+    """'as posed NOT MET (best wd=0.01: 0.52 of Many's peak); chance-corrected NOT SUPPORTED over 4 levers (best
+    wd=0.01: 0.03 of the gain)': both rules, the posed one first (short: 'posed NOT MET (wd=0.01: 0.52);
+    corrected NOT SUPPORTED (0.03, 4 levers)')."""
+    posed, best, n = posed_of(v, phase), v.get('best') or {}, v.get('n_levers')
+    raw = posed.get('raw_max_ratio')
+    if short:
+        return (f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); corrected {v['verdict']}"
+                + (f" ({best['regularizer']}: {best['corrected']:.2f}" if best.get('corrected') is not None else ' (')
+                + (f", {n} levers)" if n and n > 1 else ')'))
+    return (f"as posed {posed['verdict']} (best {posed['best']}: {posed['ratio']:.2f} of {many} peak"
+            + (f", {raw:.2f} on raw maxima" if raw is not None and f"{raw:.2f}" != f"{posed['ratio']:.2f}" else '') + "); "
+            f"chance-corrected {v['verdict']}" + (f" over {n} levers" if n and n > 1 else '')
+            + (f" (best {best['regularizer']}: {best['corrected']:.2f} of the gain)" if best.get('corrected') is not None
+               else ''))
+
+
 def few_many_verdict(report):
-    """'NOT SUPPORTED (swap=0.8: 0.22 of Many's gain); ' from a phase grid's verdict.json (Few = its smallest
-    class count, Many = 1600), or '' when it has none."""
+    """Both rules from a phase grid's verdict.json (Few = 100 classes, Many = 1600), or '' when it has none."""
     if not report.get('verdicts'):
         return ''
-    v = report['verdicts'][0]
-    best = v.get('best') or {}
-    share = best.get('corrected', best.get('ratio'))
-    n = v.get('n_levers')  # absent from reports before issue 24
-    return (f"{v['verdict']}" + (f" over {n} levers" if n and n > 1 else '')
-            + (f" ({'' if n == 1 else 'best '}{best['regularizer']}: {share:.2f} of the gain at 1600 classes)"
-               if best and share is not None else '') + '; ')
+    return rules_text(report['verdicts'][0], phase=report['phase'], short=True) + '; '
+
+
+def peak_rule(report):
+    """Which peak a report's numbers use: the 3-eval mean, or (reports made before that rule) the best single eval."""
+    new = ('peak_window' in report['phase']) if report['kind'] == 'phase' else 'best mean of 3 consecutive' in report['md']
+    return ('peak = best mean of 3 consecutive evals' if new else
+            'peak = best mean of 3 consecutive evals; seed ranges are single-eval maxima (a report from before that rule)')
 
 
 def phase_verdict(report, fading=False):
@@ -232,8 +259,8 @@ def single_count_verdict(report):
     rows = [(label, next(iter(entries.values()))) for label, _, _, entries in phase_rows(report) if entries]
     if len(rows) <= 3:
         return (f"ICL peak → final (IWL final): " + ', '.join(
-            f"{label} {e['peak_icl']:.2f} → {e['final_icl']:.2f} ({e['final_iwl']:.2f})" for label, e in rows))
-    reach = [label for label, e in rows if e['peak_icl'] >= threshold]
+            f"{label} {peak_of(e):.2f} → {e['final_icl']:.2f} ({e['final_iwl']:.2f})" for label, e in rows))
+    reach = [label for label, e in rows if peak_of(e) >= threshold]
     return f"ICL ≥ {threshold:g} with {', '.join(reach) or 'none of them'} ({len(reach)} of {len(rows)})"
 
 
@@ -241,7 +268,7 @@ def top_count_verdict(report):
     """A long-run grid's few rows at its largest class count: peak -> final ICL (does it fade?)."""
     top = max(class_counts(report))
     rows = [(label, entries[top]) for label, _, _, entries in phase_rows(report) if top in entries]
-    return f"at {top}: " + ', '.join(f"{label} {e['peak_icl']:.2f} → {e['final_icl']:.2f}" for label, e in rows)
+    return f"at {top}: " + ', '.join(f"{label} {peak_of(e):.2f} → {e['final_icl']:.2f}" for label, e in rows)
 
 
 def threshold_verdict(report, fading=False):
@@ -287,9 +314,7 @@ def _class_rank(token):
 
 def verdict_summary(report):
     if report['verdicts']:
-        return '; '.join(f"{v['verdict']}" + (f" ({v['width']})" if v.get('width') else '')
-                         + (f" (best {v['best']['regularizer']}: {v['best']['corrected']:.2f} of Many's gain)"
-                            if v.get('best') else '') for v in report['verdicts'])
+        return '; '.join((f"{v['width']}: " if v.get('width') else '') + rules_text(v, short=True) for v in report['verdicts'])
     cells = verdict_cells(report)
     if not cells:
         return 'no finished cells'
@@ -301,17 +326,20 @@ def verdict_summary(report):
             f"{_peak_value(best['peak']):.2f}" + (f", none {_peak_value(none['peak']):.2f}" if none else ''))
 
 
-def seeds_missing(report):
-    """True when some cell of the report has fewer than the 3 seeds a claim needs: phase.json's per-cell 'seeds',
-    or a verdict report's Few cells' 'n_seeds' (a cell without the count is taken to have one seed)."""
+def seeds_missing(report, declared=3):
+    """True when some cell of the report has fewer than the seeds its config declares: phase.json's per-cell
+    'seeds', or a verdict report's Few cells' 'n_seeds' (a cell without the count is taken to have one seed), or a
+    report that lists unfinished cells."""
     if report['kind'] == 'phase':
-        return any(entry.get('seeds', 1) < 3 for entry in report['phase']['table'])
-    return any(c.get('n_seeds', 1) < 3 for v in report['verdicts'] for c in v.get('candidates', []))
+        return (any(entry.get('seeds', 1) < declared for entry in report['phase']['table'])
+                or 'still running' in report['md'])
+    return (any(c.get('n_seeds', 1) < declared for v in report['verdicts'] for c in v.get('candidates', []))
+            or 'still running or interrupted' in report['md'] or not report['verdicts'])
 
 
 def summary_block(root=ROOT):
-    lines = ['| result | question | scale | command | wall time | output | verdict |',
-             '|---|---|---|---|---|---|---|']
+    lines = ['| result | question | scale | command | wall time | verdict |',
+             '|---|---|---|---|---|---|']
     for r in [r for r in RESULTS if r.get('summary', True)]:  # summary=False: kept in RESULTS.md only
         wall, verdict = r.get('wall'), r.get('verdict')
         if r.get('report'):
@@ -319,11 +347,12 @@ def summary_block(root=ROOT):
             if report is None:
                 wall, verdict = 'pending', 'pending'
             else:
-                wall = wall_text(report) + (' (seeds missing: interim)' if seeds_missing(report) else '')
+                wall = wall_text(report) + (' (interim: cells or seeds missing)'
+                                            if seeds_missing(report, r.get('seeds', 3)) else '')
                 verdict = (phase_verdict(report, r.get('fading', False)) if report['kind'] == 'phase'
                            else verdict_summary(report))
         lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['question']} | {r['scale']} | "
-                     f"`{r['command']}` | {wall} | `{r['out']}` | {verdict} |")
+                     f"`{r['command']}` | {wall} | {verdict} |")
     return '\n'.join(lines) + '\n'
 
 
@@ -337,9 +366,13 @@ def result_block(name, root=ROOT):
     if report['kind'] == 'phase':
         counts, threshold = class_counts(report), report['phase']['threshold']
         runs = sum(e['seeds'] for e in report['phase']['table'])
-        lines = [f"From `{source}phase.json` and `phase.md` ({runs} runs; wall time: {wall_text(report)}). Peak ICL / final IWL "
-                 f"per class count; ° = no learning (peak at most what a run at chance shows); in brackets the seed "
-                 f"range when there are several seeds.", "",
+        lines = [f"From `{source}phase.json` and `phase.md` ({runs} runs; wall time: {wall_text(report)}; "
+                 f"{peak_rule(report)}). Peak ICL / final IWL per class count; ° = no learning (peak at most what a run "
+                 f"at chance shows); in brackets the seed range when there are several seeds.", ""]
+        if report.get('verdicts'):
+            lines += [f"Verdict, Few = 100 vs Many = 1600 classes: "
+                      f"{rules_text(report['verdicts'][0], many='the 1600-class', phase=report['phase'])}.", ""]
+        lines += [
                  "| regulariser | lr·wd·steps | ICL ≥ %g from | " % threshold
                  + ' | '.join(str(n) for n in counts) + ' |',
                  '|---|---|---|' + '---|' * len(counts)]
@@ -347,7 +380,7 @@ def result_block(name, root=ROOT):
             cells = []
             for n in counts:
                 e = entries.get(n)
-                peak = '' if e is None else peak_text(e['peak_icl'], threshold) + ('°' if e['no_learning'] else '')
+                peak = '' if e is None else peak_text(peak_of(e), threshold) + ('°' if e['no_learning'] else '')
                 cells.append('-' if e is None else f"{peak} / "
                              f"{e['final_iwl']:.2f}" + (f" [{e['peak_min']:.2f}-{e['peak_max']:.2f}]"
                                                          if e['seeds'] > 1 else ''))
@@ -355,10 +388,14 @@ def result_block(name, root=ROOT):
         if report['figure']:
             lines += ['', f"![{name}: phase diagram]({source}phase.png)"]
         return '\n'.join(lines) + '\n'
-    lines = [f"From `{source}report.md` and `verdict.json` (wall time: {wall_text(report)}).", ""]
+    lines = [f"From `{source}report.md` and `verdict.json` (wall time: {wall_text(report)}; {peak_rule(report)}).", ""]
     if report['verdicts']:
-        lines += [f"**{v['verdict']}**" + (f" ({v['width']})" if v.get('width') else '') + f": {v['reason']}."
-                  for v in report['verdicts']]
+        for v in report['verdicts']:
+            width = f" ({v['width']})" if v.get('width') else ''
+            posed = posed_of(v)
+            lines += [f"**As posed{width}: {posed['verdict']}**" + (f" ({posed['reason']})." if 'reason' in posed else
+                                                                     f" (best {posed['best']}: {posed['ratio']:.3f}).")]
+            lines += ['', f"**Chance-corrected{width}: {v['verdict']}**: {v['reason']}.", '']
     else:
         lines.append(f"No verdict: {report_no_verdict(report) or 'none in verdict.json'}.")
     lines += ['', '| cell | seeds | peak ICL [min-max] | final IWL (chance) | attn label @peak | lr·wd·steps | flags |',
