@@ -503,7 +503,8 @@ def plot_group(path, runs, title, chance):
 
 
 def plot_icl_vs_steps(path, groups, widths, class_names, regs, chance,
-                      keys=(('icl_acc', 'ICL'), ('iwl_acc', 'IWL')), title='mean over seeds, band = min-max'):
+                      keys=(('icl_acc', 'ICL'), ('iwl_acc', 'IWL')),
+                      title='mean over seeds, band = min-max; ICL: v = mean peak (3-eval) at its mean step, o = final'):
     """ICL (and IWL) vs steps for every regulariser, class settings side by side: transience shows here. With
     other keys, any metric per eval (the query's attention on the matching image and on its label)."""
     import matplotlib.pyplot as plt
@@ -522,6 +523,11 @@ def plot_icl_vs_steps(path, groups, widths, class_names, regs, chance,
                 it, mean, lo, hi = _curves(shown(runs), key)
                 ax.fill_between(it, lo, hi, alpha=0.12, color=color_of[reg])
                 ax.plot(it, mean, color=color_of[reg], label=reg_label(reg))
+                if key == 'icl_acc':  # the report's numbers: mean peak at its mean step (v), mean final (o)
+                    peaks = [r['stats'] for r in shown(runs)]
+                    ax.plot(_mean([p['peak_iter'] for p in peaks]), _mean([p['peak_icl'] for p in peaks]), 'v',
+                            color=color_of[reg], ms=7, mec='k', mew=0.5)
+                    ax.plot(it[-1], mean[-1], 'o', color=color_of[reg], ms=5, mec='k', mew=0.5)
             ax.set_title(f"{label(width, cls)}: {name}", fontsize=10)
             ax.axhline(chance if key == 'icl_acc' else 0, color='gray', lw=0.8, ls=':')
             if i == len(keys) - 1:

@@ -11,6 +11,7 @@ failed=0
 run                                                   # the experiment as posed, proxy (30 cells)
 run "${OMNI[@]}"                                      # the experiment as posed, Omniglot, 10k (30 cells)
 run "${OMNI[@]}" config/grid_posed_omniglot_long.py   # ... continued to 25k
+run config/grid_capacity.py                           # the posed grid's capacity check: d=48 / d=96, proxy
 run config/grid_levers.py                             # levers x class count, proxy (237 cells)
 run "${OMNI[@]}" config/grid_omniglot_levers.py       # levers x class count, Omniglot (42 cells)
 run "${OMNI[@]}" config/grid_omniglot_long.py         # Few over time, Omniglot, 25k
@@ -20,7 +21,7 @@ run config/grid_long_horizon.py                       # the long horizon, proxy,
 run config/grid_axes.py                               # burstiness x Zipf (one seed)
 [ "$failed" = 0 ] || { echo "some cells failed: rerun this script"; exit 1; }
 for pair in posed:out_grid posed_omniglot:out_grid_omniglot_omniglot_small posed_omniglot_long:out_posed_omniglot_long \
-            levers:out_levers omniglot_levers3:out_omniglot_levers3 omniglot_long:out_omniglot_long \
+            capacity:out_capacity levers:out_levers omniglot_levers3:out_omniglot_levers3 omniglot_long:out_omniglot_long \
             levers_emergence:out_levers_emergence levers_long:out_levers_long long_horizon:out_long_horizon axes:out_axes; do
   python scripts/results_table.py --collect "${pair%%:*}" "${pair#*:}"
 done
