@@ -39,47 +39,12 @@ REPORT_FILES = ('phase.json', 'phase.md', 'phase.png', 'phase_curves.png', 'emer
                 'icl_vs_steps.png', 'peak_icl.png', 'attention.png')
 MARKER = re.compile(r'<!-- results:([a-z0-9_]+) begin -->\n(.*?)<!-- results:\1 end -->', re.S)
 
-# One row of README's summary table per result, in this order, each one command with all its seeds. 'report': the
-# assets/results/<name>/ folder the row's numbers come from (and RESULTS.md's block of that name); 'seeds': the
-# seeds its config declares per cell (3 unless said), fewer finished in some cell marks the row interim.
-RESULTS = [
-    dict(title='As posed, proxy', anchor='the-experiment-as-posed', report='posed',
-         question='Few (100) + AdamW decay ≥ 0.9 of Many (1600)?', scale='synthetic, 4k',
-         command='python grid.py', out='out_grid/'),
-    dict(title='As posed, Omniglot', anchor='the-experiment-as-posed', report='posed_omniglot',
-         question='the same on real images', scale='Omniglot 14², 4L, 10k',
-         command='python grid.py config/omniglot.py config/omniglot_small.py', out='out_grid_omniglot_omniglot_small/'),
-    dict(title='As posed, Omniglot, 25k', anchor='the-experiment-as-posed', report='posed_omniglot_long',
-         question='the same, Many given time to finish rising', scale='Omniglot 14², 4L, 25k',
-         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_posed_omniglot_long.py',
-         out='out_posed_omniglot_long/'),
-    dict(title='Capacity, proxy', anchor='the-experiment-as-posed', report='capacity',
-         question='does width (d=48 / d=96) change the posed answer?', scale='synthetic, 4k',
-         command='python grid.py config/grid_capacity.py', out='out_capacity/'),
-    dict(title='Levers, proxy', anchor='what-can-replace-rare-classes', report='levers',
-         question='targeted decay or label swap instead of rare classes?', scale='synthetic, 4k',
-         command='python grid.py config/grid_levers.py', out='out_levers/'),
-    dict(title='Levers, Omniglot', anchor='what-can-replace-rare-classes', report='omniglot_levers3',
-         question="the same on real images, Bratulić's swap", scale='Omniglot 14², 4L, 10k',
-         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_levers.py',
-         out='out_omniglot_levers3/'),
-    dict(title='Few over time, proxy', anchor='over-time', report='levers_emergence',
-         question='does ICL at Few persist, fade or arrive late?', scale='synthetic, 12k',
-         command='python grid.py config/grid_levers_emergence.py', out='out_levers_emergence/'),
-    dict(title='Few over time, Omniglot', anchor='over-time', report='omniglot_long',
-         question='the same on real images', scale='Omniglot 14², 4L, 25k',
-         command='python grid.py config/omniglot.py config/omniglot_small.py config/grid_omniglot_long.py',
-         out='out_omniglot_long/', fading=True),
-    dict(title='Persistence at 1600, proxy', anchor='over-time', report='levers_long',
-         question='does targeted decay stop ICL fading?', scale='synthetic, 25k',
-         command='python grid.py config/grid_levers_long.py', out='out_levers_long/', fading=True),
-    dict(title='The long horizon, proxy', anchor='over-time', report='long_horizon',
-         question='does Few + strong decay switch to ICL late?', scale='synthetic, 50k',
-         command='python grid.py config/grid_long_horizon.py', out='out_long_horizon/'),
-    dict(title='Burstiness × Zipf, proxy', anchor='other-knobs', report='axes', seeds=1,
-         question="Chan et al.'s other knobs (one seed: exploratory)", scale='synthetic, 4k',
-         command='python grid.py config/grid_axes.py', out='out_axes/'),
-]
+# One row of README's summary table per result, in order, each one command with all its seeds: title, anchor (its
+# RESULTS.md section), report (the assets/results/<name>/ folder its numbers come from, and RESULTS.md's block of that
+# name), question, scale, command, out (the grid folder), optionally seeds (those its config declares per cell, 3
+# unless said: fewer finished in some cell marks the row interim) and fading (a long run: peak -> final first).
+with open(os.path.join(ROOT, ASSETS, 'index.json'), encoding='utf-8') as _f:
+    RESULTS = json.load(_f)
 
 
 class ReportError(ValueError):
