@@ -315,7 +315,7 @@ def _decide_posed(candidates, threshold):
     met = [c for c in candidates if c['posed'] == 'MET']
     pool = met or [c for c in candidates if c['eligible']] or candidates
     best = max(pool, key=lambda c: c['ratio'])
-    reason = (f"{'best lever' if met else 'best lever without collapse' if best['eligible'] else 'best lever (every lever collapses)'}: "
+    reason = (f"{'best lever' if met else 'best lever without collapse' if best['eligible'] else 'best lever (every lever fails the collapse check)'}: "
               f"{best['regularizer']}, mean peak ICL {best['ratio']:.3f} of Many+wd=0's (seed range "
               f"{best['ratio_lo']:.3f}-{best['ratio_hi']:.3f}; {best['seeds_at_posed']}/{best['n_seeds']} seeds at the bar; "
               f"raw maxima {best['raw_max_ratio']:.3f}), {'>=' if best['ratio'] >= threshold else '<'} {threshold:g}")

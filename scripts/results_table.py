@@ -372,6 +372,10 @@ def result_block(name, root=ROOT):
               for c in verdict_cells(report)]
     if report['figure']:
         lines += ['', f"![{name}: ICL and IWL vs steps]({source}icl_vs_steps.png)"]
+    for png, what in (('peak_icl.png', 'peak ICL per decay, Few and Many'),
+                      ('attention.png', "the query's attention on the matching image and its label vs steps")):
+        if os.path.isfile(os.path.join(root, ASSETS, name, png)):
+            lines += ['', f"![{name}: {what}]({source}{png})"]
     return '\n'.join(lines) + '\n'
 
 
