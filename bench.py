@@ -74,7 +74,8 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 from data import ClassBank, Dataset, EpisodeSampler, assign_labels, build_dataset, build_eval_episodes
 from eval import evaluate
 from model import build_model
-from training import Exposure, GroupExposure, GroupSampler, StepTerms, stack_group, train_defaults, train_step
+from group import GroupExposure, GroupSampler, stack_group
+from training import Exposure, StepTerms, train_defaults, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEEPMIND_SEQ_PER_S = 1000   # the reference generator's rate on one core (shared/notes/findings.md), not run here
@@ -285,15 +286,13 @@ def make_cell(cell, cell_seed=None):
     return config, data, sampler, model, optimizer
 
 
-def make_step(config, sampler, model, optimizer, use_compile, dtype, forward=None, exposure=None, decayed=None,
-              models=None):
+def make_step(config, sampler, model, optimizer, use_compile, dtype, forward=None, exposure=None, terms=None):
     """train.py's step (training.train_step: sample, exposure counts, forward, query loss, backward, AdamW)
-    and its finite check; a group passes its stacked forward, exposure, decayed tensors and members' models."""
+    and its finite check; a group passes its stacked forward, exposure and StepTerms (group.stack_group)."""
     train_model = forward or (torch.compile(model, mode=compile_mode) if use_compile else model)
     autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16) if dtype == 'bf16' else nullcontext()
     exposure = exposure or Exposure(sampler.bank.n_classes, device)
-    decayed = decayed if decayed is not None else model.decayed_parameters()[0]
-    terms = StepTerms([config] * (len(models) if models else 1), decayed, models)
+    terms = terms or StepTerms([config], model.decayed_parameters()[0])
     state = {'bad': torch.full((), -1, dtype=torch.long, device=device), 'loss_sum': torch.zeros((), device=device),
              'it': 0}
 
@@ -501,13 +500,11 @@ def bench_group(results, rows):
                 out['solo_steps_per_s'] = solo
                 rows.append(('group', f'{group_cell} solo step', solo, 'steps/s', f'train.py step, {dtype}'))
             config = cellset[0][0]
-            stacked, optimizer, decayed = stack_group([c[3] for c in cellset], [config['weight_decay']] * K,
-                                                      config['learning_rate'], (config['beta1'], config['beta2']),
-                                                      device_type)
+            stacked, optimizer, terms = stack_group([c[3] for c in cellset], [config] * K, device_type)
             samplers = [c[2] for c in cellset]
             step, state = make_step(config, GroupSampler(samplers), None, optimizer, False, dtype, forward=stacked,
                                     exposure=GroupExposure([Exposure(s.bank.n_classes, device) for s in samplers]),
-                                    decayed=decayed, models=[c[3] for c in cellset])
+                                    terms=terms)
             rate = K / time_steps(step, state, warmup_steps, group_steps)
             out[f'K{K}'] = {'cell_steps_per_s': rate, 'vs_solo': rate / solo}
             rows.append(('group', f'{group_cell} K={K}', rate, 'cell-steps/s', f'x{rate / solo:.2f} vs one solo step'))

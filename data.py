@@ -17,6 +17,7 @@ Exemplars of one class inside one sequence are distinct, as in the reference.
 Omniglot (Lake et al. 2015, 1623 characters x 20 drawers) is decoded once into a uint8 array that is
 cached outside the data folder; its classes are characters, or characters x 8 flips/rotations.
 """
+import difflib
 import hashlib
 import inspect
 import json
@@ -455,14 +456,25 @@ class EpisodeSampler:
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
 
+    # The rules only training sequences follow, at the values that turn them off: a probe or sample_attention.py
+    # draws the run's sequences without them (from_config(..., clean=True)). A new training-only rule goes here too.
+    TRAINING_ONLY = {'label_swap': 0.0, 'label_swap_to': 'train', 'p_copy': 0.0}
+
     @classmethod
-    def from_config(cls, bank, class_labels, config, device, **given):
+    def from_config(cls, bank, class_labels, config, device, clean=False, **given):
         """The sampler a run's config describes, for every caller (train.py, group.py, probes, bench, checks): each
-        constructor argument named like a train.py key comes from config, so a new sampler rule is a train.py global
-        plus an argument, its check and its code in this class. `given` overrides (seed, label_swap=0, ...)."""
-        names = [k for k in inspect.signature(cls.__init__).parameters
-                 if k in config and k not in given and k != 'device']  # config's device may be 'auto'
-        return cls(bank, class_labels, **{k: config[k] for k in names}, device=device, **given)
+        constructor argument is the train.py key of its name, so a new sampler rule is a train.py global plus an
+        argument, its check and its code in this class; an argument no key is named like is a ValueError naming it.
+        clean: without the TRAINING_ONLY rules. `given` overrides (seed, p_bursty=1, ...)."""
+        given = {**(cls.TRAINING_ONLY if clean else {}), **given, 'device': device}  # config's device may be 'auto'
+        names = [k for k in list(inspect.signature(cls.__init__).parameters)[3:] if k not in given]
+        for k in names:
+            if k not in config:
+                close = difflib.get_close_matches(k, list(config), n=1, cutoff=0.6)
+                raise ValueError(f"EpisodeSampler argument {k!r} is no train.py key"
+                                 + (f" (is it {close[0]!r}?)" if close else '') + ": a sampler rule's argument is "
+                                 f"named like its train.py global, which from_config gives it")
+        return cls(bank, class_labels, **{k: config[k] for k in names}, **given)
 
     def sample_classes(self, batch_size):
         """(class ids [B, context_len + 1] of a batch of training sequences (query last), which rows are bursty [B, 1])."""
@@ -582,10 +594,11 @@ def make_iwl_episodes(train, class_labels, n_episodes, context_len=8, zipf_alpha
 
 
 def make_train_dist_episodes(train, class_labels, config, n_episodes, seed=0):
-    """Held-out draws of the training distribution itself (the run's bursty/non-bursty mix over its own
-    classes, true labels, no label swap): answerable by ICL (when the query's class is in the context) or
-    by a memorised map, so a drop here is a collapse of what the run can do, whichever strategy it uses."""
-    sampler = EpisodeSampler.from_config(train, class_labels.cpu(), config, 'cpu', seed=seed, label_swap=0.0)
+    """Held-out draws of the training distribution itself (the run's bursty/non-bursty mix over its own classes,
+    without EpisodeSampler.TRAINING_ONLY's rules: true labels, no copies): answerable by ICL (when the query's class
+    is in the context) or by a memorised map, so a drop here is a collapse of what the run can do, whichever
+    strategy it uses."""
+    sampler = EpisodeSampler.from_config(train, class_labels.cpu(), config, 'cpu', clean=True, seed=seed)
     return Episodes(*sampler.sample(n_episodes))
 
 
@@ -650,7 +663,7 @@ def build_run_data(config, device, cache=None):
 
     The one place where data is moved: the eval episodes are drawn with CPU generators from the CPU
     dataset (so they are the same on every device), and only then is everything moved. Moving the
-    dataset first made every CUDA run index CUDA data with CPU indices (issue 11). With a `cache` list,
+    dataset first made every CUDA run index CUDA data with CPU indices. With a `cache` list,
     runs whose data is the same (group.py's members) share one copy on the device: the same values of the
     keys that building it read; each gets its own sampler, seeded by config['seed']."""
     cache = [] if cache is None else cache

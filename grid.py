@@ -70,7 +70,7 @@ extra_cells = ''            # cells beside the classes x regularizers cross, eac
 phase = False               # report a phase diagram (class count x regularizer heatmaps) instead of the verdict
 icl_threshold = 0.8         # phase diagram: ICL 'appears' at the first class count whose peak ICL reaches this
 jobs = 0                    # cells at a time on this machine; 0 = number of CPU cores (1 when CUDA is present)
-threads = 0                 # OMP_NUM_THREADS per cell; 0 = cores // jobs
+threads = 0                 # OMP_NUM_THREADS per cell; 0 = the cores the machine's load leaves free // jobs (>= 1)
 shard = ''                  # 'i/n': run cells i, i+n, i+2n, ...; '' = SLURM array variables if set, else all
 report = False              # only (re)write the report from what is in grid_dir
 dry_run = False             # list the cells and their commands, run nothing
@@ -637,10 +637,14 @@ if __name__ == '__main__':
     if n_jobs == 0:
         import torch
         n_jobs = 1 if torch.cuda.is_available() else cores
-    n_threads = threads or max(1, cores // n_jobs)
+    # threads per cell: the cores other work leaves free (1-minute load), shared by the cells at a time; OpenMP
+    # threads spinning on a busy core cost a CPU cell 30x (1.1 steps/s against 31-43 with one thread)
+    busy = round(os.getloadavg()[0]) if hasattr(os, 'getloadavg') else 0
+    n_threads = threads or max(1, (cores - busy) // n_jobs)
     finished = sum(is_finished(os.path.join(root_dir, c['name'])) for c in mine)
     print(f"grid: {len(cells)} cells in {root_dir}; shard {index}/{count} has {len(mine)} "
-          f"({finished} finished); {n_jobs} at a time, {n_threads} threads each")
+          f"({finished} finished); {n_jobs} at a time, {n_threads} threads each "
+          + ("(--threads)" if threads else f"({cores} cores, {busy} busy with other work, over {n_jobs} jobs)"))
     if dry_run:
         for unit in pack_units(mine, root_dir, group_size):
             print(f"{', '.join(c['name'] for c in unit)}: {shlex.join(unit_command(unit, root_dir))}")

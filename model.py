@@ -265,12 +265,12 @@ def parse_decay_modules(text):
 def learning_rate_at(it, config):
     """Learning rate at iteration `it` for a run's config: linear warmup, then constant, 1/sqrt(step)
     (Chan et al.) or cosine to min_lr. train.py trains with it; grid.py sums it for lr*wd*steps."""
-    lr, warmup = config['learning_rate'], config['warmup_iters']
+    lr, warmup, schedule = config['learning_rate'], config['warmup_iters'], config['lr_schedule']
     if it < warmup:
         return lr * (it + 1) / warmup
-    if config['lr_schedule'] == 'inverse_sqrt':
+    if schedule == 'inverse_sqrt':
         return lr * math.sqrt(max(warmup, 1) / (it + 1))
-    if config['lr_schedule'] == 'cosine':
+    if schedule == 'cosine':
         min_lr = config.get('min_lr', 0.0)
         progress = min(1.0, (it - warmup) / max(1, config['max_iters'] - warmup))
         return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (lr - min_lr)

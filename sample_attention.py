@@ -90,8 +90,8 @@ def measure(model, icl, iwl, config, autocast=None):
 
 def fixed_episodes(dataset, config, n_icl, n_bursty, seed, icl=None):
     """[(name, Episodes)]: the first n_icl ICL eval episodes (exactly those train.py evaluates; pass
-    `icl` if already built) and n_bursty training-style bursty episodes (every one bursty) from a CPU
-    sampler seeded with `seed`, so they are the same whatever device the model runs on."""
+    `icl` if already built) and n_bursty training-style bursty episodes (every one bursty, without the training-only
+    rules) from a CPU sampler seeded with `seed`, so they are the same whatever device the model runs on."""
     if icl is None:
         icl, _ = build_eval_episodes(dataset, config)
     if not 0 <= n_icl <= len(icl):
@@ -101,8 +101,8 @@ def fixed_episodes(dataset, config, n_icl, n_bursty, seed, icl=None):
     out = [(f'icl{i:02d}', Episodes(icl.items[i:i + 1], icl.labels[i:i + 1], icl.classes[i:i + 1]))
            for i in range(n_icl)]
     if n_bursty:
-        sampler = EpisodeSampler.from_config(dataset.train, dataset.class_labels, config, 'cpu', seed=seed,
-                                             p_bursty=1.0, label_swap=0.0)
+        sampler = EpisodeSampler.from_config(dataset.train, dataset.class_labels, config, 'cpu', clean=True, seed=seed,
+                                             p_bursty=1.0)
         items, labels, classes = sampler.sample(n_bursty)
         out += [(f'bursty{i:02d}', Episodes(items[i:i + 1], labels[i:i + 1], classes[i:i + 1]))
                 for i in range(n_bursty)]

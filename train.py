@@ -82,7 +82,7 @@ device = 'auto'             # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1
 dtype = 'bfloat16'          # autocast dtype on CUDA ('float32' to turn it off); CPU runs float32
 compile = True              # torch.compile the model on CUDA (CPU runs eagerly: compile time dominates short runs)
 compile_mode = 'reduce-overhead'  # torch.compile mode: 'reduce-overhead' (CUDA graphs: 3.4x 'default' on the paper cell,
-                                  # H200, issue 11), 'default' or 'max-autotune'
+                                  # H200), 'default' or 'max-autotune'
 seed = 0                    # model init and training stream
 # A run made before a key existed resumes and reports with the key at its default above, unless that run behaved
 # otherwise: then its value for such runs is here (checkpoint.saved_config fills it in).

@@ -1,5 +1,5 @@
 """
-What a training run is made of, kept in one place so that train.py (one run, read top to bottom),
+What every training run is made of, kept in one place so that train.py (one run, read top to bottom),
 group.py (K grid cells trained together as one stacked model) and bench.py train the same way:
 
 - check_config:      a run's config checked before anything touches out_dir (clear errors);
@@ -7,13 +7,11 @@ group.py (K grid cells trained together as one stacked model) and bench.py train
 - start_run_dir:     only once data and model are built: replace an old run or cut it back to its checkpoint;
 - StepTerms:         what a step reads from the config (batch size, clip, penalties such as l2), built once;
 - train_step:        sample -> exposure counts -> forward -> query loss (+ penalties) -> backward -> clip -> AdamW,
-                     with no host sync; for a group every tensor simply has a leading member axis;
-- StackedModel, MemberAdamW, GroupSampler, GroupExposure: the same step for K runs at once (group.py);
+                     with no host sync; for a group every tensor simply has a leading member axis (group.py);
 - eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run;
 - eval_due, evaluate_and_log, checkpoint_run, log_line, StopFlag, NonFinite, stop_and_exit, finish_run:
                      the loop's eval, log and stop block, the same for train.py and for each group.py member.
 """
-import copy
 import os
 import signal
 import subprocess
@@ -22,7 +20,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
 
 from data import check_data_config, icl_chance
 from checkpoint import (append_metrics, fault_point, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint,
@@ -38,13 +35,22 @@ RESUMABLE_KEYS = {'out_dir', 'init_from', 'overwrite', 'max_iters', 'eval_interv
                   'keep_checkpoints', 'device', 'compile', 'compile_mode', 'dtype',
                   'data_dir', 'cache_dir', *TRACKING_KEYS}
 
+# The train.py keys only some runs read, and which runs. Any other key is read by every run: group.py stops, naming
+# the key, when nothing in it read one (besides RESUMABLE_KEYS, read later by the loop), so a key nothing reads
+# fails the fast tier (tests/test_group.py).
+READ_ON_SOME_PATHS = {
+    'item_dim': "dataset='synthetic'", 'exemplars_per_class': "dataset='synthetic'",
+    'within_class_noise': "dataset='synthetic'", 'data_dir': "dataset='omniglot'", 'cache_dir': "dataset='omniglot'",
+    'omniglot_classes': "dataset='omniglot'", 'image_size': "dataset='omniglot'", 'min_lr': "lr_schedule='cosine'",
+    'dtype': 'CUDA', 'compile': 'CUDA, train.py (a group runs eager)', 'compile_mode': 'CUDA, train.py',
+    'overwrite': 'an out_dir that holds a run', 'wandb_project': 'wandb_log=True', 'wandb_group': 'wandb_log=True'}
+
 
 # ---- config ---------------------------------------------------------------------------------------
 
 def parse_train_args(args):
     """The config a `python train.py <args>` run would have: train.py's defaults, then config files and
     --key=value through the same configurator (it prints one line and exits 2 on a bad argument)."""
-    import sys
     defaults = train_defaults()
     namespace = dict(defaults)
     saved = sys.argv
@@ -179,38 +185,51 @@ def clip_gradients(params, max_norm, member_shape=()):
 
 
 class StepTerms:
-    """What a training step reads from its run's config, in one place, so that train.py, group.py and bench.py
-    step alike: the batch size, gradient clipping and the penalties added to the query loss. Built once from one
-    config (a run) or from each member's (a group, `models` its members' solo models: a penalty's strength is then
-    one value per member). A new penalty is its train.py global, its check in check_config and one term here;
-    group.py then applies it per member, and refuses a key its members differ in that nothing reads per member."""
+    """What a training step reads from its run's config, in one place, so that train.py, group.py and bench.py step
+    alike: the batch size, gradient clipping and the penalties added to the query loss. Built once from one config
+    (a run) or from each member's (a group: `decays[i][k]` says whether member k's decay_modules hold tensor i of
+    `decayed`). A penalty is its train.py global, its check in check_config and one term here: a function
+    (logits, attention) -> penalty of shape member_shape, given what the forward produced; attention (the forward's
+    per-layer attention maps) is None unless a term set self.attention. A term reads its key with values, strength
+    or on_decayed: one value per member in a group, which group.py then checks was read per member."""
 
-    def __init__(self, configs, decayed, models=None):
+    def __init__(self, configs, decayed, decays=None):
+        self.configs, self.decayed, self.decays = configs, decayed, decays
         self.batch_size, self.grad_clip = configs[0]['batch_size'], configs[0]['grad_clip']
-        self.member_shape = () if models is None else (len(configs),)
-        self.terms = []  # functions () -> penalty of shape member_shape
-        if any([c['l2'] for c in configs]):  # 1/2 * l2 * ||w||^2 on the decayed group (l2_penalty); a list: every
-                                              # member's value is read (group.py checks what was read per member)
-            l2 = self.on_decayed(configs, 'l2', decayed, models)
-            self.terms.append(lambda: l2_penalty(decayed, l2, self.member_shape))
+        self.member_shape = () if decays is None else (len(configs),)
+        self.attention = False  # set by a term that reads attention: the forward then returns it
+        self.terms = []
+        if any(self.values('l2')):  # 1/2 * l2 * ||w||^2 on the decayed group (l2_penalty)
+            l2 = self.on_decayed('l2')
+            self.terms.append(lambda logits, attention: l2_penalty(decayed, l2, self.member_shape))
 
-    def on_decayed(self, configs, key, decayed, models):
-        """configs' `key` as the strength on each tensor of `decayed` (a list as long as it): a run's value; for a
-        group a [K] tensor per stacked tensor, 0 for the members whose decay_modules leave that tensor out."""
-        if models is None:
-            return [configs[0][key]] * len(decayed)
-        per_tensor = member_coefficients(models, [c[key] for c in configs], [c['decay_modules'] for c in configs])
-        return [torch.tensor(v, device=p.device) for v, p in zip(per_tensor, decayed)]
+    def values(self, key):
+        """Each config's `key` (every member's is read), train.py's default where a config lacks it."""
+        return [c[key] if key in c else train_defaults()[key] for c in self.configs]
 
-    def penalty(self):
-        return sum(term() for term in self.terms) if self.terms else None
+    def strength(self, key):
+        """`key` as a penalty's strength: the run's value, or a [K] tensor with one value per member."""
+        values = self.values(key)
+        return values[0] if self.decays is None else torch.tensor(values, device=self.decayed[0].device)
+
+    def on_decayed(self, key):
+        """`key` as the strength on each tensor of `decayed` (a list as long as it): the run's value; for a group a
+        [K] tensor per tensor, 0 for the members whose decay_modules leave that tensor out."""
+        values = self.values(key)
+        if self.decays is None:
+            return [values[0]] * len(self.decayed)
+        return [torch.tensor([v if d else 0.0 for v, d in zip(values, mask)], device=p.device)
+                for mask, p in zip(self.decays, self.decayed)]
+
+    def penalty(self, logits, attention):
+        return sum(term(logits, attention) for term in self.terms) if self.terms else None
 
 
 def train_step(forward, optimizer, sampler, lr, exposure, terms, autocast=None):
     """One optimisation step; returns the detached query loss (shape [] or [K] for a group of K).
 
-    forward(items, labels) -> logits: the (compiled) model, or a group's stacked model.
-    sampler.sample(B) -> (items, labels, classes) with a leading member axis for a group.
+    forward(items, labels[, return_attention=True]) -> logits[, attention]: the (compiled) model, or a group's
+    stacked model. sampler.sample(B) -> (items, labels, classes) with a leading member axis for a group.
     optimizer: torch AdamW (decay on its 'decay' group), or a group's per-member AdamW.
     terms: the run's StepTerms (batch size, grad clip, penalties); the returned loss is the data loss alone."""
     for group in optimizer.param_groups:
@@ -218,9 +237,10 @@ def train_step(forward, optimizer, sampler, lr, exposure, terms, autocast=None):
     items, labels, classes = sampler.sample(terms.batch_size)
     exposure.add(classes)
     with autocast if autocast is not None else torch.autocast('cpu', enabled=False):
-        logits = forward(items, labels)
+        logits, attention = (forward(items, labels, return_attention=True) if terms.attention
+                             else (forward(items, labels), None))
     loss = query_loss(logits, labels)
-    penalty = terms.penalty()
+    penalty = terms.penalty(logits, attention)
     (loss if penalty is None else loss + penalty).sum().backward()
     fault_point('train_step')  # test hook (no-op unless BURSTYICL_FAULT is set)
     if terms.grad_clip > 0:
@@ -228,110 +248,6 @@ def train_step(forward, optimizer, sampler, lr, exposure, terms, autocast=None):
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
-
-
-# ---- a group: K runs as one stacked model (group.py, bench.py) ----------------------------------
-
-class StackedModel:
-    """K copies of one ICLTransformer as stacked tensors; __call__(items [K, B, ...], labels [K, B, S])
-    -> logits [K, B, n_labels] through vmap(functional_call) of the unchanged module."""
-
-    def __init__(self, models):
-        self.base = copy.deepcopy(models[0]).to('meta')
-        for module in self.base.modules():
-            if hasattr(module, 'explicit'):
-                module.explicit = True  # SDPA has no vmap batching rule on CPU; the explicit form batches
-        params, self.buffers = stack_module_state(models)
-        self.params = {name: torch.nn.Parameter(p.detach()) for name, p in params.items()}
-        self.n_members = len(models)
-        self.name_of = {id(p): name for name, p in models[0].named_parameters()}  # models[0]'s tensor -> name
-
-        def one(params, buffers, items, labels):
-            return functional_call(self.base, (params, buffers), (items, labels))
-        self.forward = vmap(one, randomness='different')
-
-    def __call__(self, items, labels):
-        return self.forward(self.params, self.buffers, items, labels)
-
-    def member_state(self, k, keys):
-        """Member k's model.state_dict() (the keys of a solo model's state_dict)."""
-        every = {**self.params, **self.buffers}
-        return {name: every[name][k].detach().clone() for name in keys}
-
-    def load_member_state(self, k, state):
-        with torch.no_grad():
-            for name, value in state.items():
-                target = self.params.get(name, self.buffers.get(name))
-                target[k].copy_(value)
-
-
-class MemberAdamW:
-    """AdamW over stacked parameters with one weight decay per member (and per tensor: members may decay
-    different modules). PyTorch's AdamW first shrinks each decayed weight by lr*wd and then applies Adam's
-    update (its update with weight_decay=0); this does the same with wd a [K] vector per tensor, so member
-    k follows exactly its solo AdamW. weight_decays: one [K] list per tensor of `decay`."""
-
-    def __init__(self, decay, no_decay, weight_decays, lr, betas, fused):
-        self.inner = torch.optim.AdamW([{'params': decay, 'weight_decay': 0.0},
-                                        {'params': no_decay, 'weight_decay': 0.0}], lr=lr, betas=betas, fused=fused)
-        self.param_groups = self.inner.param_groups
-        self.weight_decays = [torch.tensor(wd, dtype=torch.float64) for wd in weight_decays]
-        self.any_decay = any(w != 0 for wd in weight_decays for w in wd)
-
-    @torch.no_grad()
-    def step(self):
-        lr = self.param_groups[0]['lr']
-        if self.any_decay:
-            for p, wd in zip(self.param_groups[0]['params'], self.weight_decays):
-                factor = 1 - lr * wd  # float64 then one rounding, as AdamW's Python-float factor
-                p.mul_(factor.to(device=p.device, dtype=p.dtype).view(-1, *[1] * (p.dim() - 1)))
-        self.inner.step()
-
-    def zero_grad(self, set_to_none=True):
-        self.inner.zero_grad(set_to_none=set_to_none)
-
-
-def member_coefficients(models, values, decay_modules):
-    """One [K] list per tensor of models[0]'s full decayed group ('all'): member k's value (its weight
-    decay or l2) where that tensor is in its decay_modules, else 0."""
-    every, _ = models[0].decayed_parameters('all')
-    mine = [{id(p) for p in models[0].decayed_parameters(m)[0]} for m in decay_modules]
-    return [[v if id(p) in chosen else 0.0 for v, chosen in zip(values, mine)] for p in every]
-
-
-def stack_group(models, weight_decays, learning_rate, betas, device_type, decay_modules=None):
-    """(stacked model, per-member AdamW, stacked decayed parameters) for K models of one architecture.
-    The stacked decayed group is every Linear/Conv weight; member k decays those of its decay_modules
-    (default 'all': the groups train.py's AdamW uses)."""
-    decay_modules = decay_modules or ['all'] * len(models)
-    stacked = StackedModel(models)
-    decay, no_decay = models[0].decayed_parameters('all')
-    decayed = [stacked.params[stacked.name_of[id(p)]] for p in decay]
-    optimizer = MemberAdamW(decayed, [stacked.params[stacked.name_of[id(p)]] for p in no_decay],
-                            member_coefficients(models, weight_decays, decay_modules),
-                            learning_rate, betas, fused=device_type == 'cuda')
-    return stacked, optimizer, decayed
-
-
-class GroupSampler:
-    """Each member's own EpisodeSampler (own classes, own seed stream), batches stacked on a member axis."""
-
-    def __init__(self, samplers):
-        self.samplers = samplers
-
-    def sample(self, batch_size):
-        draws = [s.sample(batch_size) for s in self.samplers]
-        return torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws]), [d[2] for d in draws]
-
-
-class GroupExposure:
-    def __init__(self, exposures):
-        self.members = exposures
-
-    def add(self, classes):
-        for exposure, c in zip(self.members, classes):
-            exposure.add(c)
-
 
 
 # ---- eval rows and the files a finished run writes ---------------------------------------------

@@ -1,4 +1,4 @@
-"""No run lost to bad input (issue 20): every key is checked before out_dir is created or touched, and an old
+"""No run lost to bad input: every key is checked before out_dir is created or touched, and an old
 run is replaced only once the new one can start (data and model built), for train.py and group.py members."""
 import re
 import shutil

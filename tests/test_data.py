@@ -106,7 +106,7 @@ def test_icl_chance_is_the_best_constant_answer(dataset):
 
 
 def test_episodes_drawn_on_cpu_from_a_moved_bank_is_a_clear_error(dataset):
-    """The CUDA bug of issue 11 on a CPU machine: a bank already on another device ('meta' stands in for
+    """A CUDA bug (data indexed across devices) on a CPU machine: a bank already on another device ('meta' stands in for
     cuda) indexed with CPU class ids. It must fail with a message that names the fix, not index_select's."""
     with pytest.raises(ValueError, match='class ids are on cpu but the exemplars are on meta'):
         make_icl_episodes(dataset.holdout.to('meta'), 16, context_len=8, ways=2, shots=4, seed=0)

@@ -272,5 +272,3 @@ def test_verdict_report_files_make_the_block_and_the_summary_row(tmp_path):
     row = [r for r in rt.summary_block(str(repo)).splitlines() if 'grid_omniglot_levers.py' in r][0]
     assert f"posed {verdicts[0]['posed']['verdict']} (swap=0.8: " in row and f"corrected {verdicts[0]['verdict']} (swap=0.8: " in row
     assert '| 3 cells, 1.5 h summed (interim: cells or seeds missing) |' in row
-    assert 'grid_omniglot_levers.py' not in ''.join(r for r in rt.summary_block(str(repo)).splitlines()
-                                                    if 'swap to all labels' in r)   # issue 17's: RESULTS.md only

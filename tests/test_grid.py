@@ -3,6 +3,7 @@ the report from hand-written metrics, the verdict rule on crafted inputs, and on
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -157,10 +158,11 @@ def test_run_skip_resume_fail_and_retry(fake):
 
 
 @pytest.mark.slow
-def test_threads_per_job_is_cores_over_jobs(fake):
-    run_grid(fake, '--jobs=1', '--seeds=0', '--weight_decays=0', '--classes=few')
-    cores = len(os.sched_getaffinity(0))
-    assert fake['calls'].read_text().split()[-1] == f"threads={cores}"
+def test_threads_per_job_are_the_free_cores_over_jobs_as_the_grid_says(fake):
+    proc = run_grid(fake, '--jobs=1', '--seeds=0', '--weight_decays=0', '--classes=few')
+    said = re.search(r'1 at a time, (\d+) threads each \((\d+) cores, (\d+) busy', proc.stdout)
+    assert said and int(said[1]) == max(1, int(said[2]) - int(said[3])), proc.stdout
+    assert fake['calls'].read_text().split()[-1] == f"threads={said[1]}"
 
 
 # ---- locks ---------------------------------------------------------------------------------------

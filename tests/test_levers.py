@@ -1,4 +1,4 @@
-"""Issue 17's levers: decay aimed at chosen modules (decay_modules), label swap in the sampler, their grid
+"""The levers: decay aimed at chosen modules (decay_modules), label swap in the sampler, their grid
 syntax and report labels, and eval.py's mean ablation."""
 import json
 import os
@@ -281,7 +281,7 @@ def test_bad_axes_are_a_clear_error_before_any_cell(tmp_path, bad, message):
     assert proc.returncode == 2 and message in proc.stderr and not os.path.exists(tmp_path / 'g')
 
 
-# ---- collapse and conflict probes (issue 20) -------------------------------------------------------
+# ---- collapse and conflict probes -------------------------------------------------------
 
 def test_conflict_episodes_put_context_and_memorised_answers_apart():
     from data import make_conflict_episodes
@@ -302,7 +302,7 @@ def test_probe_metrics_in_every_eval_row(tmp_path):
     assert row['conflict_icl'] + row['conflict_iwl'] <= 1.0
 
 
-# ---- label_swap_to: which labels a swap draws from (issue 24) ---------------------------------------
+# ---- label_swap_to: which labels a swap draws from ---------------------------------------
 
 def per_class_swap(rule, n_train=100, n_labels=1623, seed=0):
     from data import ClassBank, assign_labels
@@ -357,7 +357,7 @@ def test_reports_name_the_all_rule_for_runs_from_before_the_key():
     assert reg_label(reg_of({'weight_decay': 0.1, 'summary': {'config': {}}})) == 'wd=0.1'  # no swap: no rule
 
 
-# ---- p_copy: instance copies (issue 25's worked sampler example; Bratulic's sequence_with_copy) ----------
+# ---- p_copy: instance copies (the worked sampler example; Bratulic's sequence_with_copy) ----------
 
 def copy_sampler(p_copy, exemplars=20, seed=0, **kw):
     data = make_synthetic(50, 10, 16, dim=8, exemplars_per_class=exemplars, label_mode='shared', seed=0)
@@ -403,6 +403,36 @@ def test_from_config_takes_every_sampler_key():
     s = EpisodeSampler.from_config(data.train, data.class_labels, config, 'cpu')
     assert (s.p_copy, s.p_bursty, s.label_swap) == (0.25, 0.7, 0.1)
     assert EpisodeSampler.from_config(data.train, data.class_labels, config, 'cpu', label_swap=0.0).label_swap == 0.0
+
+
+def test_a_sampler_argument_named_unlike_its_key_is_an_error_naming_both():
+    """A rule whose argument is not named like its train.py global would never get its value: from_config (and so
+    every run's start-up check) refuses it."""
+    from training import train_defaults
+
+    class Noisy(EpisodeSampler):
+        def __init__(self, bank, class_labels, context_noise=0.0, **rest):
+            super().__init__(bank, class_labels, **rest)
+    data = make_synthetic(50, 10, 16, dim=8, exemplars_per_class=5, label_mode='shared', seed=0)
+    with pytest.raises(ValueError, match="argument 'context_noise' is no train.py key \\(is it 'p_context_noise'"):
+        Noisy.from_config(data.train, data.class_labels, {**train_defaults(), 'p_context_noise': 0.5}, 'cpu')
+
+
+def test_probes_draw_without_the_training_only_rules():
+    """The training-distribution probe and sample_attention.py's bursty episodes come from a clean sampler
+    (EpisodeSampler.TRAINING_ONLY): a run's label swap and copies do not reach them."""
+    from data import build_dataset, build_probe_episodes
+    from sample_attention import fixed_episodes
+    from training import train_defaults
+    plain = {**train_defaults(), 'n_train_classes': 50, 'n_holdout_classes': 10, 'n_eval_episodes': 32}
+    noisy = {**plain, 'label_swap': 0.5, 'label_swap_to': 'all', 'p_copy': 0.5}
+    import inspect
+    for key in EpisodeSampler.TRAINING_ONLY:   # a misspelt entry would leave its rule on in the probes
+        assert key in inspect.signature(EpisodeSampler.__init__).parameters and key in plain, key
+    data = build_dataset(plain)
+    for a, b in [(build_probe_episodes(data, plain)['train'], build_probe_episodes(data, noisy)['train']),
+                 (fixed_episodes(data, plain, 0, 8, seed=1)[0][1], fixed_episodes(data, noisy, 0, 8, seed=1)[0][1])]:
+        assert torch.equal(a.items, b.items) and torch.equal(a.labels, b.labels)
 
 
 def test_p_copy_is_a_grid_axis(grid):
