@@ -517,3 +517,16 @@ def test_extend_from_copies_finished_cells_without_their_summary(grid, tmp_path)
     (running / 'summary.json').write_text('{}')
     with pytest.raises(SystemExit):
         grid.extend_cells(cells, str(target), str(source))                             # cosine depends on max_iters
+
+
+def test_python_grid_py_is_the_experiment_as_posed(tmp_path):
+    """`python grid.py` lists the posed grid: Few (100) / Many (1600) x the five decays x seeds 0, 1, 2 (30 cells)."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path}', '--dry_run'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    cells = [line for line in proc.stdout.splitlines() if ': ' in line and 'train.py' in line]
+    assert proc.returncode == 0 and len(cells) == 30, proc.stdout
+    names = {line.split(':')[0] for line in cells}
+    assert names == {f"{c}_wd{wd}_s{s}" for c in ('few', 'many') for wd in ('0', '0.0003', '0.001', '0.003', '0.01')
+                     for s in (0, 1, 2)}
+    assert all('--n_train_classes=100 ' in line for line in cells if line.startswith('few_'))
+    assert all('--n_train_classes=1600 ' in line for line in cells if line.startswith('many_'))
