@@ -42,7 +42,8 @@ MARKER = re.compile(r'<!-- results:([a-z0-9_]+) begin -->\n(.*?)<!-- results:\1 
 # One row of README's summary table per result, in order, each one command with all its seeds: title, anchor (its
 # RESULTS.md section), report (the assets/results/<name>/ folder its numbers come from, and RESULTS.md's block of that
 # name), question, scale, command, out (the grid folder), optionally seeds (those its config declares per cell, 3
-# unless said: fewer finished in some cell marks the row interim) and fading (a long run: peak -> final first).
+# unless said: fewer finished in some cell marks the row interim), fading (a long run: peak -> final first) and
+# summary (false: a RESULTS.md block only, no README row).
 with open(os.path.join(ROOT, ASSETS, 'index.json'), encoding='utf-8') as _f:
     RESULTS = json.load(_f)
 
