@@ -43,7 +43,7 @@ MARKER = re.compile(r'<!-- results:([a-z0-9_]+) begin -->\n(.*?)<!-- results:\1 
 # RESULTS.md section), report (the assets/results/<name>/ folder its numbers come from, and RESULTS.md's block of that
 # name), question, scale, command, out (the grid folder), optionally seeds (those its config declares per cell, 3
 # unless said: fewer finished in some cell marks the row interim), fading (a long run: peak -> final first) and
-# summary (false: a RESULTS.md block only, no README row).
+# summary (false: a RESULTS.md block only, no README row) and per_count (the row says peak -> final per cell).
 with open(os.path.join(ROOT, ASSETS, 'index.json'), encoding='utf-8') as _f:
     RESULTS = json.load(_f)
 
@@ -215,9 +215,14 @@ def peak_rule(report):
             'peak = best mean of 3 consecutive evals; seed ranges are single-eval maxima (a report from before that rule)')
 
 
-def phase_verdict(report, fading=False):
+def phase_verdict(report, fading=False, per_count=False):
     """One line: the Few/Many verdict, then which regularisers make ICL appear at fewer classes than none does
-    (fading: first the peak -> final ICL of each row at the largest class count)."""
+    (fading: first the peak -> final ICL of each row at the largest class count; per_count: instead, every row's
+    peak -> final ICL (final IWL) at each class count: does any switch late?)."""
+    if per_count:
+        return '; '.join(f"at {n}: " + ', '.join(f"{label} {peak_of(e[n]):.2f} → {e[n]['final_icl']:.2f} "
+                                                  f"({e[n]['final_iwl']:.2f})" for label, _, _, e in phase_rows(report)
+                                                  if n in e) for n in class_counts(report))
     return few_many_verdict(report) + threshold_verdict(report, fading)
 
 
@@ -318,7 +323,7 @@ def summary_block(root=ROOT):
             else:
                 wall = wall_text(report) + (' (interim: cells or seeds missing)'
                                             if seeds_missing(report, r.get('seeds', 3)) else '')
-                verdict = (phase_verdict(report, r.get('fading', False)) if report['kind'] == 'phase'
+                verdict = (phase_verdict(report, r.get('fading', False), r.get('per_count', False)) if report['kind'] == 'phase'
                            else verdict_summary(report))
         lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['question']} | {r['scale']} | "
                      f"`{r['command']}` | {wall} | {verdict} |")
@@ -356,6 +361,8 @@ def result_block(name, root=ROOT):
             lines.append(f"| {label} | {exponent} | {_first(first)} | " + ' | '.join(cells) + ' |')
         if report['figure']:
             lines += ['', f"![{name}: phase diagram]({source}phase.png)"]
+        if os.path.isfile(os.path.join(root, ASSETS, name, 'emergence.png')):
+            lines += ['', f"![{name}: every seed's ICL, IWL and decayed-weight norm over steps]({source}emergence.png)"]
         return '\n'.join(lines) + '\n'
     lines = [f"From `{source}report.md` and `verdict.json` (wall time: {wall_text(report)}; {peak_rule(report)}).", ""]
     if report['verdicts']:
