@@ -80,12 +80,13 @@ class ResNetEncoder(nn.Module):
                 layers.append(block)
                 channels = width
         self.net = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        self.explicit = False  # a group's vmap (group.StackedModel) cannot ask for channels_last: plain layout there
 
     def encode(self, items):
         x = items[:, None].float() / 255
         if self.training and self.pixel_noise > 0:
             x = x + self.pixel_noise * torch.randn_like(x)
-        return self.net(x.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
+        return self.net(x if self.explicit else x.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
 
     def forward(self, items):
         if not self.training and items.shape[0] > self.eval_chunk:  # BatchNorm uses running stats: exact

@@ -149,3 +149,25 @@ def test_a_key_nothing_in_the_group_reads_stops_it_naming_the_key(tmp_path):
                                                  ['--seed=1', '--my_scale=2.0', f'--out_dir={tmp_path}/b']]))
     assert proc.returncode == 2 and 'nothing in group.py reads my_scale' in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
+
+
+def test_a_stacked_image_model_trains_and_matches_its_solo_models():
+    """The ResNet encoder (channels_last on its own) runs under the group's vmap, and each member's logits and
+    gradients equal its solo model's: an Omniglot group steps like its solo runs."""
+    import torch
+    from group import StackedModel
+    from model import ICLTransformer, ModelConfig
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_labels=10, item_shape=(14, 14), encoder='resnet', n_layer=1, n_head=2, n_embd=16)
+    models = [ICLTransformer(cfg), ICLTransformer(cfg)]
+    stacked = StackedModel(models)
+    items = torch.randint(0, 256, (2, 3, 9, 14, 14), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (2, 3, 9))
+    logits = stacked(items, labels)
+    logits.sum().backward()
+    for k, model in enumerate(models):
+        solo = model(items[k], labels[k])
+        solo.sum().backward()
+        assert torch.allclose(logits[k], solo, atol=TOLERANCE)
+        for name, p in model.named_parameters():
+            assert torch.allclose(stacked.params[name].grad[k], p.grad, rtol=1e-4, atol=TOLERANCE), name
