@@ -143,7 +143,7 @@ def peak_text(peak, threshold):
 
 def first_step(rows, threshold):
     """The first eval step whose ICL reaches threshold (one eval: the raw rule), or None."""
-    return next((r['iter'] for r in rows if r['icl_acc'] >= threshold), None)
+    return reach_step(rows, threshold, window=1)
 
 
 def _median(firsts):

@@ -125,11 +125,8 @@ WINDOW = 3  # the reach and peak rule: an eval counts as ICL only inside WINDOW 
 def smoothed_peak(rows, window=WINDOW):
     """(best mean ICL over `window` consecutive evals, the iter of the window's middle eval): a peak that
     one lucky eval cannot make. Fewer rows than the window: their mean."""
-    accs = [r['icl_acc'] for r in rows]
-    w = min(window, len(accs))
-    means = [sum(accs[i:i + w]) / w for i in range(len(accs) - w + 1)]
-    best = max(range(len(means)), key=lambda i: means[i])
-    return means[best], rows[best + w // 2]['iter']
+    best = peak_window(rows, window)
+    return sum(r['icl_acc'] for r in best) / len(best), best[len(best) // 2]['iter']
 
 
 def peak_window(rows, window=WINDOW):
