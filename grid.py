@@ -47,6 +47,8 @@ _here = os.path.dirname(os.path.abspath(__file__))
 grid_dir = ''               # one sub-folder per cell, plus the report; '' = out_grid (synthetic), out_grid_omniglot, ...
 classes = 'few,many'
 weight_decays = '0'
+decay_exponents = ''        # '' = the weight_decays axis; else (replacing it) decay exponents wd * (sum of lr over the run), e.g.
+                            # '0,0.3,3,30': each becomes the weight_decay that gives it under the cells' lr schedule
 seeds = '0'
 widths = ''                 # '' = no width axis; 'd48,d96' -> config/d48.py, config/d96.py; '48' -> --n_embd=48
 few_config = 'config/few.py'
@@ -237,6 +239,16 @@ def _arg(key, value):
 def class_cell_args(cls, class_args):
     """train.py arguments that set a cell's classes: 'few'/'many' from class_args, a number N = N classes."""
     return class_args[cls] if cls in class_args else [f'--n_train_classes={int(cls)}']
+
+
+def exponent_decays(exponents, args):
+    """[(cell name, setting)] for each decay exponent E: weight_decay = E / (sum of the lr a cell with these train.py
+    arguments takes over its max_iters), to 4 significant digits, so the cell's lr*wd*steps is E. Cells are named
+    exp<E>; every cell of a grid shares its lr schedule and step budget, so one sum serves all."""
+    from training import parse_train_args
+    with contextlib.redirect_stdout(io.StringIO()):
+        total = lr_sum(parse_train_args([a if a.startswith('--') else os.path.join(ROOT, a) for a in args]))
+    return [(f"exp{e:g}", {'weight_decay': float(f"{e / total:.4g}")} if e else {}) for e in exponents]
 
 
 def class_cell_name(cls):
@@ -620,6 +632,15 @@ if __name__ == '__main__':
         class_args = {'few': shlex.split(synthetic_few), 'many': shlex.split(synthetic_many)}
         common = shlex.split(synthetic_args)
     common += shlex.split(train_args)
+    if decay_exponents:
+        if regularizers:
+            fail("decay_exponents and regularizers are two decay axes: set one of them")
+        exponents = split_list('decay_exponents', decay_exponents, float)
+        if any(e < 0 for e in exponents):
+            fail(f"decay_exponents={decay_exponents!r} must all be >= 0")
+        decays = exponent_decays(exponents, [*train_configs, *class_cell_args(class_names[0], class_args), *common])
+        if axes:
+            decays = cross(decays, parse_axes(axes))
     cells = enumerate_cells(class_names, decays, seed_list, width_list, train_configs, class_args, common)
     cells = add_extra_cells(cells, extra_cells, seed_list, width_list, train_configs, class_args, common)
     for cell in cells:  # a grid's cells share a wandb group named after its folder (runs are named after cells)

@@ -581,13 +581,19 @@ def plot_peak_bars(path, groups, widths, class_names, regs, chance, threshold):
     plt.close(fig)
 
 
+NUMERICS_KEYS = ('git_commit', 'torch_version', 'device', 'threads', 'cpu_capability', 'cpu_model')  # training.numerics
+
+
 def numerics_line(summaries):
-    """What the cells' numbers depend on beyond their config: torch version, device and CPU threads."""
+    """What the cells' numbers depend on beyond their config (training.numerics): the code commit, torch version,
+    device, CPU threads, and the CPU kernel path and model. 'not recorded' where a cell predates a key."""
     def values(key):
-        return ', '.join(sorted({str(s.get(key, 'not recorded')) for s in summaries}))
-    return (f"Numerics: torch {values('torch_version')}, device {values('device')}, CPU threads per cell "
-            f"{values('threads')}. A cell rerun with the same torch, device and threads repeats its numbers bit for bit; "
-            f"other thread counts or torch versions drift within the seed spread.")
+        return ', '.join(sorted({str(s.get(key) or 'not recorded') for s in summaries}))
+    return (f"Numerics: code {values('git_commit')}; torch {values('torch_version')}, device {values('device')}, "
+            f"CPU threads per cell {values('threads')}, CPU capability {values('cpu_capability')} "
+            f"({values('cpu_model')}). A cell rerun where all of these match repeats its numbers bit for bit; on another "
+            f"CPU capability its accuracies repeat and its float metrics agree within 1e-5 relative; other thread counts "
+            f"or torch versions drift within the seed spread.")
 
 
 def header_lines(root_dir, cells):

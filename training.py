@@ -279,11 +279,36 @@ def better_peak(row, best):
 
 
 def git_commit():
+    """HEAD's commit, with '-dirty' when tracked files differ from it (the code that ran is then not that commit)."""
+    def git(*args):
+        return subprocess.run(['git', *args], cwd=HERE, capture_output=True, text=True, timeout=5).stdout.strip()
     try:
-        return subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=HERE, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or None
+        commit = git('rev-parse', 'HEAD')
+        return (commit + ('-dirty' if git('status', '--porcelain', '--untracked-files=no') else '')) or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def cpu_model():
+    """The CPU's model name (/proc/cpuinfo on Linux, else platform's answer)."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith(('model name', 'Model', 'cpu model')):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine() or 'unknown'
+
+
+def numerics(device_name):
+    """What a run's float numbers depend on beyond its config: the code, torch, the device, the CPU threads and the
+    CPU kernel path torch takes (AVX2, AVX512, ...: sums are ordered differently per path). A rerun repeats its
+    numbers bit for bit only where all of these match (tests/test_reproduce.py)."""
+    return {'git_commit': git_commit(), 'torch_version': torch.__version__, 'device': device_name,
+            'threads': torch.get_num_threads(), 'cpu_capability': torch.backends.cpu.get_cpu_capability(),
+            'cpu_model': cpu_model()}
 
 
 def _spread(counts):
@@ -303,9 +328,7 @@ def write_run_files(config, best, exposure, device_name):
         'tokens_per_step': tokens_per_step(config), 'total_tokens': final['tokens'],
         'decay_exponent': decay_exponent(config),  # wd * sum of lr = lr*wd*steps at constant lr: how hard decay bites
         'exposure': {'query': _spread(exposure.query), 'seen': _spread(exposure.seen)},
-        'wall_s': final['wall_s'], 'git_commit': git_commit(), 'torch_version': torch.__version__,
-        'threads': torch.get_num_threads(),  # CPU numerics depend on it: reruns match bit for bit at the same threads
-        'device': device_name, 'config': config,
+        'wall_s': final['wall_s'], **numerics(device_name), 'config': config,
     }
     write_json(os.path.join(out_dir, 'summary.json'), summary)
     write_json(os.path.join(out_dir, 'exposure.json'),

@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -60,7 +61,8 @@ def test_run_writes_metrics_summary_and_checkpoint(reference_run):
     assert sum(exposure['seen_count']) == 60 * 16 * 9
     assert os.path.exists(os.path.join(reference_run, 'ckpt.pt'))
     assert summary['torch_version'] and summary['device'] == 'cpu'
-    assert summary['git_commit'] is None or len(summary['git_commit']) == 40
+    assert summary['git_commit'] is None or re.fullmatch(r'[0-9a-f]{40}(-dirty)?', summary['git_commit'])
+    assert summary['cpu_capability'] == torch.backends.cpu.get_cpu_capability() and summary['cpu_model']
 
 
 @pytest.mark.slow
