@@ -581,6 +581,92 @@ def plot_peak_bars(path, groups, widths, class_names, regs, chance, threshold):
     plt.close(fig)
 
 
+DOSE_KEYS = (('peak_icl', 'peak ICL (held-out classes)'), ('final_iwl', 'final IWL (seen classes)'),
+             ('final_train_dist', 'final training-distribution accuracy'), ('final_train_loss', 'final training loss'),
+             ('final_weight_norm', 'final decayed-weight norm'))
+
+
+def dose_points(groups, width, cls):
+    """[(decay exponent, {key: [one value per finished seed]})] of a uniform-decay axis (no l2, all modules), by
+    exponent: what plot_dose_response and dose_lines show."""
+    points = []
+    for (w, c, reg), runs in groups.items():
+        done = [r for r in runs if r['summary']]
+        if w != width or c != cls or not done or set(dict(reg)) - {'weight_decay'}:
+            continue
+        values = {'peak_icl': [r['stats']['peak_icl'] for r in done], 'final_iwl': [r['stats']['final_iwl'] for r in done],
+                  'final_train_dist': [r['rows'][-1].get('train_dist_acc') for r in done],
+                  'final_train_loss': [r['rows'][-1].get('train_loss') for r in done],
+                  'final_weight_norm': [r['rows'][-1].get('weight_norm') for r in done]}
+        points.append((_mean([r['exponent'] for r in done]), values))
+    return sorted(points, key=lambda p: p[0])
+
+
+def plot_dose_response(path, groups, widths, class_names):
+    """Against the decay exponent lr*wd*steps (symlog: 0 included): peak ICL, final IWL, training-distribution
+    accuracy, training loss and the decayed weights' norm, Few and Many, mean over seeds with the seed range."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(widths), len(DOSE_KEYS), figsize=(3.3 * len(DOSE_KEYS), 3.0 * len(widths)),
+                             squeeze=False)
+    for i, width in enumerate(widths):
+        for k, cls in enumerate(class_names):
+            points = dose_points(groups, width, cls)
+            xs = [x for x, _ in points]
+            for j, (key, name) in enumerate(DOSE_KEYS):
+                ax = axes[i, j]
+                vals = [[v for v in p[key] if v is not None] for _, p in points]
+                keep = [n for n, v in enumerate(vals) if v]
+                if not keep:
+                    continue
+                mean = [_mean(vals[n]) for n in keep]
+                ax.errorbar([xs[n] for n in keep], mean, yerr=[[m - min(vals[n]) for m, n in zip(mean, keep)],
+                                                               [max(vals[n]) - m for m, n in zip(mean, keep)]],
+                            marker='o', ms=4, capsize=3, color=f"C{k}", label=label(width, cls))
+                ax.set_xscale('symlog', linthresh=0.1)
+                ax.set_title(name, fontsize=9)
+                if key in ('final_train_loss', 'final_weight_norm'):
+                    ax.set_yscale('log')
+                else:
+                    ax.set_ylim(-0.02, 1.05)
+                if i == len(widths) - 1:
+                    ax.set_xlabel('decay exponent lr·wd·steps')
+        axes[i, 0].legend(fontsize=8)
+    fig.suptitle('dose-response of uniform AdamW decay: mean over seeds, bars = seed range', fontsize=10, y=1.04)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def dose_lines(groups, widths, class_names, verdicts):
+    """report.md's dose-response table: per decay exponent, Few's and Many's numbers and Few's verdict under both
+    rules (as posed / chance-corrected, each lever on its own 95% interval)."""
+    lines = ["## Dose-response (uniform decay, by decay exponent)", "",
+             "Mean over seeds. Few's verdicts: the rule as posed, then the chance-corrected rule on the lever's own 95% "
+             "interval (the grid's verdict above widens it over all levers).", "",
+             "| width | exponent lr·wd·steps | wd | " + " | ".join(f"{c.capitalize()} {k}" for c in class_names for k in
+                                                       ('peak ICL', 'final IWL', 'train-dist acc', 'train loss', 'weight norm'))
+             + " | Few posed | Few corrected |", "|---" * (5 * len(class_names) + 5) + "|"]
+    for width in widths:
+        by_class = {cls: dict(dose_points(groups, width, cls)) for cls in class_names}
+        v = next((v for v in verdicts if v.get('width', '') == width), None)
+        cands = {round(c['weight_decay'], 12): c for c in (v or {}).get('candidates', [])}
+        exps = sorted({x for pts in by_class.values() for x in pts})
+        for x in exps:
+            wd = next((reg_value(reg, 'weight_decay') for (w, c, reg), runs in groups.items() if w == width and runs
+                       and runs[0]['exponent'] is not None and abs(runs[0]['exponent'] - x) <= 1e-9 * max(1, x)), None)
+            cells = []
+            for cls in class_names:
+                p = by_class[cls].get(x)
+                for key, _ in DOSE_KEYS:
+                    vals = [] if p is None else [v for v in p[key] if v is not None]
+                    cells.append(_fmt(_mean(vals) if vals else None, '.3g' if key.endswith(('loss', 'norm')) else '.3f'))
+            c = cands.get(round(wd, 12)) if wd else None
+            posed = f"{c['posed']} ({c['ratio']:.3f})" if c else '-'
+            corrected = f"{c['verdict']} ({c['corrected']:.3f})" if c else '-'
+            lines.append(f"| {width or '-'} | {x:.3g} | {_fmt(wd, 'g')} | " + " | ".join(cells)
+                         + f" | {posed} | {corrected} |")
+    return lines + [""]
+
+
 NUMERICS_KEYS = ('git_commit', 'torch_version', 'device', 'threads', 'cpu_capability', 'cpu_model')  # training.numerics
 
 
@@ -734,7 +820,12 @@ def write_report(root_dir, threshold=0.9):
 
     lines = header_lines(root_dir, cells)
     more, verdicts = verdict_lines(groups, widths, threshold)
-    lines += more + cells_table(groups, class_names, label, shown)
+    lines += more
+    dose = len({x for w in widths for cls in class_names for x, _ in dose_points(groups, w, cls)}) >= 3
+    if dose:  # a decay axis of three or more strengths: the dose-response figure and table
+        plot_dose_response(os.path.join(root_dir, 'dose_response.png'), groups, widths, class_names)
+        lines += dose_lines(groups, widths, class_names, verdicts) + ["![dose-response](dose_response.png)", ""]
+    lines += cells_table(groups, class_names, label, shown)
     lines += ["", "seeds: finished/with metrics. lr·wd·steps = wd x (sum of the learning rate over all steps, "
               "from the config's schedule): decayed weights that get no gradient shrink by exp(-lr·wd·steps).", ""]
     lines += runs_table(cells)

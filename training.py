@@ -279,12 +279,12 @@ def better_peak(row, best):
 
 
 def git_commit():
-    """HEAD's commit, with '-dirty' when tracked files differ from it (the code that ran is then not that commit)."""
+    """HEAD's commit, with '-dirty' when a tracked Python file differs from it (the code that ran is not that commit)."""
     def git(*args):
         return subprocess.run(['git', *args], cwd=HERE, capture_output=True, text=True, timeout=5).stdout.strip()
     try:
         commit = git('rev-parse', 'HEAD')
-        return (commit + ('-dirty' if git('status', '--porcelain', '--untracked-files=no') else '')) or None
+        return (commit + ('-dirty' if git('status', '--porcelain', '--untracked-files=no', '--', '*.py') else '')) or None
     except (OSError, subprocess.SubprocessError):
         return None
 

@@ -149,6 +149,30 @@ def report_no_verdict(report):
     return m.group(1).rstrip('.') if m else None
 
 
+PROVENANCE = {'code': 'commit', 'torch': 'torch', 'device': 'device', 'CPU threads per cell': 'threads',
+              'CPU capability': 'CPU capability'}  # report.numerics_line's fields
+
+
+def provenance_missing(report):
+    """What the report's Numerics line (report.numerics_line) does not record: [] when it names the code commit,
+    torch version, device, CPU threads and CPU capability its cells ran with."""
+    m = re.search(r'^Numerics: (.*)$', report['md'], re.M)
+    if not m:
+        return list(PROVENANCE.values())
+    line = m.group(1).split('. A cell')[0]
+    starts = sorted((line.find(f), f) for f in PROVENANCE if line.find(f) >= 0)
+    values = {f: line[i + len(f):(starts[k + 1][0] if k + 1 < len(starts) else len(line))].strip(' ;,')
+              for k, (i, f) in enumerate(starts)}
+    missing = [what for f, what in PROVENANCE.items() if not values.get(f) or 'not recorded' in values[f]]
+    return missing
+
+
+def provenance_text(report):
+    """'; not recorded: code commit, CPU capability' for a report that lacks some of them ('' when complete)."""
+    missing = provenance_missing(report)
+    return f"; not recorded: {', '.join(missing)}" if missing else ''
+
+
 def wall_text(report):
     cells = report['cells']
     if not cells:
@@ -184,12 +208,32 @@ def posed_of(v, phase=None):
             'raw_max_ratio': best['ratio']}
 
 
+def corrected_point(v, phase):
+    """A pre-rule report's chance-corrected ratio of its best posed lever on the 3-eval means of phase.json (a point:
+    its interval needs per-seed 3-eval peaks, which such a report does not hold); None without them."""
+    from report import REG_KEYS, reg_name
+    smoothed = {(e['regularizer'], e['classes']): e.get('smoothed_peak') for e in (phase or {}).get('table', [])}
+    many, chance = smoothed.get(('wd0', 1600)), v.get('baseline_chance', 0.5)
+    best = next((c for c in v['candidates'] if c['regularizer'] == posed_of(v, phase)['best']), None)
+    few = best and smoothed.get((reg_name({k: best[k] for k in REG_KEYS if k in best}), 100))
+    return None if few is None or not many or many <= chance else (few - chance) / (many - chance)
+
+
 def rules_text(v, many="Many's", phase=None, short=False):
     """'as posed NOT MET (best wd=0.01: 0.52 of Many's peak); chance-corrected NOT SUPPORTED over 4 levers (best
     wd=0.01: 0.03 of the gain)': both rules, the posed one first (short: 'posed NOT MET (wd=0.01: 0.52);
-    corrected NOT SUPPORTED (0.03, 4 levers)')."""
+    corrected NOT SUPPORTED (0.03, 4 levers)'). Both on the 3-eval peak: a report made before that rule (no 'posed'
+    in its verdict.json) has its posed rule recomputed on phase.json's 3-eval means and its corrected rule not judged,
+    since that rule's interval needs per-eval metrics the report does not hold (its point ratio is shown)."""
     posed, best, n = posed_of(v, phase), v.get('best') or {}, v.get('n_levers')
     raw = posed.get('raw_max_ratio')
+    if not v.get('posed'):
+        point = corrected_point(v, phase)
+        at = '' if point is None else f"{posed['best']}: {point:.2f} on 3-eval means; "
+        corrected = f"corrected not judged ({at}its interval needs the per-eval metrics this report predates)"
+        if short:
+            return f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); {corrected}"
+        return f"as posed {posed['verdict']} (best {posed['best']}: {posed['ratio']:.2f} of {many} peak); chance-{corrected}"
     if short:
         return (f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); corrected {v['verdict']}"
                 + (f" ({best['regularizer']}: {best['corrected']:.2f}" if best.get('corrected') is not None else ' (')
@@ -321,8 +365,9 @@ def summary_block(root=ROOT):
             if report is None:
                 wall, verdict = 'pending', 'pending'
             else:
-                wall = wall_text(report) + (' (interim: cells or seeds missing)'
-                                            if seeds_missing(report, r.get('seeds', 3)) else '')
+                wall = (wall_text(report) + (' (interim: cells or seeds missing)'
+                                             if seeds_missing(report, r.get('seeds', 3)) else '')
+                        + provenance_text(report).replace(';', ','))
                 verdict = (phase_verdict(report, r.get('fading', False), r.get('per_count', False)) if report['kind'] == 'phase'
                            else verdict_summary(report))
         lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['question']} | {r['scale']} | "
@@ -341,7 +386,7 @@ def result_block(name, root=ROOT):
         counts, threshold = class_counts(report), report['phase']['threshold']
         runs = sum(e['seeds'] for e in report['phase']['table'])
         lines = [f"From `{source}phase.json` and `phase.md` ({runs} runs; wall time: {wall_text(report)}; "
-                 f"{peak_rule(report)}). Peak ICL / final IWL per class count; ° = no learning (peak at most what a run "
+                 f"{peak_rule(report)}{provenance_text(report)}). Peak ICL / final IWL per class count; ° = no learning (peak at most what a run "
                  f"at chance shows); in brackets the seed range when there are several seeds.", ""]
         if report.get('verdicts'):
             lines += [f"Verdict, Few = 100 vs Many = 1600 classes: "
@@ -364,7 +409,8 @@ def result_block(name, root=ROOT):
         if os.path.isfile(os.path.join(root, ASSETS, name, 'emergence.png')):
             lines += ['', f"![{name}: every seed's ICL, IWL and decayed-weight norm over steps]({source}emergence.png)"]
         return '\n'.join(lines) + '\n'
-    lines = [f"From `{source}report.md` and `verdict.json` (wall time: {wall_text(report)}; {peak_rule(report)}).", ""]
+    lines = [f"From `{source}report.md` and `verdict.json` (wall time: {wall_text(report)}; {peak_rule(report)}"
+             f"{provenance_text(report)}).", ""]
     if report['verdicts']:
         for v in report['verdicts']:
             width = f" ({v['width']})" if v.get('width') else ''

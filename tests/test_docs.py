@@ -192,7 +192,9 @@ def _cell(root, name, cls, icl, iwl, attn=0.8, setting=None, n_labels=32):
               'n_labels': n_labels, 'label_mode': 'shared', 'batch_size': 64, 'context_len': 8, 'n_layer': 2,
               'n_train_classes': 16000 if cls == 'many' else 100 if cls == 'few' else int(cls[1:]),
               'label_swap_to': 'train'}  # a run of today's code (one without the key reads as swap_to=all)
-    (d / 'summary.json').write_text(json.dumps({'config': config, 'wall_s': 1800.0, 'final_iter': config['max_iters']}))
+    (d / 'summary.json').write_text(json.dumps({'config': config, 'wall_s': 1800.0, 'final_iter': config['max_iters'],
+                                                'git_commit': 'abc123', 'torch_version': '2.14.1', 'device': 'cpu',
+                                                'threads': 1, 'cpu_capability': 'AVX2', 'cpu_model': 'a CPU'}))
 
 
 def _phase_grid(root):
@@ -272,3 +274,68 @@ def test_verdict_report_files_make_the_block_and_the_summary_row(tmp_path):
     row = [r for r in rt.summary_block(str(repo)).splitlines() if 'grid_omniglot_levers.py' in r][0]
     assert f"posed {verdicts[0]['posed']['verdict']} (swap=0.8: " in row and f"corrected {verdicts[0]['verdict']} (swap=0.8: " in row
     assert '| 3 cells, 1.5 h summed (interim: cells or seeds missing) |' in row
+
+
+# ---- provenance and one peak definition ---------------------------------------------------------------
+
+def test_a_reports_numerics_line_names_what_it_depends_on_and_what_it_lacks():
+    """report.numerics_line writes, and results_table reads back, the code commit, torch, device, threads and CPU
+    capability; a key a cell did not record is named as missing."""
+    from report import numerics_line
+    full = {'git_commit': 'abc123', 'torch_version': '2.14.1+cu130', 'device': 'cpu', 'threads': 1,
+            'cpu_capability': 'AVX2', 'cpu_model': 'AMD EPYC'}
+    assert rt.provenance_missing({'md': numerics_line([full, {**full, 'threads': 2}])}) == []
+    older = {k: v for k, v in full.items() if k not in ('git_commit', 'cpu_capability')}
+    assert rt.provenance_missing({'md': numerics_line([full, older])}) == ['commit', 'CPU capability']
+    assert rt.provenance_missing({'md': 'no numerics line'}) == list(rt.PROVENANCE.values())
+
+
+@pytest.mark.parametrize('name', [r['report'] for r in rt.RESULTS if r.get('report')])
+def test_every_report_records_its_provenance_or_its_rows_say_what_it_lacks(name):
+    """Every committed report records code commit, torch, device, threads and CPU capability; one made before they
+    were all recorded has its README row and RESULTS block say which it lacks."""
+    report = rt.load(name)
+    if report is None:
+        pytest.skip(f"{name}: no report files yet (its block says pending)")
+    missing = rt.provenance_missing(report)
+    if missing:
+        note = f"not recorded: {', '.join(missing)}"
+        assert note in rt.block(name) and note.replace(';', ',') in rt.block('summary'), name
+
+
+@pytest.mark.parametrize('name', [r['report'] for r in rt.RESULTS if r.get('report')])
+def test_no_row_mixes_peak_definitions(name):
+    """Both rules on the 3-eval peak: a report made before that rule (single-eval maxima in its verdict.json) gets
+    its posed rule recomputed on 3-eval means and no chance-corrected verdict, in README and RESULTS alike."""
+    report = rt.load(name)
+    if report is None or not report.get('verdicts'):
+        pytest.skip(f"{name}: no verdict")
+    title = next(r['title'] for r in rt.RESULTS if r.get('report') == name)
+    texts = [rt.block(name)] + [line for line in rt.block('summary').splitlines() if line.startswith(f"| [{title}]")]
+    pre_rule = not report['verdicts'][0].get('posed')
+    for text in texts:
+        corrected = [c.lower() for c in re.findall(r'corrected(?: \([^)]*\))?\W{0,4}(SUPPORTED|INCONCLUSIVE|NOT SUPPORTED|not judged)',
+                                                   text, re.I)]
+        assert corrected, (name, text[:200])
+        assert all((c == 'not judged') == pre_rule for c in corrected), (name, corrected)
+
+
+def test_a_decay_axis_of_three_strengths_gets_the_dose_response_figure_and_table(tmp_path):
+    """write_report on Few/Many x three decays: dose_response.png, and a table row per exponent with Few's and Many's
+    numbers and Few's verdict under both rules (exponent = wd x sum of lr: 400 steps at lr 1e-3 = 0.4 x wd)."""
+    import report
+    for wd in (0.0, 1.0, 10.0):
+        setting = {'weight_decay': wd} if wd else {}
+        _cell(tmp_path, f"many_wd{wd:g}_s0", 'many', [0.5, 0.9, 0.9, 0.9, 0.88], [0.0, 0.1, 0.1, 0.1, 0.2], setting=setting)
+        _cell(tmp_path, f"few_wd{wd:g}_s0", 'few', [0.5, 0.5, 0.52, 0.5, 0.5], [0.1, 0.9, 0.9, 1.0, 1.0 - wd / 20],
+              setting=setting)
+    verdicts = report.write_report(str(tmp_path))
+    text = (tmp_path / 'report.md').read_text()
+    assert (tmp_path / 'dose_response.png').stat().st_size > 0 and '![dose-response](dose_response.png)' in text
+    rows = [line for line in text.split('## Dose-response')[1].splitlines() if line.startswith('| - |')]
+    assert [r.split(' | ')[1:3] for r in rows] == [['0', '0'], ['0.4', '1'], ['4', '10']]
+    few_iwl = [float(r.split(' | ')[4]) for r in rows]
+    assert few_iwl == [1.0, 0.95, 0.5]
+    by_wd = {c['weight_decay']: c for c in verdicts[0]['candidates']}
+    assert rows[2].endswith(f"| {by_wd[10.0]['posed']} ({by_wd[10.0]['ratio']:.3f}) | "
+                            f"{by_wd[10.0]['verdict']} ({by_wd[10.0]['corrected']:.3f}) |")

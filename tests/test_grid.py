@@ -530,3 +530,35 @@ def test_python_grid_py_is_the_experiment_as_posed(tmp_path):
                      for s in (0, 1, 2)}
     assert all('--n_train_classes=100 ' in line for line in cells if line.startswith('few_'))
     assert all('--n_train_classes=1600 ' in line for line in cells if line.startswith('many_'))
+
+
+@pytest.mark.parametrize('configs, exponents, lr', [
+    (['config/grid_dose.py'], (0, 0.1, 0.3, 1, 3, 10, 30), 2e-3),
+    (['config/grid_dose.py', 'config/grid_dose_lr2x.py'], (0, 0.3, 3, 30), 4e-3),
+    (['config/omniglot.py', 'config/omniglot_small.py', 'config/grid_dose_omniglot.py'], (0, 0.3, 3, 30), 1e-3)])
+def test_the_dose_response_grids_set_decay_by_its_exponent(tmp_path, configs, exponents, lr):
+    """--decay_exponents: Few and Many x each exponent x seeds 0-2, each cell's weight_decay the one that makes
+    wd * (sum of its lr over max_iters) the exponent (to 4 significant digits)."""
+    from report import lr_sum
+    from training import parse_train_args
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), *configs, f'--grid_dir={tmp_path}', '--dry_run'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    cells = {line.split(':')[0]: line.split(': ', 1)[1].split()[2:] for line in proc.stdout.splitlines()
+             if ': ' in line and 'train.py' in line}
+    assert proc.returncode == 0, proc.stderr
+    assert set(cells) == {f"{c}_exp{e:g}_s{s}" for c in ('few', 'many') for e in exponents for s in (0, 1, 2)}
+    for name, args in cells.items():
+        config = parse_train_args([a for a in args if not a.startswith(('--out_dir', '--init_from'))])
+        exponent = float(name.split('_exp')[1].split('_')[0])
+        assert config['learning_rate'] == lr
+        assert config['weight_decay'] * lr_sum(config) == pytest.approx(exponent, rel=1e-3), name
+        assert config['n_train_classes'] == (100 if name.startswith('few') else 1600)
+
+
+def test_decay_exponents_and_regularizers_are_one_axis_or_the_other(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), '--decay_exponents=0,1', '--regularizers=none,wd=1',
+                           f'--grid_dir={tmp_path}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'decay_exponents and regularizers' in proc.stderr
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), '--decay_exponents=0,-1',
+                           f'--grid_dir={tmp_path}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'decay_exponents' in proc.stderr
