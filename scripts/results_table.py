@@ -143,6 +143,28 @@ def verdict_cells(report):
             for r in table['rows']]
 
 
+def compact_cells(report):
+    """The cells table of a verdict block, one row per regulariser with the class settings side by side: peak ICL
+    [seed range] (with the seeds finished, where some are not) and final IWL of each, its lr·wd·steps, and flags
+    (report.md has every column)."""
+    cells = verdict_cells(report)
+    classes = list(dict.fromkeys(c['cell'].split(' ', 1)[0] for c in cells))
+    chance = re.search(r'\(chance ([^)]*)\)', cells[0]['iwl']) if cells else None
+    rows = {}
+    for c in cells:
+        cls, reg = c['cell'].split(' ', 1)
+        rows.setdefault(reg, {'exponent': c['exponent']})[cls] = c
+    lines = ['| regulariser | lr·wd·steps | ' + ' | '.join(f"{k} peak ICL [min-max] | {k} final IWL" for k in classes)
+             + ' | flags |', '|---|---|' + '---|---|' * len(classes) + '---|']
+    for reg, by in rows.items():
+        parts = [f"{by[k]['peak']}" + ('' if by[k]['seeds'].split('/')[0] == by[k]['seeds'].split('/')[1] else
+                                       f" ({by[k]['seeds']} seeds)") + f" | {by[k]['iwl'].split(' (')[0]}"
+                 if k in by else '- | -' for k in classes]
+        flags = '; '.join(f"{k}: {by[k]['flags']}" for k in classes if k in by and by[k]['flags'] != '-') or '-'
+        lines.append(f"| {reg} | {by['exponent']} | " + ' | '.join(parts) + f" | {flags} |")
+    return lines + ([f"\nIWL's chance: {chance.group(1)}."] if chance else [])
+
+
 def report_no_verdict(report):
     """report.md's 'No verdict yet: ...' line, or None."""
     m = re.search(r'^No verdict yet: (.*)$', report['md'], re.M)
@@ -420,16 +442,12 @@ def result_block(name, root=ROOT):
             lines += ['', f"**Chance-corrected{width}: {v['verdict']}**: {v['reason']}.", '']
     else:
         lines.append(f"No verdict: {report_no_verdict(report) or 'none in verdict.json'}.")
-    lines += ['', '| cell | seeds | peak ICL [min-max] | final IWL (chance) | attn label @peak | lr·wd·steps | flags |',
-              '|---|---|---|---|---|---|---|']
-    lines += [f"| {c['cell']} | {c['seeds']} | {c['peak']} | {c['iwl']} | {c['attn']} | {c['exponent']} | {c['flags']} |"
-              for c in verdict_cells(report)]
+    lines += [''] + compact_cells(report)
     if report['figure']:
         lines += ['', f"![{name}: ICL and IWL vs steps]({source}icl_vs_steps.png)"]
-    for png, what in (('peak_icl.png', 'peak ICL per decay, Few and Many'),
-                      ('attention.png', "the query's attention on the matching image and its label vs steps")):
-        if os.path.isfile(os.path.join(root, ASSETS, name, png)):
-            lines += ['', f"![{name}: {what}]({source}{png})"]
+    if os.path.isfile(os.path.join(root, ASSETS, name, 'dose_response.png')):
+        lines += ['', f"![{name}: peak ICL, IWL, training-distribution accuracy, loss and weight norm against the decay "
+                      f"exponent]({source}dose_response.png)"]
     return '\n'.join(lines) + '\n'
 
 

@@ -270,7 +270,8 @@ def test_verdict_report_files_make_the_block_and_the_summary_row(tmp_path):
     assert f"**Chance-corrected: {verdicts[0]['verdict']}**: {verdicts[0]['reason']}." in text
     assert f"**As posed: {verdicts[0]['posed']['verdict']}** ({verdicts[0]['posed']['reason']})." in text
     assert text.index('**As posed') < text.index('**Chance-corrected')
-    assert re.search(r'^\| Few swap=0\.8 \| 1/1 \| 0\.700 \[0\.700-0\.700\] \| 0\.200 \(chance 1/1623\) \|', text, re.M)
+    assert re.search(r'^\| swap=0\.8 \| 0 \| 0\.700 \[0\.700-0\.700\] \| 0\.200 \| - \| - \| - \|', text, re.M), text
+    assert "IWL's chance: 1/1623." in text
     row = [r for r in rt.summary_block(str(repo)).splitlines() if 'grid_omniglot_levers.py' in r][0]
     assert f"posed {verdicts[0]['posed']['verdict']} (swap=0.8: " in row and f"corrected {verdicts[0]['verdict']} (swap=0.8: " in row
     assert '| 3 cells, 1.5 h summed (interim: cells or seeds missing) |' in row
