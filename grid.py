@@ -251,6 +251,28 @@ def exponent_decays(exponents, args):
     return [(f"exp{e:g}", {'weight_decay': float(f"{e / total:.4g}")} if e else {}) for e in exponents]
 
 
+def check_cells(cells):
+    """Every cell's train.py arguments parsed and checked as train.py would (configurator, then
+    training.check_config), before any cell starts: a mistyped key in a config file or --train_args stops the grid
+    with the configurator's one line naming the key and where it came from."""
+    from training import check_config, parse_train_args
+    seen = set()
+    for cell in cells:
+        args = tuple(a if a.startswith('--') else os.path.join(ROOT, a) for a in cell['args'])
+        if args in seen:
+            continue
+        seen.add(args)
+        with contextlib.redirect_stdout(io.StringIO()):
+            try:
+                config = parse_train_args(list(args))
+            except SystemExit:  # the configurator printed the key and its source
+                fail(f"cell {cell['name']}: its train.py arguments are refused (above); no cell was started")
+        try:
+            check_config(config)
+        except ValueError as e:
+            fail(f"cell {cell['name']}: {e}; no cell was started")
+
+
 def class_cell_name(cls):
     return cls if cls in ('few', 'many') else f"c{int(cls)}"
 
@@ -643,6 +665,7 @@ if __name__ == '__main__':
             decays = cross(decays, parse_axes(axes))
     cells = enumerate_cells(class_names, decays, seed_list, width_list, train_configs, class_args, common)
     cells = add_extra_cells(cells, extra_cells, seed_list, width_list, train_configs, class_args, common)
+    check_cells(cells)
     for cell in cells:  # a grid's cells share a wandb group named after its folder (runs are named after cells)
         if logs_to_wandb(cell['args']):
             cell['args'] = [*cell['args'], f'--wandb_group={os.path.basename(root_dir)}']

@@ -562,3 +562,18 @@ def test_decay_exponents_and_regularizers_are_one_axis_or_the_other(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), '--decay_exponents=0,-1',
                            f'--grid_dir={tmp_path}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and 'decay_exponents' in proc.stderr
+
+
+@pytest.mark.parametrize('where', ['train_args', 'config file'])
+def test_a_mistyped_key_stops_the_grid_before_any_cell(tmp_path, where):
+    """Every cell's train.py arguments are checked before the first starts, in --dry_run and in a real run alike: a
+    key train.py does not have stops grid.py with one line naming it and where it came from."""
+    bad = tmp_path / 'typo.py'
+    bad.write_text("weight_decy = 1.0\n")
+    extra = ['--train_args=--weight_decy=1'] if where == 'train_args' else [str(bad)]
+    for mode in (['--dry_run'], ['--jobs=1', '--threads=1']):
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), *extra, f'--grid_dir={tmp_path}/g', *mode],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stdout
+        assert "unknown key 'weight_decy'" in proc.stderr and (str(bad) in proc.stderr or where == 'train_args')
+        assert 'no cell was started' in proc.stderr and not os.path.exists(tmp_path / 'g')
