@@ -289,6 +289,9 @@ def git_commit():
         return None
 
 
+CODE_AT_START = git_commit()  # the code this process loaded (HEAD may move while a long run trains)
+
+
 def cpu_model():
     """The CPU's model name (/proc/cpuinfo on Linux, else platform's answer)."""
     try:
@@ -303,10 +306,10 @@ def cpu_model():
 
 
 def numerics(device_name):
-    """What a run's float numbers depend on beyond its config: the code, torch, the device, the CPU threads and the
+    """What a run's float numbers depend on beyond its config: the code (as loaded when the process started), torch, the device, the CPU threads and the
     CPU kernel path torch takes (AVX2, AVX512, ...: sums are ordered differently per path). A rerun repeats its
     numbers bit for bit only where all of these match (tests/test_reproduce.py)."""
-    return {'git_commit': git_commit(), 'torch_version': torch.__version__, 'device': device_name,
+    return {'git_commit': CODE_AT_START, 'torch_version': torch.__version__, 'device': device_name,
             'threads': torch.get_num_threads(), 'cpu_capability': torch.backends.cpu.get_cpu_capability(),
             'cpu_model': cpu_model()}
 
