@@ -400,6 +400,12 @@ def draw_classes_excluding(cdf, excluded, generator, rounds=8):
     return draw
 
 
+def make_generator(device):
+    """The sampler's random stream, on `device` (tests/test_cuda_on_cpu.py swaps in a CPU one: a CUDA generator
+    needs a GPU, even under fake tensors)."""
+    return torch.Generator(device=device)
+
+
 def shuffle_rows(x, generator):
     order = torch.rand(x.shape, generator=generator, device=x.device).argsort(dim=1)
     return x.gather(1, order)
@@ -453,7 +459,7 @@ class EpisodeSampler:
         self.label_swap, self.n_labels, self.p_copy = label_swap, n_labels, p_copy
         self.swap_to = swap_labels.to(device)  # sorted
         self.cdf = class_cdf(n_classes, zipf_alpha, device)
-        self.generator = torch.Generator(device=device)
+        self.generator = make_generator(device)
         self.generator.manual_seed(seed)
 
     # The rules only training sequences follow, at the values that turn them off: a probe or sample_attention.py
@@ -672,14 +678,21 @@ def build_run_data(config, device, cache=None):
             break
     else:
         reads = KeyReads(config)
-        data = build_dataset(reads)
-        icl, iwl = build_eval_episodes(data, reads)
-        probes = build_probe_episodes(data, reads)
+        data, icl, iwl, probes = build_host_data(reads)
         moved = data.to(device), icl.to(device), iwl.to(device), probes_to(probes, device)
         cache.append(({k: config[k] for k in reads.read}, moved))
     data, icl, iwl, probes = moved
     sampler = EpisodeSampler.from_config(data.train, data.class_labels, config, device, n_labels=data.n_labels)
     return data, sampler, icl, iwl, probes
+
+
+def build_host_data(config):
+    """(dataset, icl_episodes, iwl_episodes, probes) on the CPU: build_run_data's host half (files, CPU generators,
+    indexing by values), which it then moves to the device. tests/test_cuda_on_cpu.py runs this half for real and
+    the move under fake CUDA tensors."""
+    data = build_dataset(config)
+    icl, iwl = build_eval_episodes(data, config)
+    return data, icl, iwl, build_probe_episodes(data, config)
 
 
 def build_eval_episodes(dataset, config):

@@ -35,9 +35,8 @@ from checkpoint import CKPT, KeyReads
 from data import build_run_data
 from model import build_model, learning_rate_at
 from tracking import finish_tracking, require_wandb, start_tracking
-from training import (READ_ON_SOME_PATHS, RESUMABLE_KEYS, Exposure, NonFinite, StepRate, StepTerms, StopFlag,
-                      check_config, checkpoint_run, eval_due, evaluate_and_log, finish_run, log_line, parse_train_args,
-                      read_run_dir, resolve_device, start_run_dir, stop_and_exit, train_step)
+from training import (Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config, checkpoint_run,
+                      eval_due, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir, resolve_device, start_run_dir, stop_and_exit, train_step)
 
 
 # ---- K runs as one: the stacked model, its optimizer, sampler and exposure counts (bench.py uses them too) ----
@@ -48,12 +47,17 @@ class StackedModel:
     through vmap(functional_call) of the unchanged module."""
 
     def __init__(self, models):
-        self.base = copy.deepcopy(models[0]).to('meta')
+        # models[0]'s modules without their tensors (functional_call supplies every one): no copy of the weights, and
+        # nothing to convert (a module of fake CUDA tensors cannot be moved: tests/test_cuda_on_cpu.py)
+        self.base = copy.deepcopy(models[0], {id(t): None for t in (*models[0].parameters(), *models[0].buffers())})
         for module in self.base.modules():
             if hasattr(module, 'explicit'):
                 module.explicit = True  # SDPA has no vmap batching rule on CPU; the explicit form batches
         params, self.buffers = stack_module_state(models)
-        self.params = {name: torch.nn.Parameter(p.detach()) for name, p in params.items()}
+        # plain layout: a member's channels_last conv weight makes its conv output channels_last under vmap, and
+        # BatchNorm on CUDA then asks for that layout, which vmap cannot answer (found by tests/test_cuda_on_cpu.py)
+        self.params = {name: torch.nn.Parameter(p.detach().clone(memory_format=torch.contiguous_format))
+                       for name, p in params.items()}
         self.name_of = {id(p): name for name, p in models[0].named_parameters()}  # models[0]'s tensor -> name
 
     def __call__(self, items, labels, return_attention=False):
@@ -103,13 +107,15 @@ class MemberAdamW:
         self.inner.zero_grad(set_to_none=set_to_none)
 
     def member_state(self, k):
-        """Member k's optimizer state in the format of its solo AdamW's state_dict()."""
+        """Member k's optimizer state in the format of its solo AdamW's state_dict(), laid out like the solo
+        parameter (fused AdamW wants that; the stacked ones are plain, a solo ResNet's are channels_last)."""
         state, name_of = self.solos[k].state_dict(), self.stacked.name_of
         for index, p in enumerate(p for group in self.solos[k].param_groups for p in group['params']):
             inner = self.inner.state.get(self.stacked.params[name_of[id(p)]])
             if inner:
-                state['state'][index] = {'step': inner['step'].detach().clone(), 'exp_avg': inner['exp_avg'][k].clone(),
-                                         'exp_avg_sq': inner['exp_avg_sq'][k].clone()}
+                state['state'][index] = {'step': inner['step'].detach().clone(),
+                                         'exp_avg': torch.empty_like(p).copy_(inner['exp_avg'][k]),
+                                         'exp_avg_sq': torch.empty_like(p).copy_(inner['exp_avg_sq'][k])}
         return state
 
     def load_member_states(self, states):
@@ -120,8 +126,9 @@ class MemberAdamW:
         for name, target in self.stacked.params.items():
             per_member = [m.get(name) for m in by_name]
             if all(per_member):
-                self.inner.state[target] = {key: torch.stack([m[key] for m in per_member]).to(target.device)
-                                            for key in ('exp_avg', 'exp_avg_sq')}
+                self.inner.state[target] = {  # laid out like target
+                    key: torch.empty_like(target).copy_(torch.stack([m[key] for m in per_member]))
+                    for key in ('exp_avg', 'exp_avg_sq')}
                 self.inner.state[target]['step'] = per_member[0]['step'].to(target.device)
 
 
@@ -207,12 +214,7 @@ def check_member_keys(configs, reads, shared):
     do (READ_ON_SOME_PATHS); a key the members differ in that nothing read per member (each would train with member
     0's value). A key read per member (data, sampler, seed, decay, StepTerms' penalties) may differ."""
     learning_rate_at(0, shared)  # the schedule: the loop reads it at every step
-    read = shared.read.union(*(r.read for r in reads), RESUMABLE_KEYS, READ_ON_SOME_PATHS)
-    unread = [k for k in configs[0] if k not in read]
-    if unread:
-        raise ValueError(f"nothing in group.py reads {', '.join(unread)}: apply a key in the code train.py and "
-                         f"group.py share (training.StepTerms, data.EpisodeSampler, model.py, ...), or name the runs "
-                         f"that read it in training.READ_ON_SOME_PATHS")
+    check_all_read([shared, *reads])
     per_member = set.intersection(*(r.read for r in reads))
     refused = [k for k in configs[0] if k not in per_member and len({repr(c[k]) for c in configs}) > 1]
     if refused:

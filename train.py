@@ -90,16 +90,17 @@ older_runs = {'label_swap_to': 'all'}
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-config = {k: globals()[k] for k in config_keys}
 # -----------------------------------------------------------------------------
 
-from checkpoint import CKPT, read_metrics
+from checkpoint import CKPT, KeyReads, read_metrics
 from data import build_run_data
 from model import build_model, learning_rate_at
 from tracking import finish_tracking, require_wandb, start_tracking
-from training import (Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_config, checkpoint_run, eval_due,
-                      eval_line, evaluate_and_log, finish_run, log_line, read_run_dir, resolve_device, start_run_dir,
-                      stop_and_exit, train_step)
+from training import (Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config, checkpoint_run,
+                      eval_due, eval_line, evaluate_and_log, finish_run, log_line, read_run_dir, resolve_device,
+                      start_run_dir, stop_and_exit, train_step)
+
+config = KeyReads({k: globals()[k] for k in config_keys})  # notes the keys the run reads: one nothing reads stops it
 
 
 def fail(message, kind='error'):
@@ -125,16 +126,22 @@ except ValueError as e:
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 
 # ---- data, model, optimizer (a run that cannot start stops here, before out_dir is touched) -------------
-torch.manual_seed(seed)
+torch.manual_seed(config['seed'])
 try:
     data, sampler, icl_episodes, iwl_episodes, probes = build_run_data(config, device)  # all on `device`
     model = build_model(config, data).to(device)
 except (ValueError, FileNotFoundError) as e:
     fail(str(e))
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type,
-                                       decay_modules=decay_modules)
-decayed_params, _ = model.decayed_parameters(decay_modules)
+optimizer = model.configure_optimizers(config['weight_decay'], config['learning_rate'],
+                                       (config['beta1'], config['beta2']), device_type,
+                                       decay_modules=config['decay_modules'])
+decayed_params, _ = model.decayed_parameters(config['decay_modules'])
 terms = StepTerms([config], decayed_params)  # batch size, grad clip and penalties: the step reads these, not globals
+lr_at(0)  # the schedule's keys (the loop reads them at every step)
+try:
+    check_all_read([config])  # a key nothing above read would be silently ignored: stop before out_dir is touched
+except ValueError as e:
+    fail(str(e))
 print(f"model: {model.num_parameters():,} parameters, {n_layer} layers, d={n_embd}; "
       f"data: {data.name}, {data.train.n_classes} train / {data.holdout.n_classes} holdout classes, "
       f"{data.n_labels} labels; device {device}" + (f"; l2={l2:g} on the decayed group" if l2 else '')
@@ -185,7 +192,7 @@ def state_dict():
             'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None,
             'iter_num': iter_num, 'last_eval_iter': last_eval_iter, 'wall_s': wall_offset + time.time() - t0,
             'best': best, 'loss_sum': loss_sum.item(), 'loss_count': loss_count,
-            'query_count': exposure.query.cpu(), 'seen_count': exposure.seen.cpu(), 'config': config,
+            'query_count': exposure.query.cpu(), 'seen_count': exposure.seen.cpu(), 'config': dict(config),
             'wandb_id': wandb_id}
 
 

@@ -89,6 +89,18 @@ def check_config(config):
     check_data_config(config)
 
 
+def check_all_read(reads):
+    """ValueError naming each key that nothing read while the run (or the group, one KeyReads per member) was built:
+    a key no code applies would train every run without it. The loop reads RESUMABLE_KEYS later; READ_ON_SOME_PATHS
+    names the keys only some runs read."""
+    read = set().union(*(r.read for r in reads), RESUMABLE_KEYS, READ_ON_SOME_PATHS)
+    unread = [k for k in reads[0] if k not in read]
+    if unread:
+        raise ValueError(f"nothing reads {', '.join(unread)}: apply a key in the code train.py and group.py share "
+                         f"(training.StepTerms, data.EpisodeSampler, model.py, ...), or name the runs that read it in "
+                         f"training.READ_ON_SOME_PATHS")
+
+
 def resolve_device(device):
     """'auto' -> 'cuda' when present, else 'cpu'; ValueError for a CUDA device on a machine without one."""
     if device == 'auto':

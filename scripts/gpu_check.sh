@@ -7,6 +7,14 @@
 # the levers (decay_modules, label_swap) solo and in a group, the paper cell (12 layers + ResNet, 105x105) in each compile mode, SIGTERM + resume, eval.py,
 # sample_attention.py, bench.py --quick, a grid of two cells, and the same two cells as one group.py group.
 # It stops at the first failure and prints the step rates it saw; outputs go to $OUT (default /tmp/gpu_check).
+#
+# What CI already guards on a CPU (tests/test_cuda_on_cpu.py, fast tier): device mix-ups (a tensor made without
+# device= in the data, sampler, model, step, group stacking or eval) under fake CUDA tensors, solo and as a group, on
+# the synthetic and the Omniglot ResNet path; graph breaks in the compiled training forward (torch._dynamo.explain);
+# bf16 dtype mismatches through the step under CPU autocast. What only this script checks: CUDA graphs
+# (compile_mode=reduce-overhead), the real CUDA kernels and backward, CUDA autocast, the CUDA generator and the
+# torch.cuda.* calls (is_available, rng state, device name), and throughput. An Omniglot (ResNet) group's real CUDA
+# step (BatchNorm forward and backward under vmap) runs in neither yet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${1:-../shared/data/omniglot}

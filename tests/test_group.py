@@ -140,14 +140,17 @@ def member_argv(members):
     return argv[:-1]
 
 
-def test_a_key_nothing_in_the_group_reads_stops_it_naming_the_key(tmp_path):
-    """A train.py global the group never reads (say one applied only in train.py's own loop) stops a group, naming
-    it, before any member's out_dir is made, even when every member sets it alike: it would train without it. So a
-    key nothing reads fails the fast tier; one only some runs read is named in training.READ_ON_SOME_PATHS."""
+@pytest.mark.parametrize('script', ['group.py', 'train.py'])
+def test_a_key_nothing_reads_stops_a_group_and_a_solo_run_naming_the_key(tmp_path, script):
+    """A train.py global nothing reads (say one applied only in one loop) stops a group and a solo run alike, naming
+    it, before any out_dir is made, even when every member sets it alike: it would train without it. So a key
+    nothing reads fails the fast tier; one only some runs read is named in training.READ_ON_SOME_PATHS."""
     repo = patched_repo(tmp_path, {'train.py': [('l2 = ', 'my_scale = 1.0\n')]})
-    proc = run_in(repo, 'group.py', member_argv([['--seed=0', '--my_scale=2.0', f'--out_dir={tmp_path}/a'],
-                                                 ['--seed=1', '--my_scale=2.0', f'--out_dir={tmp_path}/b']]))
-    assert proc.returncode == 2 and 'nothing in group.py reads my_scale' in proc.stderr, proc.stderr[-2000:]
+    argv = (member_argv([['--seed=0', '--my_scale=2.0', f'--out_dir={tmp_path}/a'],
+                         ['--seed=1', '--my_scale=2.0', f'--out_dir={tmp_path}/b']]) if script == 'group.py'
+            else [*TINY, '--max_iters=40', '--my_scale=2.0', f'--out_dir={tmp_path}/a'])
+    proc = run_in(repo, script, argv)
+    assert proc.returncode == 2 and 'nothing reads my_scale' in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
 
 
@@ -169,5 +172,9 @@ def test_a_stacked_image_model_trains_and_matches_its_solo_models():
         solo = model(items[k], labels[k])
         solo.sum().backward()
         assert torch.allclose(logits[k], solo, atol=TOLERANCE)
-        for name, p in model.named_parameters():
-            assert torch.allclose(stacked.params[name].grad[k], p.grad, rtol=1e-4, atol=TOLERANCE), name
+        for name, p in model.named_parameters():  # scaled by the tensor's largest gradient: the stacked encoder's
+            # plain-layout convolutions and the solo one's channels_last ones sum in other orders (and per thread
+            # count), so an error follows the tensor's scale, not each element's; measured <= 4.4e-6 of it (1 and 2
+            # threads), where an elementwise rtol 1e-4 failed at one thread
+            g = stacked.params[name].grad[k]
+            assert (g - p.grad).abs().max() <= 1e-4 * p.grad.abs().max() + TOLERANCE, name

@@ -1,0 +1,297 @@
+"""The CUDA path checked on a CPU machine: device mix-ups, graph breaks and bf16 dtype mismatches show here, not
+first on a GPU.
+
+- Fake CUDA (FakeTensorMode: tensors on 'cuda' without a GPU; a CPU tensor meeting a CUDA one raises
+  FakeTensorDeviceMismatchError): train.py's build (build_run_data, build_model(...).to(device), configure_optimizers,
+  StepTerms), one train_step with every sampler rule and penalty on, then one eval_row, solo and as a group.py group of
+  two (stack_group, GroupSampler, GroupExposure), on the synthetic and the Omniglot ResNet path. The step reads no
+  tensor values (a host sync raises DataDependentOutputException here). The Omniglot group also checks that group.py
+  stacks ResNet weights plain (channels_last ones make BatchNorm under vmap on CUDA ask vmap for that layout: NYI);
+  test_a_resnet_members_... that member checkpoints keep the solo layout (fused AdamW on CUDA refuses a mix).
+- torch._dynamo.explain of the training forward: one graph, no graph break (inductor itself: the slow test).
+- bf16 autocast on the CPU through the same step: float32 parameters and gradients, a finite loss.
+
+What stands in for the GPU, and so only a real one checks (scripts/gpu_check.sh):
+- data.make_generator: a CPU generator replaces torch.Generator(device='cuda') (which needs a GPU); fake tensors do not
+  check a generator's device either.
+- the backward: the autograd engine needs a CUDA context even for fake tensors (pytorch#92627), so under fake CUDA a
+  stand-in gives every leaf the loss depends on a gradient on its own device; the real backward runs in the bf16 test
+  (on the CPU: a CUDA-only backward path, such as BatchNorm's under a group's vmap, only a GPU runs).
+- build_run_data's host half (data.build_host_data: files, CPU generators, indexing by values) runs for real;
+  the move to the device and everything after it run on fake CUDA.
+- label_swap_to='all' under fake CUDA: 'train' pools the training classes' labels with torch.unique when the sampler
+  is built, a read of values (one sync on a GPU); the swap's device code is the same for both.
+- the eval's metrics read values (item(), tolist(), bincount, nonzero): under fake CUDA those calls run on zeros of
+  the same shapes after a device check (ZerosForValues), so its numbers mean nothing.
+- lines no CPU test reaches: train.py's and group.py's CUDA autocast (torch disables it without a GPU), train.py's
+  torch.compile(mode='reduce-overhead') (CUDA graphs), their torch.cuda.get_rng_state / set_rng_state /
+  get_device_name, training.resolve_device's torch.cuda.is_available; real kernels and their speed.
+"""
+import os
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException, FakeTensorMode,
+                                           unset_fake_temporarily)
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves, tree_map_only
+
+import data as data_module
+from checkpoint import train_defaults
+from data import build_run_data, resolve_path
+from group import GroupExposure, GroupSampler, stack_group
+from model import ICLTransformer, ModelConfig, build_model
+from training import Exposure, StepTerms, eval_row, train_step
+
+# small, with every sampler rule (label swap, instance copies, Zipf classes) and every penalty on
+SYNTHETIC = {**train_defaults(), 'n_train_classes': 100, 'n_holdout_classes': 23, 'n_eval_episodes': 16,
+             'batch_size': 8, 'label_swap': 0.3, 'p_copy': 0.5, 'zipf_alpha': 1.0, 'weight_decay': 0.1, 'l2': 0.01,
+             'decay_modules': 'mlp,head', 'grad_clip': 1.0}
+OMNIGLOT = {**SYNTHETIC, 'dataset': 'omniglot', 'data_dir': '../shared/data/omniglot', 'image_size': 14, 'n_layer': 1,
+            'pixel_noise': 0.1}  # cache_dir: train.py's (decoded once per machine)
+HAVE_OMNIGLOT = os.path.isdir(os.path.join(resolve_path(OMNIGLOT['data_dir']), 'omniglot-py'))
+needs_omniglot = pytest.mark.skipif(not HAVE_OMNIGLOT, reason=f"no Omniglot at {resolve_path(OMNIGLOT['data_dir'])}"
+                                    f"/omniglot-py (the ResNet path needs its images; nothing is downloaded in tests)")
+PATHS = [pytest.param(SYNTHETIC, id='synthetic'), pytest.param(OMNIGLOT, id='omniglot', marks=needs_omniglot)]
+
+
+IMAGES = {}  # load_omniglot's arrays, read once per session
+
+
+@pytest.fixture(autouse=True)
+def omniglot_read_once(monkeypatch):
+    """load_omniglot (a scan of 32k files, then the decoded cache) once per session, not once per test."""
+    load = data_module.load_omniglot
+
+    def once(*args):
+        if args not in IMAGES:
+            IMAGES[args] = load(*args)
+        return IMAGES[args]
+    monkeypatch.setattr(data_module, 'load_omniglot', once)
+
+
+def members(config, k):
+    """k runs' configs: config itself, then members that differ in seed, decay and penalty (per-member tensors)."""
+    return [config, {**config, 'seed': 1, 'weight_decay': 0.2, 'decay_modules': 'attn,head', 'l2': 0.02}][:k]
+
+
+def build(configs, device):
+    """What train.py (one config) or group.py (several) builds before its loop, on `device`."""
+    cache, models, samplers, episodes = [], [], [], []
+    for c in configs:
+        torch.manual_seed(c['seed'])
+        data, sampler, icl, iwl, probes = build_run_data(c, device, cache=cache)
+        with unset_fake_temporarily():  # initialised on the CPU (train.py's build_model), then moved
+            model = build_model(c, data)
+        models.append(model.to(device))
+        samplers.append(sampler)
+        episodes.append((icl, iwl, probes))
+    device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+    c = configs[0]
+    if len(configs) == 1:  # train.py
+        model = models[0]
+        optimizer = model.configure_optimizers(c['weight_decay'], c['learning_rate'], (c['beta1'], c['beta2']),
+                                               device_type, decay_modules=c['decay_modules'])
+        terms = StepTerms([c], model.decayed_parameters(c['decay_modules'])[0])
+        return SimpleNamespace(forward=model, module=model, optimizer=optimizer, sampler=samplers[0], terms=terms,
+                               exposure=Exposure(samplers[0].bank.n_classes, device), template=model,
+                               episodes=episodes, configs=configs, stacked=None)
+    stacked, optimizer, terms = stack_group(models, configs, device_type)  # group.py
+    return SimpleNamespace(forward=stacked, module=stacked.base, optimizer=optimizer, sampler=GroupSampler(samplers),
+                           exposure=GroupExposure([Exposure(s.bank.n_classes, device) for s in samplers]),
+                           terms=terms, template=models[0], episodes=episodes, configs=configs, stacked=stacked)
+
+
+def eval_member(run, k, lr):
+    """train.py's eval (evaluate_and_log without its files), or group.py's for member k through its template."""
+    if run.stacked is not None:
+        run.template.load_state_dict(run.stacked.member_state(k, list(run.template.state_dict())))
+    c = run.configs[k]
+    icl, iwl, probes = run.episodes[k]
+    decayed = run.template.decayed_parameters(c['decay_modules'])[0]
+    return eval_row(run.template, icl, iwl, c, 1, None, decayed, 0.0, lr, None, probes)
+
+
+def params(optimizer):
+    return [p for group in optimizer.param_groups for p in group['params']]
+
+
+# ---- fake CUDA ------------------------------------------------------------------------------------------
+
+def leaf_gradients(loss, *args, **kwargs):
+    """Tensor.backward's stand-in under fake CUDA: each leaf the loss depends on gets a gradient on its device."""
+    assert loss.device.type == 'cuda' and loss.grad_fn is not None, (loss.device, loss.grad_fn)
+    seen, nodes = set(), [loss.grad_fn]
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if hasattr(node, 'variable'):  # AccumulateGrad: a leaf
+            node.variable.grad = torch.ones_like(node.variable)
+        nodes.extend(next_node for next_node, _ in node.next_functions)
+
+
+class ZerosForValues(TorchFunctionMode):
+    """Under fake tensors, a call that reads values (item(), tolist(), bool(), bincount, nonzero, masked indexing)
+    runs on zeros of the same shapes instead, once its tensors are checked to share a device, so the eval runs on."""
+
+    def __init__(self, fake_mode):
+        super().__init__()
+        self.fake_mode = fake_mode
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.Tensor.tolist:  # tolist reads memory without a fake-tensor error
+            try:
+                return func(*args, **kwargs)
+            except (DataDependentOutputException, DynamicOutputShapeException):
+                pass
+        tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        devices = {t.device for t in tensors if t.dim() > 0} or {t.device for t in tensors} or {torch.device('cpu')}
+        if len(devices) > 1:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but {func} got {devices}")
+        device = devices.pop()
+        with unset_fake_temporarily():
+            zeros = tree_map_only(torch.Tensor, lambda t: torch.zeros(t.shape, dtype=t.dtype), (args, kwargs))
+            out = func(*zeros[0], **zeros[1])
+        return tree_map_only(torch.Tensor, lambda t: self.fake_mode.from_tensor(t).to(device), out)
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    """FakeTensorMode on, with the stand-ins the module docstring lists."""
+    host = data_module.build_host_data
+
+    def host_data(config):
+        with unset_fake_temporarily():
+            return host(config)
+    monkeypatch.setattr(data_module, 'build_host_data', host_data)
+    monkeypatch.setattr(data_module, 'make_generator', lambda device: torch.Generator())
+    monkeypatch.setattr(torch.Tensor, 'backward', leaf_gradients)
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:  # real CPU inputs (host data, CPU init) become fake
+        yield mode
+
+
+@pytest.mark.parametrize('k', [1, 2], ids=['solo', 'group'])
+@pytest.mark.parametrize('config', PATHS)
+def test_one_step_and_one_eval_on_fake_cuda(fake_cuda, config, k):
+    """Built for 'cuda' as train.py / group.py build, one step and one eval: a tensor made without device= in the
+    sampler, model, step or group meets CUDA ones and fails here; everything the step leaves is on CUDA."""
+    configs = members({**config, 'label_swap_to': 'all'}, k)
+    run = build(configs, 'cuda')
+    loss = train_step(run.forward, run.optimizer, run.sampler, 1e-3, run.exposure, run.terms)
+    assert loss.device.type == 'cuda' and loss.shape == (() if k == 1 else (k,))
+    every = params(run.optimizer)
+    assert all(p.device.type == 'cuda' and p.grad is None for p in every)  # stepped, then zero_grad
+    state = getattr(run.optimizer, 'inner', run.optimizer).state  # a group's MemberAdamW steps an inner AdamW
+    assert all(state[p]['exp_avg'].device.type == 'cuda' for p in every)  # every parameter stepped
+    exposures = run.exposure.members if k > 1 else [run.exposure]
+    assert all(e.query.device.type == 'cuda' for e in exposures)
+    with ZerosForValues(fake_cuda):
+        row = eval_member(run, k - 1, 1e-3)
+    assert {'icl_acc', 'iwl_acc', 'conflict_icl', 'train_dist_acc', 'weight_norm'} <= set(row)
+
+
+@pytest.mark.parametrize('where', ['sampler', 'eval'])
+def test_fake_cuda_catches_a_cpu_tensor(fake_cuda, monkeypatch, where):
+    """The guard has teeth: one CPU tensor, from the sampler into the step or in the eval episodes, is an error."""
+    run = build(members({**SYNTHETIC, 'label_swap_to': 'all'}, 1), 'cuda')
+    if where == 'sampler':
+        sample = run.sampler.sample
+        monkeypatch.setattr(run.sampler, 'sample', lambda b: (lambda i, l, c: (i, l.cpu(), c))(*sample(b)))
+        with pytest.raises(RuntimeError, match='same device'):
+            train_step(run.forward, run.optimizer, run.sampler, 1e-3, run.exposure, run.terms)
+    else:
+        icl, iwl, probes = run.episodes[0]
+        run.episodes[0] = (data_module.Episodes(icl.items, icl.labels.cpu(), icl.classes), iwl, probes)
+        with pytest.raises(RuntimeError, match='same device'), ZerosForValues(fake_cuda):
+            eval_member(run, 0, 1e-3)
+
+
+def test_a_resnet_members_optimizer_state_is_laid_out_like_its_solo_run():
+    """A group stacks its parameters plain (group.StackedModel: BatchNorm under vmap on CUDA), while a solo ResNet's
+    are channels_last; fused AdamW on CUDA refuses a state laid out unlike its parameter. So a member's checkpoint state
+    is laid out like the solo run's, and a group resuming from it like the stacked parameters."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(n_labels=10, item_shape=(14, 14), encoder='resnet', n_layer=1, n_head=2, n_embd=16)
+    stacked, optimizer, _ = stack_group([ICLTransformer(cfg), ICLTransformer(cfg)], members(SYNTHETIC, 2), 'cpu')
+    stacked(torch.randint(0, 256, (2, 3, 9, 14, 14), dtype=torch.uint8), torch.randint(0, 10, (2, 3, 9))).sum().backward()
+    optimizer.step()
+    states = [optimizer.member_state(k) for k in range(2)]
+    assert any(not p.is_contiguous() for p in params(optimizer.solos[0]))  # channels_last 3x3 kernels: what matters
+    assert all(state['state'][i]['exp_avg'].stride() == p.stride()  # each member's in its own solo AdamW's order
+               for state, solo in zip(states, optimizer.solos) for i, p in enumerate(params(solo)))
+    before = {p: optimizer.inner.state[p]['exp_avg'].clone() for p in params(optimizer)}
+    optimizer.load_member_states(states)
+    assert all(optimizer.inner.state[p]['exp_avg'].stride() == p.stride() for p in params(optimizer))
+    assert all(torch.equal(optimizer.inner.state[p]['exp_avg'], before[p]) for p in params(optimizer))
+
+
+# ---- torch.compile: one graph ----------------------------------------------------------------------------
+
+def training_batch(config):
+    """A CPU model and a batch of its training sequences, and train_step's forward arguments for it."""
+    run = build([config], 'cpu')
+    items, labels, _ = run.sampler.sample(config['batch_size'])
+    return run, (items, labels), {'return_attention': True} if run.terms.attention else {}
+
+
+@pytest.mark.parametrize('config', PATHS)
+def test_training_forward_is_one_graph(config):
+    """torch.compile (train.py on CUDA) of the forward as train_step calls it: one graph without breaks (a break
+    splits the CUDA graph of compile_mode='reduce-overhead'). Dynamo only; the slow test below runs inductor."""
+    run, args, kwargs = training_batch(config)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(run.forward)(*args, **kwargs)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', PATHS)
+def test_compiled_training_forward_and_backward_match_eager(config):
+    """Inductor (compile_mode='default') compiles the training forward and its backward without a graph break, and
+    computes what the eager model does."""
+    run, args, kwargs = training_batch({**config, 'pixel_noise': 0.0})  # no noise: the same numbers both ways
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compiled = torch.compile(run.forward, mode='default')
+    logits = compiled(*args, **kwargs)
+    logits.float().sum().backward()
+    assert not torch._dynamo.utils.counters['graph_break'], dict(torch._dynamo.utils.counters['graph_break'])
+    grads = [p.grad.clone() for p in run.forward.parameters()]
+    run.forward.zero_grad()
+    eager = run.forward(*args, **kwargs)
+    eager.float().sum().backward()
+    assert torch.allclose(logits, eager, atol=1e-4)
+    for g, p in zip(grads, run.forward.parameters()):  # summed in another order: equal up to rounding
+        assert (g - p.grad).norm() <= 1e-4 * p.grad.norm() + 1e-6
+
+
+# ---- bf16 autocast ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('config, k', [
+    pytest.param(SYNTHETIC, 1, id='synthetic-solo'), pytest.param(SYNTHETIC, 2, id='synthetic-group'),
+    pytest.param(OMNIGLOT, 1, id='omniglot-solo', marks=needs_omniglot),
+    pytest.param(OMNIGLOT, 2, id='omniglot-group', marks=[needs_omniglot, pytest.mark.slow])])
+def test_bf16_autocast_step_on_cpu(config, k):
+    """train.py's bf16 autocast (CUDA) on the CPU: the step's forward computes in bf16, the loss is finite, and the
+    parameters and their gradients stay float32 (a dtype mismatch in the model, loss or penalties fails here)."""
+    run = build(members(config, k), 'cpu')
+    head_dtypes, grads = [], []
+    run.module.head.register_forward_hook(lambda module, args, out: head_dtypes.append(out.dtype))
+    step = run.optimizer.step
+
+    def record_then_step():
+        grads.extend((p.dtype, p.grad) for p in params(run.optimizer))
+        step()
+    run.optimizer.step = record_then_step
+    loss = train_step(run.forward, run.optimizer, run.sampler, 1e-3, run.exposure, run.terms,
+                      torch.autocast('cpu', dtype=torch.bfloat16))
+    # a group's Linear under vmap is a bf16 matmul plus a float32 bias add (torch's batching rule): float32 out
+    assert head_dtypes == [torch.bfloat16 if k == 1 else torch.float32]
+    assert loss.dtype == torch.float32 and loss.shape == (() if k == 1 else (k,)) and torch.isfinite(loss).all()
+    assert len(grads) == len(params(run.optimizer))
+    assert all(dtype == torch.float32 and g is not None and g.dtype == torch.float32 and torch.isfinite(g).all()
+               for dtype, g in grads)
