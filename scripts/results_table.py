@@ -249,12 +249,14 @@ def rules_text(v, many="Many's", phase=None, short=False):
     since that rule's interval needs per-eval metrics the report does not hold (its point ratio is shown)."""
     posed, best, n = posed_of(v, phase), v.get('best') or {}, v.get('n_levers')
     raw = posed.get('raw_max_ratio')
+    iv = 'family' if n and n > 1 and 'family_lo' in best else 'corrected'  # the interval the verdict was decided on
     if not v.get('posed'):
         point = corrected_point(v, phase)
         at = '' if point is None else f"{posed['best']}: {point:.2f} on 3-eval means; "
         corrected = f"corrected not judged ({at}its interval needs the per-eval metrics this report predates)"
         if short:
-            return f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); {corrected}"
+            return (f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); corrected not judged (pre-rule "
+                    f"report" + ('' if point is None else f"; 3-eval point {point:.2f}") + ")")
         return f"as posed {posed['verdict']} (best {posed['best']}: {posed['ratio']:.2f} of {many} peak); chance-{corrected}"
     if short:
         return (f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); corrected {v['verdict']}"
@@ -263,8 +265,8 @@ def rules_text(v, many="Many's", phase=None, short=False):
     return (f"as posed {posed['verdict']} (best {posed['best']}: {posed['ratio']:.2f} of {many} peak"
             + (f", {raw:.2f} on raw maxima" if raw is not None and f"{raw:.2f}" != f"{posed['ratio']:.2f}" else '') + "); "
             f"chance-corrected {v['verdict']}" + (f" over {n} levers" if n and n > 1 else '')
-            + (f" (best {best['regularizer']}: {best['corrected']:.2f} of the gain)" if best.get('corrected') is not None
-               else ''))
+            + (f" (best {best['regularizer']}: {best['corrected']:.2f} of the gain, interval "
+               f"[{best[iv + '_lo']:.2f}, {best[iv + '_hi']:.2f}])" if best.get('corrected') is not None else ''))
 
 
 def few_many_verdict(report):
@@ -278,7 +280,7 @@ def peak_rule(report):
     """Which peak a report's numbers use: the 3-eval mean, or (reports made before that rule) the best single eval."""
     new = ('peak_window' in report['phase']) if report['kind'] == 'phase' else 'best mean of 3 consecutive' in report['md']
     return ('peak = best mean of 3 consecutive evals' if new else
-            'peak = best mean of 3 consecutive evals; seed ranges are single-eval maxima (a report from before that rule)')
+            'peak = best mean of 3 consecutive evals, recomputed: the report predates that rule')
 
 
 def phase_verdict(report, fading=False, per_count=False):
@@ -378,8 +380,8 @@ def seeds_missing(report, declared=3):
 
 
 def summary_block(root=ROOT):
-    lines = ['| result | question | scale | command | wall time | verdict |',
-             '|---|---|---|---|---|---|']
+    lines = ['| result | scale | command | wall time | verdict |',
+             '|---|---|---|---|---|']
     for r in [r for r in RESULTS if r.get('summary', True)]:  # summary=False: kept in RESULTS.md only
         wall, verdict = r.get('wall'), r.get('verdict')
         if r.get('report'):
@@ -389,10 +391,10 @@ def summary_block(root=ROOT):
             else:
                 wall = (wall_text(report) + (' (interim: cells or seeds missing)'
                                              if seeds_missing(report, r.get('seeds', 3)) else '')
-                        + provenance_text(report).replace(';', ','))
+                        + (f", lacks {', '.join(provenance_missing(report))}" if provenance_missing(report) else ''))
                 verdict = (phase_verdict(report, r.get('fading', False), r.get('per_count', False)) if report['kind'] == 'phase'
                            else verdict_summary(report))
-        lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['question']} | {r['scale']} | "
+        lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['scale']} | "
                      f"`{r['command']}` | {wall} | {verdict} |")
     return '\n'.join(lines) + '\n'
 
@@ -406,10 +408,11 @@ def result_block(name, root=ROOT):
                 f"{entry['out'].rstrip('/')}` (copies the report files into `{source}` and rewrites this block).\n")
     if report['kind'] == 'phase':
         counts, threshold = class_counts(report), report['phase']['threshold']
+        three_eval = 'peak_window' in report['phase']  # a pre-rule report's seed ranges are single-eval maxima: left out
         runs = sum(e['seeds'] for e in report['phase']['table'])
         lines = [f"From `{source}phase.json` and `phase.md` ({runs} runs; wall time: {wall_text(report)}; "
-                 f"{peak_rule(report)}{provenance_text(report)}). Peak ICL / final IWL per class count; ° = no learning (peak at most what a run "
-                 f"at chance shows); in brackets the seed range when there are several seeds.", ""]
+                 f"{peak_rule(report)}{provenance_text(report)}). Peak ICL / final IWL per class count; ° = no learning"
+                 + ("; [seed range]" if three_eval else '') + ".", ""]
         if report.get('verdicts'):
             lines += [f"Verdict, Few = 100 vs Many = 1600 classes: "
                       f"{rules_text(report['verdicts'][0], many='the 1600-class', phase=report['phase'])}.", ""]
@@ -424,7 +427,7 @@ def result_block(name, root=ROOT):
                 peak = '' if e is None else peak_text(peak_of(e), threshold) + ('°' if e['no_learning'] else '')
                 cells.append('-' if e is None else f"{peak} / "
                              f"{e['final_iwl']:.2f}" + (f" [{e['peak_min']:.2f}-{e['peak_max']:.2f}]"
-                                                         if e['seeds'] > 1 else ''))
+                                                         if e['seeds'] > 1 and three_eval else ''))
             lines.append(f"| {label} | {exponent} | {_first(first)} | " + ' | '.join(cells) + ' |')
         if report['figure']:
             lines += ['', f"![{name}: phase diagram]({source}phase.png)"]
@@ -436,10 +439,7 @@ def result_block(name, root=ROOT):
     if report['verdicts']:
         for v in report['verdicts']:
             width = f" ({v['width']})" if v.get('width') else ''
-            posed = posed_of(v)
-            lines += [f"**As posed{width}: {posed['verdict']}**" + (f" ({posed['reason']})." if 'reason' in posed else
-                                                                     f" (best {posed['best']}: {posed['ratio']:.3f}).")]
-            lines += ['', f"**Chance-corrected{width}: {v['verdict']}**: {v['reason']}.", '']
+            lines += [f"**Verdict{width}**: {rules_text(v)}.", '']
     else:
         lines.append(f"No verdict: {report_no_verdict(report) or 'none in verdict.json'}.")
     lines += [''] + compact_cells(report)
