@@ -36,7 +36,8 @@ from data import build_run_data
 from model import build_model, learning_rate_at
 from tracking import finish_tracking, require_wandb, start_tracking
 from training import (Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config, checkpoint_run,
-                      eval_due, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir, resolve_device, start_run_dir, stop_and_exit, train_step)
+                      eval_due, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir, resolve_device,
+                      start_run_dir, stop_and_exit, train_step)
 
 
 # ---- K runs as one: the stacked model, its optimizer, sampler and exposure counts (bench.py uses them too) ----
