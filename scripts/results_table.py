@@ -36,7 +36,7 @@ from phase import peak_text  # noqa: E402 (the repo's root is on the path only f
 DOCS = ('README.md', 'RESULTS.md')
 ASSETS = os.path.join('assets', 'results')
 REPORT_FILES = ('phase.json', 'phase.md', 'phase.png', 'phase_curves.png', 'emergence.png', 'report.md', 'verdict.json',
-                'icl_vs_steps.png', 'peak_icl.png', 'attention.png')
+                'icl_vs_steps.png', 'peak_icl.png', 'attention.png', 'dose_response.png')
 MARKER = re.compile(r'<!-- results:([a-z0-9_]+) begin -->\n(.*?)<!-- results:\1 end -->', re.S)
 
 # One row of README's summary table per result, in order, each one command with all its seeds: title, anchor (its
@@ -145,8 +145,8 @@ def verdict_cells(report):
 
 def compact_cells(report):
     """The cells table of a verdict block, one row per regulariser with the class settings side by side: peak ICL
-    [seed range] (with the seeds finished, where some are not) and final IWL of each, its lr·wd·steps, and flags
-    (report.md has every column)."""
+    [seed range] (with the seeds finished, where some are not; ° = no learning) and final IWL of each, and its
+    lr·wd·steps (report.md has every column)."""
     cells = verdict_cells(report)
     classes = list(dict.fromkeys(c['cell'].split(' ', 1)[0] for c in cells))
     chance = re.search(r'\(chance ([^)]*)\)', cells[0]['iwl']) if cells else None
@@ -154,15 +154,14 @@ def compact_cells(report):
     for c in cells:
         cls, reg = c['cell'].split(' ', 1)
         rows.setdefault(reg, {'exponent': c['exponent']})[cls] = c
-    lines = ['| regulariser | lr·wd·steps | ' + ' | '.join(f"{k} peak ICL [min-max] | {k} final IWL" for k in classes)
-             + ' | flags |', '|---|---|' + '---|---|' * len(classes) + '---|']
+    lines = ['| regulariser | lr·wd·steps | ' + ' | '.join(f"{k} peak ICL | {k} final IWL" for k in classes) + ' |',
+             '|---|---|' + '---|---|' * len(classes)]
     for reg, by in rows.items():
-        parts = [f"{by[k]['peak']}" + ('' if by[k]['seeds'].split('/')[0] == by[k]['seeds'].split('/')[1] else
-                                       f" ({by[k]['seeds']} seeds)") + f" | {by[k]['iwl'].split(' (')[0]}"
-                 if k in by else '- | -' for k in classes]
-        flags = '; '.join(f"{k}: {by[k]['flags']}" for k in classes if k in by and by[k]['flags'] != '-') or '-'
-        lines.append(f"| {reg} | {by['exponent']} | " + ' | '.join(parts) + f" | {flags} |")
-    return lines + ([f"\nIWL's chance: {chance.group(1)}."] if chance else [])
+        parts = [f"{by[k]['peak']}" + ('°' if 'no learning' in by[k]['flags'] else '')
+                 + ('' if by[k]['seeds'].split('/')[0] == by[k]['seeds'].split('/')[1] else f" ({by[k]['seeds']} seeds)")
+                 + f" | {by[k]['iwl'].split(' (')[0]}" if k in by else '- | -' for k in classes]
+        lines.append(f"| {reg} | {by['exponent']} | " + ' | '.join(parts) + ' |')
+    return lines + [f"\nPeak ICL [seed range]; ° = no learning" + (f"; IWL's chance {chance.group(1)}." if chance else '.')]
 
 
 def report_no_verdict(report):
@@ -410,7 +409,7 @@ def result_block(name, root=ROOT):
         counts, threshold = class_counts(report), report['phase']['threshold']
         three_eval = 'peak_window' in report['phase']  # a pre-rule report's seed ranges are single-eval maxima: left out
         runs = sum(e['seeds'] for e in report['phase']['table'])
-        lines = [f"From `{source}phase.json` and `phase.md` ({runs} runs; wall time: {wall_text(report)}; "
+        lines = [f"From `{source}` ({runs} runs; {wall_text(report)}; "
                  f"{peak_rule(report)}{provenance_text(report)}). Peak ICL / final IWL per class count; ° = no learning"
                  + ("; [seed range]" if three_eval else '') + ".", ""]
         if report.get('verdicts'):
@@ -429,12 +428,13 @@ def result_block(name, root=ROOT):
                              f"{e['final_iwl']:.2f}" + (f" [{e['peak_min']:.2f}-{e['peak_max']:.2f}]"
                                                          if e['seeds'] > 1 and three_eval else ''))
             lines.append(f"| {label} | {exponent} | {_first(first)} | " + ' | '.join(cells) + ' |')
-        if report['figure']:
+        emergence = os.path.isfile(os.path.join(root, ASSETS, name, 'emergence.png'))  # then the one figure shown
+        if report['figure'] and not emergence:
             lines += ['', f"![{name}: phase diagram]({source}phase.png)"]
-        if os.path.isfile(os.path.join(root, ASSETS, name, 'emergence.png')):
+        if emergence:
             lines += ['', f"![{name}: every seed's ICL, IWL and decayed-weight norm over steps]({source}emergence.png)"]
         return '\n'.join(lines) + '\n'
-    lines = [f"From `{source}report.md` and `verdict.json` (wall time: {wall_text(report)}; {peak_rule(report)}"
+    lines = [f"From `{source}` ({wall_text(report)}; {peak_rule(report)}"
              f"{provenance_text(report)}).", ""]
     if report['verdicts']:
         for v in report['verdicts']:
@@ -443,9 +443,10 @@ def result_block(name, root=ROOT):
     else:
         lines.append(f"No verdict: {report_no_verdict(report) or 'none in verdict.json'}.")
     lines += [''] + compact_cells(report)
-    if report['figure']:
+    dose = os.path.isfile(os.path.join(root, ASSETS, name, 'dose_response.png'))  # then the one figure shown
+    if report['figure'] and not dose:
         lines += ['', f"![{name}: ICL and IWL vs steps]({source}icl_vs_steps.png)"]
-    if os.path.isfile(os.path.join(root, ASSETS, name, 'dose_response.png')):
+    if dose:
         lines += ['', f"![{name}: peak ICL, IWL, training-distribution accuracy, loss and weight norm against the decay "
                       f"exponent]({source}dose_response.png)"]
     return '\n'.join(lines) + '\n'
