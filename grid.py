@@ -241,13 +241,19 @@ def class_cell_args(cls, class_args):
     return class_args[cls] if cls in class_args else [f'--n_train_classes={int(cls)}']
 
 
+def rooted(args):
+    """A cell's train.py arguments as a process outside ROOT must pass them: config files joined to ROOT, where cells
+    run."""
+    return [a if a.startswith('--') else os.path.join(ROOT, a) for a in args]
+
+
 def exponent_decays(exponents, args):
     """[(cell name, setting)] for each decay exponent E: weight_decay = E / (sum of the lr a cell with these train.py
     arguments takes over its max_iters), to 4 significant digits, so the cell's lr*wd*steps is E. Cells are named
     exp<E>; every cell of a grid shares its lr schedule and step budget, so one sum serves all."""
     from training import parse_train_args
     with contextlib.redirect_stdout(io.StringIO()):
-        total = lr_sum(parse_train_args([a if a.startswith('--') else os.path.join(ROOT, a) for a in args]))
+        total = lr_sum(parse_train_args(rooted(args)))
     return [(f"exp{e:g}", {'weight_decay': float(f"{e / total:.4g}")} if e else {}) for e in exponents]
 
 
@@ -258,7 +264,7 @@ def check_cells(cells):
     from training import check_config, parse_train_args
     seen = set()
     for cell in cells:
-        args = tuple(a if a.startswith('--') else os.path.join(ROOT, a) for a in cell['args'])
+        args = tuple(rooted(cell['args']))
         if args in seen:
             continue
         seen.add(args)
@@ -585,7 +591,7 @@ def run_grid(cells, root_dir, n_jobs, n_threads, size=0):
 def logs_to_wandb(args):
     """Does a cell with these train.py arguments log to wandb (--wandb_log=True, or a config file setting it)?
     Arguments train.py would refuse count as no: the cell's own train.log says what is wrong with them."""
-    args = [a if a.startswith('--') else os.path.join(ROOT, a) for a in args]  # cells run in ROOT
+    args = rooted(args)
     if not any('wandb_log' in (a if a.startswith('--') else _read(a) or '') for a in args):
         return False  # nothing mentions it: the default, off (and no torch import for the grid)
     from training import parse_train_args
