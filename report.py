@@ -587,8 +587,8 @@ DOSE_KEYS = (('peak_icl', 'peak ICL (held-out classes)'), ('final_iwl', 'final I
 
 
 def dose_points(groups, width, cls):
-    """[(decay exponent, {key: [one value per finished seed]})] of a uniform-decay axis (no l2, all modules), by
-    exponent: what plot_dose_response and dose_lines show."""
+    """[(decay exponent, weight decay, {key: [one value per finished seed]})] of a uniform-decay axis (no l2, all
+    modules), by exponent: what plot_dose_response and dose_lines show."""
     points = []
     for (w, c, reg), runs in groups.items():
         done = [r for r in runs if r['summary']]
@@ -598,7 +598,7 @@ def dose_points(groups, width, cls):
                   'final_train_dist': [r['rows'][-1].get('train_dist_acc') for r in done],
                   'final_train_loss': [r['rows'][-1].get('train_loss') for r in done],
                   'final_weight_norm': [r['rows'][-1].get('weight_norm') for r in done]}
-        points.append((_mean([r['exponent'] for r in done]), values))
+        points.append((_mean([r['exponent'] for r in done]), reg_value(reg, 'weight_decay'), values))
     return sorted(points, key=lambda p: p[0])
 
 
@@ -611,10 +611,10 @@ def plot_dose_response(path, groups, widths, class_names):
     for i, width in enumerate(widths):
         for k, cls in enumerate(class_names):
             points = dose_points(groups, width, cls)
-            xs = [x for x, _ in points]
+            xs = [x for x, _, _ in points]
             for j, (key, name) in enumerate(DOSE_KEYS):
                 ax = axes[i, j]
-                vals = [[v for v in p[key] if v is not None] for _, p in points]
+                vals = [[v for v in p[key] if v is not None] for _, _, p in points]
                 keep = [n for n, v in enumerate(vals) if v]
                 if not keep:
                     continue
@@ -646,16 +646,14 @@ def dose_lines(groups, widths, class_names, verdicts):
                                                        ('peak ICL', 'final IWL', 'train-dist acc', 'train loss', 'weight norm'))
              + " | Few posed | Few corrected |", "|---" * (5 * len(class_names) + 5) + "|"]
     for width in widths:
-        by_class = {cls: dict(dose_points(groups, width, cls)) for cls in class_names}
+        by_class = {cls: {wd: (x, p) for x, wd, p in dose_points(groups, width, cls)} for cls in class_names}
         v = next((v for v in verdicts if v.get('width', '') == width), None)
         cands = {round(c['weight_decay'], 12): c for c in (v or {}).get('candidates', [])}
-        exps = sorted({x for pts in by_class.values() for x in pts})
-        for x in exps:
-            wd = next((reg_value(reg, 'weight_decay') for (w, c, reg), runs in groups.items() if w == width and runs
-                       and runs[0]['exponent'] is not None and abs(runs[0]['exponent'] - x) <= 1e-9 * max(1, x)), None)
+        decays = sorted({(x, wd) for pts in by_class.values() for wd, (x, _) in pts.items()})
+        for x, wd in decays:
             cells = []
             for cls in class_names:
-                p = by_class[cls].get(x)
+                p = by_class[cls].get(wd, (None, None))[1]
                 for key, _ in DOSE_KEYS:
                     vals = [] if p is None else [v for v in p[key] if v is not None]
                     cells.append(_fmt(_mean(vals) if vals else None, '.3g' if key.endswith(('loss', 'norm')) else '.3f'))
@@ -665,9 +663,6 @@ def dose_lines(groups, widths, class_names, verdicts):
             lines.append(f"| {width or '-'} | {x:.3g} | {_fmt(wd, 'g')} | " + " | ".join(cells)
                          + f" | {posed} | {corrected} |")
     return lines + [""]
-
-
-NUMERICS_KEYS = ('git_commit', 'torch_version', 'device', 'threads', 'cpu_capability', 'cpu_model')  # training.numerics
 
 
 def numerics_line(summaries):
@@ -821,7 +816,7 @@ def write_report(root_dir, threshold=0.9):
     lines = header_lines(root_dir, cells)
     more, verdicts = verdict_lines(groups, widths, threshold)
     lines += more
-    dose = len({x for w in widths for cls in class_names for x, _ in dose_points(groups, w, cls)}) >= 3
+    dose = len({wd for w in widths for cls in class_names for _, wd, _ in dose_points(groups, w, cls)}) >= 3
     if dose:  # a decay axis of three or more strengths: the dose-response figure and table
         plot_dose_response(os.path.join(root_dir, 'dose_response.png'), groups, widths, class_names)
         lines += dose_lines(groups, widths, class_names, verdicts) + ["![dose-response](dose_response.png)", ""]
