@@ -9,7 +9,7 @@ Speed of the pieces that set a grid's wall time, measured in one run (after nano
     float32 vs bfloat16 autocast;
  3. share:   the part of a training step spent sampling, and in eval (amortised over eval_interval);
  4. jobs:    aggregate steps/s of N bench.py workers sharing the device (decides grid --jobs);
- 5. group:   cell-steps/s of K cells trained as one stacked model (group.py, grid --group_size) vs one solo step.
+ 5. group:   cell-steps/s of K cells trained as one stacked model (a train.py group, grid --group_size) vs one solo step.
 
     python bench.py                          # every section, CUDA if present
     python bench.py --quick                  # small counts: < 2 minutes on a CPU
@@ -58,7 +58,7 @@ jobs = 'auto'               # 'auto' (CPU: 1,2; CUDA: 1,2,4,8) or e.g. '1,2,4'
 jobs_cell = 'default'
 jobs_seconds = 5.0          # timed wall seconds per worker, all workers timed together
 jobs_threads = 0            # torch threads per worker (0 = cores // N)
-# group (group.py: K cells as one stacked model)
+# group (a train.py group: K cells as one stacked model)
 group_sizes = '1,2,4,8,16,30'
 group_cell = 'default'      # 'default' or 'paper'
 group_steps = 20            # timed steps per K (quick: 4)
@@ -75,7 +75,7 @@ from data import ClassBank, Dataset, EpisodeSampler, assign_labels, build_datase
 from eval import evaluate
 from model import build_model
 from group import GroupExposure, GroupSampler, stack_group
-from training import Exposure, StepTerms, train_defaults, train_step
+from training import AdamW, Exposure, StepTerms, train_defaults, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEEPMIND_SEQ_PER_S = 1000   # the reference generator's rate on one core (shared/notes/findings.md), not run here
@@ -281,8 +281,7 @@ def make_cell(cell, cell_seed=None):
     data = data.to(device)
     sampler = EpisodeSampler.from_config(data.train, data.class_labels, config, device, seed=cell_seed)
     model = build_model(config, data).to(device)
-    optimizer = model.configure_optimizers(config['weight_decay'], config['learning_rate'],
-                                           (config['beta1'], config['beta2']), device_type, verbose=False)
+    optimizer = AdamW([config], model, dict(model.named_parameters()), device_type == 'cuda')
     return config, data, sampler, model, optimizer
 
 
@@ -297,7 +296,7 @@ def make_step(config, sampler, model, optimizer, use_compile, dtype, forward=Non
              'it': 0}
 
     def step():
-        loss = train_step(train_model, optimizer, sampler, config['learning_rate'], exposure, terms, autocast)
+        loss = train_step(train_model, optimizer, sampler, state['it'], exposure, terms, autocast)
         state['bad'] = torch.where((state['bad'] < 0) & ~torch.isfinite(loss).all(), state['it'], state['bad'])
         state['loss_sum'] = state['loss_sum'] + loss.sum()
         state['it'] += 1
@@ -483,7 +482,7 @@ def bench_jobs(results, rows):
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. K cells as one stacked model (group.py) against K separate steps
+# 5. K cells as one stacked model (a train.py group) against K separate steps
 
 def bench_group(results, rows):
     """cell-steps/s of a group of K cells (seeds seed..seed+K-1, one data copy), K = group_sizes."""

@@ -99,7 +99,7 @@ def saved_config(config):
 
 class KeyReads(dict):
     """A config that notes which keys were read (config[key] or config.get): data.build_run_data keys its cache on
-    the keys building the data read, and group.py checks that every key is read, per member where members differ."""
+    the keys building the data read, and train.py stops a run or a group when a key was read by nothing."""
 
     def __init__(self, config):
         super().__init__(config)

@@ -468,7 +468,7 @@ class EpisodeSampler:
 
     @classmethod
     def from_config(cls, bank, class_labels, config, device, clean=False, **given):
-        """The sampler a run's config describes, for every caller (train.py, group.py, probes, bench, checks): each
+        """The sampler a run's config describes, for every caller (train.py's runs and groups, probes, bench, checks): each
         constructor argument is the train.py key of its name, so a new sampler rule is a train.py global plus an
         argument, its check and its code in this class; an argument no key is named like is a ValueError naming it.
         clean: without the TRAINING_ONLY rules. `given` overrides (seed, p_bursty=1, ...)."""
@@ -670,7 +670,7 @@ def build_run_data(config, device, cache=None):
     The one place where data is moved: the eval episodes are drawn with CPU generators from the CPU
     dataset (so they are the same on every device), and only then is everything moved. Moving the
     dataset first made every CUDA run index CUDA data with CPU indices. With a `cache` list,
-    runs whose data is the same (group.py's members) share one copy on the device: the same values of the
+    runs whose data is the same (a group's members) share one copy on the device: the same values of the
     keys that building it read; each gets its own sampler, seeded by config['seed']."""
     cache = [] if cache is None else cache
     for keys, moved in cache:

@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 
-from report import _fmt, load_cells, lr_sum, reg_name, run_stats, verdict, wd_name, write_report  # noqa: F401 (tests use grid.*)
+from report import _fmt, cached_decay_exponent, load_cells, reg_name, run_stats, verdict, wd_name, write_report  # noqa: F401 (tests use grid.*)
 
 _here = os.path.dirname(os.path.abspath(__file__))
 
@@ -59,8 +59,7 @@ synthetic_args = ''
 train_args = ''             # extra train.py arguments for every cell, e.g. "--device=cuda:0 --compile=False"
 train_script = 'train.py'   # what a cell runs (the tests put a fake trainer here)
 group_size = 0              # > 1: train up to this many cells (at the same step) as one stacked model in one
-                            # group.py process (member-batched; pays on a GPU, not on a CPU); 0 or 1: one train.py each
-group_script = 'group.py'
+                            # train.py group (member-batched; pays on a GPU, not on a CPU); 0 or 1: one train.py each
 axes = ''                   # any train.py keys as extra axes, crossed with everything else: 'p_bursty=0.5,0.9;zipf_alpha=0,1'
 regularizers = ''           # '' = the weight_decays axis; else e.g. 'none,wd=0.1,l2=1e-3,wd=1@mlp+head,swap=0.2+wd=1@mlp'
                             # (decay, classical L2, on chosen modules, label swap; parse_regularizer has the syntax)
@@ -253,7 +252,7 @@ def exponent_decays(exponents, args):
     exp<E>; every cell of a grid shares its lr schedule and step budget, so one sum serves all."""
     from training import parse_train_args
     with contextlib.redirect_stdout(io.StringIO()):
-        total = lr_sum(parse_train_args(rooted(args)))
+        total = cached_decay_exponent({**parse_train_args(rooted(args)), 'weight_decay': 1.0})  # linear in wd
     return [(f"exp{e:g}", {'weight_decay': float(f"{e / total:.4g}")} if e else {}) for e in exponents]
 
 
@@ -420,13 +419,13 @@ def cell_command(cell, cell_dir):
 
 
 def unit_command(unit, root_dir):
-    """One train.py cell, or a group.py line whose members are the cells' own train.py arguments."""
+    """One train.py cell, or a train.py group whose members are the cells' own train.py arguments (split by '::')."""
     if len(unit) == 1:
         return cell_command(unit[0], os.path.join(root_dir, unit[0]['name']))
     argv = []
     for cell in unit:
         argv += [*cell_command(cell, os.path.join(root_dir, cell['name']))[2:], '::']
-    return [sys.executable, group_script, *argv[:-1]]
+    return [sys.executable, train_script, *argv[:-1]]
 
 
 def is_finished(cell_dir):
@@ -434,7 +433,7 @@ def is_finished(cell_dir):
 
 
 def cell_step(cell_dir):
-    """The step a cell's checkpoint is at (0 without one): group.py trains only cells at the same step."""
+    """The step a cell's checkpoint is at (0 without one): a group trains only cells at the same step."""
     from checkpoint import has_checkpoint, load_checkpoint
     if not has_checkpoint(cell_dir):
         return 0
@@ -539,7 +538,7 @@ def progress_line(result, n_cells, n_running, cell_times, n_jobs):
 
 
 def run_grid(cells, root_dir, n_jobs, n_threads, size=0):
-    """Run the cells n_jobs processes at a time (each one train.py cell, or with size > 1 a group.py group),
+    """Run the cells n_jobs processes at a time (each one train.py cell, or with size > 1 a train.py group),
     with a progress line after each. Returns {'done': [...], 'skipped': [...], 'busy': [...],
     'failed': [(name, returncode, log path)], 'interrupted': [...]}."""
     result = {'done': [], 'skipped': [], 'busy': [], 'failed': [], 'interrupted': []}

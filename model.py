@@ -122,7 +122,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(config.n_embd, config.n_embd)
         self.dropout = config.dropout
         # explicit softmax(QK^T) instead of F.scaled_dot_product_attention: same math, and it batches
-        # under torch.func.vmap (SDPA has no vmap rule on CPU); group.py turns it on
+        # under torch.func.vmap (SDPA has no vmap rule on CPU); group.StackedModel turns it on
         self.explicit = False
 
     def forward(self, x, return_attention=False, query_only=False):
@@ -227,19 +227,6 @@ class ICLTransformer(nn.Module):
                     no_decay.append(param)
         return decay, no_decay
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, verbose=True, decay_modules='all'):
-        decay, no_decay = self.decayed_parameters(decay_modules)
-        groups = [{'params': decay, 'weight_decay': weight_decay},
-                  {'params': no_decay, 'weight_decay': 0.0}]
-        if verbose:
-            where = ', '.join(parse_decay_modules(decay_modules))
-            for label, params, wd in [('decay', decay, weight_decay), ('no decay', no_decay, 0.0)]:
-                print(f"optimizer group '{label}' (weight_decay={wd:g}): {len(params)} tensors, "
-                      f"{sum(p.numel() for p in params):,} parameters"
-                      + (f" (the Linear/Conv weights of {where})" if label == 'decay' else ''))
-        fused = device_type == 'cuda'  # one kernel for the whole update instead of one per tensor
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, fused=fused)
-
     def num_parameters(self):
         return sum(p.numel() for p in self.parameters())
 
@@ -265,7 +252,7 @@ def parse_decay_modules(text):
 
 def learning_rate_at(it, config):
     """Learning rate at iteration `it` for a run's config: linear warmup, then constant, 1/sqrt(step)
-    (Chan et al.) or cosine to min_lr. train.py trains with it; grid.py sums it for lr*wd*steps."""
+    (Chan et al.) or cosine to min_lr. training.AdamW steps by it; decay_exponent sums it."""
     lr, warmup, schedule = config['learning_rate'], config['warmup_iters'], config['lr_schedule']
     if it < warmup:
         return lr * (it + 1) / warmup
@@ -278,10 +265,18 @@ def learning_rate_at(it, config):
     return lr
 
 
+def weight_decay_at(it, config):
+    """AdamW's decoupled weight decay at iteration `it` for a run's config: constant. The optimizer
+    (training.AdamW) reads it at every step of a run or group member and decay_exponent sums it, so a decay
+    schedule is one edit here."""
+    return config['weight_decay']
+
+
 def decay_exponent(config):
-    """wd * (sum of lr over the run): AdamW shrinks a decayed weight by lr*wd per step, so a weight the
-    gradients leave alone ends at exp(-decay_exponent) of its start."""
-    return config['weight_decay'] * sum(learning_rate_at(it, config) for it in range(config['max_iters']))
+    """sum over steps of lr * wd: AdamW shrinks a decayed weight by (1 - lr*wd) per step, so a weight the
+    gradients leave alone ends at exp(-decay_exponent) of its start (lr*wd*steps at constant lr and wd)."""
+    return sum(learning_rate_at(it, config) * weight_decay_at(it, config) for it in range(config['max_iters']))
+
 
 def build_model(config, dataset):
     """The ICLTransformer for a run's config dict and its Dataset (shared by train/eval/sample_attention)."""

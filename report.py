@@ -119,17 +119,18 @@ def _fmt(value, spec='.3f'):
 
 # ---- analysis: pure functions on metrics rows -----------------------------------------------------
 
-_lr_sums = {}
+_exponents = {}
 
 
-def lr_sum(config):
-    """Sum of the learning rate over the run's steps, with train.py's own schedule function (cached: a
-    paper-scale grid has 30 cells of 500k steps with one schedule). wd * lr_sum is the decay exponent."""
-    from model import learning_rate_at
-    key = tuple(config.get(k) for k in ('learning_rate', 'warmup_iters', 'max_iters', 'lr_schedule', 'min_lr'))
-    if key not in _lr_sums:
-        _lr_sums[key] = sum(learning_rate_at(it, config) for it in range(config['max_iters']))
-    return _lr_sums[key]
+def cached_decay_exponent(config):
+    """model.decay_exponent (sum of lr * wd over the run, from the schedule functions train.py's optimizer steps by),
+    cached: a paper-scale grid has 30 cells of 500k steps with a few schedules. Cells that differ only in where they
+    write or their seed share it."""
+    from model import decay_exponent
+    key = repr(sorted((k, v) for k, v in config.items() if k not in ('out_dir', 'seed', 'wandb_run_name')))
+    if key not in _exponents:
+        _exponents[key] = decay_exponent(config)
+    return _exponents[key]
 
 
 PEAK_RULE = (f"Peak ICL = the best mean of {stats.WINDOW} consecutive evals (its step: the window's middle eval); "
@@ -463,7 +464,8 @@ def group_cells(cells):
     groups = {}
     for c in cells:
         c['stats'] = run_stats(c['rows'], c['summary']['config'] if c['summary'] else None)
-        c['exponent'] = (c['weight_decay'] * lr_sum(c['summary']['config'])) if c['summary'] else None
+        c['exponent'] = (cached_decay_exponent({**c['summary']['config'], 'weight_decay': c['weight_decay']})
+                         if c['summary'] else None)
         groups.setdefault((c['width'], c['classes'], reg_of(c)), []).append(c)
     return groups
 

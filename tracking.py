@@ -1,6 +1,6 @@
 """
 Experiment tracking with Weights & Biases, nanoGPT's convention: off unless wandb_log=True. When on, each
-run (a train.py run, or each member of a group.py group) is one wandb run: its config is the run's config,
+run (a train.py run, or each member of a train.py group) is one wandb run: its config is the run's config,
 and every metrics.jsonl row goes to its history at step=iter. wandb_group groups runs (grid.py puts its
 cells in a group named after the grid folder); wandb_run_name defaults to out_dir's folder name (a grid
 cell's name). The wandb run id is kept in the checkpoint, so a resumed run continues the same wandb run.

@@ -3,10 +3,16 @@ Train a transformer on bursty few-shot sequences and track in-context vs in-weig
 
     python train.py                                   # embedded synthetic default, CPU ok
     python train.py config/omniglot.py config/few.py --weight_decay=1e-3 --seed=1
+    python train.py --seed=0 --out_dir=a :: --seed=1 --weight_decay=1e-2 --out_dir=b   # a group of 2
+    python train.py cells.json                        # a group: a JSON list of argument lists (what grid.py writes)
 
 Every eval_interval it appends a row to out_dir/metrics.jsonl and checkpoints atomically;
 --init_from=resume continues a run exactly where it stopped (SIGTERM also checkpoints first);
 --wandb_log=True also sends each row to a Weights & Biases run (tracking.py).
+
+A group (runs split by '::') trains K runs as one stacked model (group.py) through this same loop: each member gets
+exactly the arguments its own run would, and writes exactly that run's files and numbers (a member's folder resumes
+with a plain train.py, and back). Members may differ in any key but training.GROUP_SHARED (refused at start-up).
 """
 import os
 import sys
@@ -89,18 +95,29 @@ seed = 0                    # model init and training stream
 older_runs = {'label_swap_to': 'all'}
 # -----------------------------------------------------------------------------
 config_keys = [k for k, v in globals().items() if not k.startswith('_') and isinstance(v, (int, float, bool, str))]
+from training import member_arguments  # noqa: E402
+try:
+    runs = member_arguments(sys.argv[1:])  # [arguments] for one run; a group: each member's (the first one's go below)
+except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+sys.argv[1:] = runs[0]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
-from checkpoint import CKPT, KeyReads, read_metrics
+from checkpoint import CKPT, KeyReads
 from data import build_run_data
-from model import build_model, learning_rate_at
+from group import GroupExposure, GroupSampler, stack_group
+from model import build_model, learning_rate_at, weight_decay_at
 from tracking import finish_tracking, require_wandb, start_tracking
-from training import (Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config, checkpoint_run,
-                      eval_due, eval_line, evaluate_and_log, finish_run, log_line, read_run_dir, resolve_device,
-                      start_run_dir, stop_and_exit, train_step)
+from training import (AdamW, Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config,
+                      check_members, checkpoint_run, eval_due, eval_line, evaluate_and_log, finish_run, log_line,
+                      parse_train_args, read_run_dir, resolve_device, start_run_dir, stop_and_exit, train_step)
 
-config = KeyReads({k: globals()[k] for k in config_keys})  # notes the keys the run reads: one nothing reads stops it
+# each run's config, noting the keys it reads (one nothing reads stops the run); `config`, the first, also holds the
+# keys a group's members share (training.GROUP_SHARED)
+configs = [KeyReads({k: globals()[k] for k in config_keys}), *(KeyReads(parse_train_args(a)) for a in runs[1:])]
+config, K = configs[0], len(configs)
 
 
 def fail(message, kind='error'):
@@ -112,126 +129,164 @@ def lr_at(it):
     return learning_rate_at(it, config)
 
 
-# ---- every check before anything is written: config, device, tracking, what out_dir holds ------------
+# ---- every check before anything is written: config, device, tracking, what each out_dir holds ---------
 try:
     wandb = require_wandb(config)  # imported only when wandb_log=True
 except ImportError as e:
     fail(str(e), kind='config error')
 try:
-    check_config(config)
-    device = resolve_device(device)
-    checkpoint = read_run_dir(config)  # the run to resume, or None; refuses to lose a run
+    for c in configs:
+        check_config(c)
+    check_members(configs)
+    device = resolve_device(config['device'])
+    checkpoints = [read_run_dir(c) for c in configs]  # the run to resume, or None; refuses to lose a run
 except ValueError as e:
     fail(str(e))
+if len({ck['iter_num'] if ck else 0 for ck in checkpoints}) > 1:
+    fail("members are at different steps (" + ", ".join(f"{c['out_dir']}: {ck['iter_num'] if ck else 0}"
+                                                        for c, ck in zip(configs, checkpoints))
+         + "); group cells that are at the same step, or run them one by one")
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 
-# ---- data, model, optimizer (a run that cannot start stops here, before out_dir is touched) -------------
-torch.manual_seed(config['seed'])
+# ---- data, models, optimizer (a run that cannot start stops here, before any out_dir is touched) ---------
+models, samplers, episodes, data_cache = [], [], [], []
 try:
-    data, sampler, icl_episodes, iwl_episodes, probes = build_run_data(config, device)  # all on `device`
-    model = build_model(config, data).to(device)
+    for c in configs:
+        torch.manual_seed(c['seed'])  # a member's init is its own run's
+        data, sampler, icl, iwl, probes = build_run_data(c, device, cache=data_cache)  # one copy of the same data
+        models.append(build_model(config, data).to(device))  # one architecture (GROUP_SHARED)
+        samplers.append(sampler)
+        episodes.append((icl, iwl, probes))
 except (ValueError, FileNotFoundError) as e:
     fail(str(e))
-optimizer = model.configure_optimizers(config['weight_decay'], config['learning_rate'],
-                                       (config['beta1'], config['beta2']), device_type,
-                                       decay_modules=config['decay_modules'])
-decayed_params, _ = model.decayed_parameters(config['decay_modules'])
-terms = StepTerms([config], decayed_params)  # batch size, grad clip and penalties: the step reads these, not globals
-lr_at(0)  # the schedule's keys (the loop reads them at every step)
+model = models[0]  # a run trains it; a group evaluates and checkpoints each member through it
+decayed = [model.decayed_parameters(c['decay_modules'])[0] for c in configs]  # what each member's weight norm reads
+exposures = [Exposure(s.bank.n_classes, device) for s in samplers]
+if K == 1:
+    stacked, optimizer = model, AdamW(configs, model, dict(model.named_parameters()), device_type == 'cuda')
+    terms = StepTerms(configs, decayed[0])  # batch size, grad clip and penalties: the step reads these, not globals
+    sampler, exposure = samplers[0], exposures[0]
+else:  # K members as one stacked model: the same step with a leading member axis on every tensor
+    stacked, optimizer, terms = stack_group(models, configs, device_type)
+    sampler, exposure = GroupSampler(samplers), GroupExposure(exposures)
+    del models[1:]
+state_keys = list(model.state_dict().keys())
+for c in configs:  # the schedules' keys (the optimizer reads them at every step)
+    learning_rate_at(0, c), weight_decay_at(0, c)
 try:
-    check_all_read([config])  # a key nothing above read would be silently ignored: stop before out_dir is touched
+    check_all_read(configs)  # a key nothing above read would be silently ignored: stop before out_dir is touched
 except ValueError as e:
     fail(str(e))
 print(f"model: {model.num_parameters():,} parameters, {n_layer} layers, d={n_embd}; "
       f"data: {data.name}, {data.train.n_classes} train / {data.holdout.n_classes} holdout classes, "
       f"{data.n_labels} labels; device {device}" + (f"; l2={l2:g} on the decayed group" if l2 else '')
       + (f"; label_swap={label_swap:g} (to {label_swap_to} labels)" if label_swap else ''))
+if K > 1:
+    differ = [k for k in config if len({repr(c[k]) for c in configs}) > 1 and k != 'out_dir']
+    print(f"group: {K} members" + ("; eager: compile is not applied to the stacked model" if compile and device_type == 'cuda' else ''))
+    for c in configs:
+        print(f"  {c['out_dir']}: " + (", ".join(f"{k} {c[k]!r}" for k in differ) or 'same config as the others'))
 
-exposure = Exposure(data.train.n_classes, device)
 iter_num, last_eval_iter, wall_offset = 0, -1, 0.0
-loss_sum = torch.zeros((), device=device)
+loss_sum = torch.zeros(K, device=device)
 loss_count = 0
-best = {'icl_acc': -1.0, 'iter': None}  # peak ICL after step 0 (the untrained model's value is no peak)
-wandb_id = None
-if checkpoint is not None:
-    model.load_state_dict(checkpoint['model'])
-    optimizer.load_state_dict(checkpoint['optimizer'])
-    sampler.load_state_dict(checkpoint['sampler'])
-    torch.set_rng_state(checkpoint['torch_rng'])
-    if device_type == 'cuda' and checkpoint.get('cuda_rng') is not None:
-        torch.cuda.set_rng_state(checkpoint['cuda_rng'])
-    iter_num, last_eval_iter = checkpoint['iter_num'], checkpoint['last_eval_iter']
-    wall_offset, best = checkpoint['wall_s'], checkpoint['best']
-    loss_sum += checkpoint['loss_sum']
-    loss_count = checkpoint['loss_count']
-    exposure.query.copy_(checkpoint['query_count'])
-    exposure.seen.copy_(checkpoint['seen_count'])
-    wandb_id = checkpoint.get('wandb_id')  # the wandb run this run logs to (kept even while wandb_log is off)
+best = [{'icl_acc': -1.0, 'iter': None} for _ in configs]  # peak ICL after step 0 (the untrained model's is no peak)
+if checkpoints[0] is not None:
+    for k, ck in enumerate(checkpoints):
+        model.load_state_dict(ck['model']) if K == 1 else stacked.load_member_state(k, ck['model'])
+        samplers[k].load_state_dict(ck['sampler'])
+        best[k], loss_sum[k] = ck['best'], ck['loss_sum']
+        exposures[k].query.copy_(ck['query_count'])
+        exposures[k].seen.copy_(ck['seen_count'])
+    optimizer.load_state_dicts([ck['optimizer'] for ck in checkpoints])
+    torch.set_rng_state(checkpoints[0]['torch_rng'])
+    if device_type == 'cuda' and checkpoints[0].get('cuda_rng') is not None:
+        torch.cuda.set_rng_state(checkpoints[0]['cuda_rng'])
+    iter_num, last_eval_iter = checkpoints[0]['iter_num'], checkpoints[0]['last_eval_iter']
+    wall_offset, loss_count = checkpoints[0]['wall_s'], checkpoints[0]['loss_count']
 
-# ---- the run directory: only now is an old run replaced (overwrite) or cut back to its checkpoint --------
-try:
-    run = start_tracking(wandb, config, wandb_id)  # None unless wandb_log; continues wandb_id on resume
+# ---- the run directories: only now is an old run replaced (overwrite) or cut back to its checkpoint ------
+try:  # one wandb run per member, continuing the one in its checkpoint (kept even while wandb_log is off)
+    tracked = [start_tracking(wandb, c, ck and ck.get('wandb_id')) for c, ck in zip(configs, checkpoints)]
 except ValueError as e:
     fail(str(e))
-wandb_id = run.id if run is not None else wandb_id
-rows = start_run_dir(config, checkpoint)
-if checkpoint is not None:
+wandb_ids = [run.id if run is not None else ck and ck.get('wandb_id') for run, ck in zip(tracked, checkpoints)]
+for c, ck in zip(configs, checkpoints):
+    rows = start_run_dir(c, ck)
+if checkpoints[0] is not None:
     print(f"resumed from iter {iter_num} ({len(rows)} metrics rows kept)")
-    del checkpoint
+del checkpoints
 
-# one compiled graph for the training forward (static shapes: batch and sequence length never change);
+# one compiled graph for a run's training forward (static shapes: batch and sequence length never change);
 # eval calls the eager model because it also returns attention maps
-train_model = torch.compile(model, mode=compile_mode) if (compile and device_type == 'cuda') else model
+train_model = torch.compile(model, mode=compile_mode) if (compile and device_type == 'cuda' and K == 1) else stacked
 autocast = (torch.autocast(device_type='cuda', dtype=getattr(torch, dtype))
             if device_type == 'cuda' and dtype != 'float32' else nullcontext())
 
 
-def state_dict():
-    return {'model': model.state_dict(), 'optimizer': optimizer.state_dict(), 'sampler': sampler.state_dict(),
+def member_state(k):
+    """Member k's checkpoint: a solo run's (model.state_dict() keys, a torch AdamW state_dict)."""
+    return {'model': model.state_dict() if K == 1 else stacked.member_state(k, state_keys),
+            'optimizer': optimizer.state_dict(k), 'sampler': samplers[k].state_dict(),
             'torch_rng': torch.get_rng_state(),
             'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None,
             'iter_num': iter_num, 'last_eval_iter': last_eval_iter, 'wall_s': wall_offset + time.time() - t0,
-            'best': best, 'loss_sum': loss_sum.item(), 'loss_count': loss_count,
-            'query_count': exposure.query.cpu(), 'seen_count': exposure.seen.cpu(), 'config': dict(config),
-            'wandb_id': wandb_id}
+            'best': best[k], 'loss_sum': loss_sum[k].item(), 'loss_count': loss_count,
+            'query_count': exposures[k].query.cpu(), 'seen_count': exposures[k].seen.cpu(), 'config': dict(configs[k]),
+            'group': [c['out_dir'] for c in configs], 'wandb_id': wandb_ids[k]}
 
 
 # ---- training loop ------------------------------------------------------------------------
 stop = StopFlag()                       # SIGTERM: finish the step, checkpoint, exit 0 so a requeue resumes
-non_finite = NonFinite((), device)      # the first non-finite loss, tracked on device: no sync per step
+non_finite = NonFinite(() if K == 1 else (K,), device)  # the first non-finite loss, on device: no sync per step
+failed = set()                          # members whose loss became non-finite: they keep their last good checkpoint
 t0 = time.time()
 step_rate = StepRate(iter_num)
 
 
 def check_finite():
-    for _, bad in non_finite.new():
-        print(f"error: loss became non-finite at iter {bad} (lr {lr_at(bad):.3g}); stopping. "
-              f"The last good checkpoint ({os.path.join(out_dir, CKPT)}, iter {last_eval_iter}) is kept.",
-              file=sys.stderr)
-        finish_tracking(run, exit_code=1)
-        sys.exit(1)
+    for k, bad in non_finite.new():
+        failed.add(k)
+        print(f"error: {configs[k]['out_dir']}: loss became non-finite at iter {bad} (lr {lr_at(bad):.3g}); "
+              f"{'this member' if K > 1 else 'the run'} stops here. Its last good checkpoint "
+              f"({os.path.join(configs[k]['out_dir'], CKPT)}) is kept.", file=sys.stderr)
+        finish_tracking(tracked[k], exit_code=1)
+
+
+def live():
+    return [(k, c) for k, c in enumerate(configs) if k not in failed]
 
 
 while True:
     if eval_due(iter_num, last_eval_iter, config):
         check_finite()
-        row, best = evaluate_and_log(model, (icl_episodes, iwl_episodes, probes), config, iter_num,
-                                     loss_sum.item() / loss_count if loss_count else None, decayed_params,
-                                     wall_offset + time.time() - t0, lr_at(iter_num), autocast, best, run)
+        evals = []
+        for k, c in live():
+            if K > 1:
+                model.load_state_dict(stacked.member_state(k, state_keys))
+            row, best[k] = evaluate_and_log(model, episodes[k], c, iter_num,
+                                            loss_sum[k].item() / loss_count if loss_count else None, decayed[k],
+                                            wall_offset + time.time() - t0, lr_at(iter_num), autocast, best[k],
+                                            tracked[k])
+            evals.append(row)
         loss_sum.zero_()
         loss_count = 0
         last_eval_iter = iter_num
-        print(eval_line(row))
-        checkpoint_run(config, state_dict(), iter_num)
-    if iter_num >= max_iters:
+        for k, c in live():
+            checkpoint_run(c, member_state(k), iter_num)
+        if evals:
+            print(eval_line(evals[0]) if K == 1 else f"eval {iter_num}: icl " + " ".join(
+                f"{r['icl_acc']:.3f}" for r in evals) + " | iwl " + " ".join(f"{r['iwl_acc']:.3f}" for r in evals),
+                flush=True)
+    if iter_num >= max_iters or len(failed) == K:
         break
     if stop.requested:
         check_finite()
-        stop_and_exit([(config, state_dict())], [run],
-                      f"SIGTERM: checkpointed at iter {iter_num}; rerun with --init_from=resume to continue")
+        stop_and_exit([(c, member_state(k)) for k, c in live()], [tracked[k] for k, _ in live()],
+                      f"SIGTERM: checkpointed at iter {iter_num}; rerun with --init_from=resume to continue",
+                      1 if failed else 0)
 
-    lr = lr_at(iter_num)
-    loss = train_step(train_model, optimizer, sampler, lr, exposure, terms, autocast)
+    loss = train_step(train_model, optimizer, sampler, iter_num, exposure, terms, autocast)
     non_finite.update(loss, iter_num)
     loss_sum += loss
     loss_count += 1
@@ -239,10 +294,13 @@ while True:
 
     if iter_num % log_interval == 0:
         check_finite()
-        print(log_line(iter_num, loss, lr, step_rate(iter_num), max_iters))
+        print(log_line(iter_num, loss, lr_at(iter_num - 1), step_rate(iter_num), max_iters, members=K), flush=True)
 
 # ---- summary ------------------------------------------------------------------------------
-final = read_metrics(out_dir)[-1]
-finish_run(config, best, exposure, torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu', run)
-print(f"done: peak icl {best['icl_acc']:.3f} at iter {best['iter']}, final icl {final['icl_acc']:.3f}, "
-      f"final iwl {final['iwl_acc']:.3f}; wrote {out_dir}/summary.json")
+device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'
+for k, c in live():
+    summary = finish_run(c, best[k], exposures[k], device_name, tracked[k])
+    print(f"done{' ' + c['out_dir'] if K > 1 else ''}: peak icl {best[k]['icl_acc']:.3f} at iter {best[k]['iter']}, "
+          f"final icl {summary['final_icl_acc']:.3f}, final iwl {summary['final_iwl_acc']:.3f}; "
+          f"wrote {c['out_dir']}/summary.json")
+sys.exit(1 if failed else 0)

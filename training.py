@@ -1,17 +1,20 @@
 """
-What every training run is made of, kept in one place so that train.py (one run, read top to bottom),
-group.py (K grid cells trained together as one stacked model) and bench.py train the same way:
+What every training run is made of, kept in one place so that train.py (one run or a group of K stacked runs,
+read top to bottom, one loop) and bench.py train the same way:
 
 - check_config:      a run's config checked before anything touches out_dir (clear errors);
 - read_run_dir:      the checkpoint to resume, or a refusal, reading out_dir only;
 - start_run_dir:     only once data and model are built: replace an old run or cut it back to its checkpoint;
 - StepTerms:         what a step reads from the config (batch size, clip, penalties such as l2), built once;
+- AdamW, decay_:     the one optimizer: lr and weight decay at each step from model.py's schedule functions, the
+                     decoupled decay written once for a run (a float) and a group (a [K] tensor per tensor);
 - train_step:        sample -> exposure counts -> forward -> query loss (+ penalties) -> backward -> clip -> AdamW,
                      with no host sync; for a group every tensor simply has a leading member axis (group.py);
 - eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run;
 - eval_due, evaluate_and_log, checkpoint_run, log_line, StopFlag, NonFinite, stop_and_exit, finish_run:
-                     the loop's eval, log and stop block, the same for train.py and for each group.py member.
+                     the loop's eval, log and stop block, the same for a run and each member of a group.
 """
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +28,7 @@ from data import check_data_config, icl_chance
 from checkpoint import (append_metrics, fault_point, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint,
                         train_defaults, truncate_metrics, write_json)
 from eval import evaluate
-from model import decay_exponent, parse_decay_modules
+from model import decay_exponent, learning_rate_at, parse_decay_modules, weight_decay_at
 from tracking import TRACKING_KEYS, finish_tracking, track
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -35,15 +38,22 @@ RESUMABLE_KEYS = {'out_dir', 'init_from', 'overwrite', 'max_iters', 'eval_interv
                   'keep_checkpoints', 'device', 'compile', 'compile_mode', 'dtype',
                   'data_dir', 'cache_dir', *TRACKING_KEYS}
 
-# The train.py keys only some runs read, and which runs. Any other key is read by every run: group.py stops, naming
-# the key, when nothing in it read one (besides RESUMABLE_KEYS, read later by the loop), so a key nothing reads
-# fails the fast tier (tests/test_group.py).
+# The train.py keys only some runs read, and which runs. Any other key is read by every run: a run stops, naming the
+# key, when nothing read one (besides RESUMABLE_KEYS, read later by the loop), so a key nothing reads stops at start-up.
 READ_ON_SOME_PATHS = {
     'item_dim': "dataset='synthetic'", 'exemplars_per_class': "dataset='synthetic'",
     'within_class_noise': "dataset='synthetic'", 'data_dir': "dataset='omniglot'", 'cache_dir': "dataset='omniglot'",
     'omniglot_classes': "dataset='omniglot'", 'image_size': "dataset='omniglot'", 'min_lr': "lr_schedule='cosine'",
     'dtype': 'CUDA', 'compile': 'CUDA, train.py (a group runs eager)', 'compile_mode': 'CUDA, train.py',
     'overwrite': 'an out_dir that holds a run', 'wandb_project': 'wandb_log=True', 'wandb_group': 'wandb_log=True'}
+
+# The keys a group's members may not differ in: one stacked model (its shape), one batch, schedule and loop, one device.
+# A group whose members differ in one is refused at start-up (check_members); every other key is applied per member,
+# which tests/test_keys.py checks key by key (each member equals its solo run).
+GROUP_SHARED = {'n_layer', 'n_head', 'n_embd', 'dropout', 'pixel_noise', 'dataset', 'item_dim', 'image_size', 'n_labels',
+                'context_len', 'batch_size', 'max_iters', 'learning_rate', 'lr_schedule', 'warmup_iters', 'min_lr',
+                'beta1', 'beta2', 'grad_clip', 'eval_interval', 'log_interval', 'device', 'dtype', 'compile',
+                'compile_mode', 'wandb_log'}
 
 
 # ---- config ---------------------------------------------------------------------------------------
@@ -60,6 +70,40 @@ def parse_train_args(args):
     finally:
         sys.argv = saved
     return {k: namespace[k] for k in defaults}
+
+
+def member_arguments(argv):
+    """Each run's train.py arguments: one run, the command line split at '::' (a group), or a JSON file of
+    argument lists (what grid.py writes for a group)."""
+    if len(argv) == 1 and argv[0].endswith('.json'):
+        with open(argv[0]) as f:
+            members = json.load(f)
+        if not (isinstance(members, list) and members and all(isinstance(m, list) for m in members)):
+            raise ValueError(f"{argv[0]} must hold a JSON list of train.py argument lists")
+        return members
+    members, current = [], []
+    for arg in argv:
+        if arg == '::':
+            members.append(current)
+            current = []
+        else:
+            current.append(arg)
+    return members + [current]
+
+
+def check_members(configs):
+    """ValueError for a group whose members differ in a key of GROUP_SHARED (naming it), or share an out_dir or a
+    wandb run name."""
+    refused = [k for k in configs[0] if k in GROUP_SHARED and len({repr(c[k]) for c in configs}) > 1]
+    if refused:
+        raise ValueError("members differ in " + "; ".join(f"{k} ({', '.join(repr(c[k]) for c in configs)})"
+                                                          for k in refused)
+                         + ", which a group applies once for all its members (training.GROUP_SHARED): "
+                           "group cells that agree on it, or train them one by one")
+    for key in ('out_dir', 'wandb_run_name'):
+        values = [os.path.abspath(c[key]) if key == 'out_dir' else c[key] for c in configs]
+        if len(set(v for v in values if v)) != len([v for v in values if v]):
+            raise ValueError(f"two members share a {key}: {values}")
 
 
 def check_config(config):
@@ -96,7 +140,7 @@ def check_all_read(reads):
     read = set().union(*(r.read for r in reads), RESUMABLE_KEYS, READ_ON_SOME_PATHS)
     unread = [k for k in reads[0] if k not in read]
     if unread:
-        raise ValueError(f"nothing reads {', '.join(unread)}: apply a key in the code train.py and group.py share "
+        raise ValueError(f"nothing reads {', '.join(unread)}: apply a key where train.py's loop reads it "
                          f"(training.StepTerms, data.EpisodeSampler, model.py, ...), or name the runs that read it in "
                          f"training.READ_ON_SOME_PATHS")
 
@@ -197,13 +241,13 @@ def clip_gradients(params, max_norm, member_shape=()):
 
 
 class StepTerms:
-    """What a training step reads from its run's config, in one place, so that train.py, group.py and bench.py step
+    """What a training step reads from its run's config, in one place, so that a run, a group and bench.py step
     alike: the batch size, gradient clipping and the penalties added to the query loss. Built once from one config
     (a run) or from each member's (a group: `decays[i][k]` says whether member k's decay_modules hold tensor i of
     `decayed`). A penalty is its train.py global, its check in check_config and one term here: a function
     (logits, attention) -> penalty of shape member_shape, given what the forward produced; attention (the forward's
     per-layer attention maps) is None unless a term set self.attention. A term reads its key with values, strength
-    or on_decayed: one value per member in a group, which group.py then checks was read per member."""
+    or on_decayed: one value per member in a group (tests/test_keys.py checks each member trains at its own)."""
 
     def __init__(self, configs, decayed, decays=None):
         self.configs, self.decayed, self.decays = configs, decayed, decays
@@ -237,15 +281,98 @@ class StepTerms:
         return sum(term(logits, attention) for term in self.terms) if self.terms else None
 
 
-def train_step(forward, optimizer, sampler, lr, exposure, terms, autocast=None):
-    """One optimisation step; returns the detached query loss (shape [] or [K] for a group of K).
+def decay_(p, lr, wd):
+    """Decoupled weight decay, AdamW's first half, written once for a run and a group: p shrinks by (1 - lr*wd).
+    wd is a float (a run: the factor is a Python float, as in torch's AdamW) or a float64 [K] tensor (a group's
+    stacked p, member k on row k: the factor computed in float64 and rounded once, so each member shrinks exactly as
+    its solo run)."""
+    if isinstance(wd, torch.Tensor):
+        p.mul_((1 - lr * wd).to(p.device, p.dtype).view(-1, *[1] * (p.dim() - 1)))
+    elif wd:
+        p.mul_(1 - lr * wd)
+
+
+class AdamW:
+    """The one optimizer of a run and of a group (stacked parameters with a leading member axis). step(it) sets the
+    lr (model.learning_rate_at), shrinks each decayed tensor by lr * model.weight_decay_at (each member's own, 0 where
+    its decay_modules leave the tensor out), then torch's AdamW with no decay of its own applies Adam's update: AdamW's
+    order, so a run is bit-identical to torch.optim.AdamW(weight_decay=wd), and a schedule of either is one edit in
+    model.py. state_dict(k) is member k's state as a solo run's torch AdamW state_dict (its decay group first, with
+    its weight_decay), so every checkpoint has one format and old ones load.
+
+    configs: each member's; template: a solo model of the architecture (its tensors give the solo order and layout);
+    params: name -> the tensor trained (the template's own for a run, the stacked one for a group)."""
+
+    def __init__(self, configs, template, params, fused):
+        name_of = {id(p): n for n, p in template.named_parameters()}
+        self.configs, self.params = configs, params
+        self.stacked = any(params[n] is not p for n, p in template.named_parameters())  # a member axis
+        self.like = {n: p for n, p in template.named_parameters()}
+        self.orders = []  # member k's solo order: (its decayed names, the others)
+        for c in configs:
+            decay, no_decay = template.decayed_parameters(c['decay_modules'])
+            self.orders.append(([name_of[id(p)] for p in decay], [name_of[id(p)] for p in no_decay]))
+        decay = self.orders[0][0] if not self.stacked else [name_of[id(p)] for p in template.decayed_parameters()[0]]
+        self.masks = torch.tensor([[n in order[0] for order in self.orders] for n in decay], dtype=torch.float64)
+        self.inner = torch.optim.AdamW(
+            [{'params': [params[n] for n in decay], 'weight_decay': 0.0},
+             {'params': [p for n, p in params.items() if n not in set(decay)], 'weight_decay': 0.0}],
+            lr=configs[0]['learning_rate'], betas=(configs[0]['beta1'], configs[0]['beta2']), fused=fused)
+        self.param_groups = self.inner.param_groups
+
+    @torch.no_grad()
+    def step(self, it):
+        lr = learning_rate_at(it, self.configs[0])
+        for group in self.param_groups:
+            group['lr'] = lr
+        wds = [weight_decay_at(it, c) for c in self.configs]
+        if any(wds):
+            for p, mask in zip(self.param_groups[0]['params'], self.masks):
+                decay_(p, lr, torch.tensor(wds, dtype=torch.float64) * mask if self.stacked else wds[0])
+        self.inner.step()
+
+    def zero_grad(self, set_to_none=True):
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self, k=0):
+        """Member k's state in the format of its solo run's torch AdamW, laid out like the solo parameter (fused
+        AdamW wants that: the stacked tensors are plain, a solo ResNet's are channels_last)."""
+        decay, no_decay = self.orders[k]
+        state = {}
+        for index, name in enumerate(decay + no_decay):
+            inner = self.inner.state.get(self.params[name])
+            if inner:
+                state[index] = {'step': inner['step'].detach().clone(), **{
+                    key: torch.empty_like(self.like[name]).copy_(inner[key][k] if self.stacked else inner[key])
+                    for key in ('exp_avg', 'exp_avg_sq')}}
+        hyper = {key: v for key, v in self.param_groups[0].items() if key != 'params'}
+        return {'state': state, 'param_groups': [
+            {**hyper, 'weight_decay': self.configs[k]['weight_decay'], 'params': list(range(len(decay)))},
+            {**hyper, 'weight_decay': 0.0, 'params': list(range(len(decay), len(decay) + len(no_decay)))}]}
+
+    def load_state_dicts(self, states):
+        """The state from each member's solo-format state (a list; a run's is one). Copied tensor by tensor, never
+        through torch's load_state_dict, which would also restore the saved group's weight_decay into the inner
+        AdamW and decay twice."""
+        by_name = [{n: state['state'].get(i) for i, n in enumerate(order[0] + order[1])}
+                   for order, state in zip(self.orders, states)]
+        for name, target in self.params.items():
+            per_member = [m.get(name) for m in by_name]
+            if all(per_member):
+                self.inner.state[target] = {key: torch.empty_like(target).copy_(
+                    torch.stack([m[key] for m in per_member]) if self.stacked else per_member[0][key])
+                    for key in ('exp_avg', 'exp_avg_sq')}
+                step = per_member[0]['step']
+                self.inner.state[target]['step'] = step.to(target.device) if self.inner.defaults['fused'] else step
+
+
+def train_step(forward, optimizer, sampler, it, exposure, terms, autocast=None):
+    """Step `it` of a run or a group; returns the detached query loss (shape [] or [K] for a group of K).
 
     forward(items, labels[, return_attention=True]) -> logits[, attention]: the (compiled) model, or a group's
     stacked model. sampler.sample(B) -> (items, labels, classes) with a leading member axis for a group.
-    optimizer: torch AdamW (decay on its 'decay' group), or a group's per-member AdamW.
-    terms: the run's StepTerms (batch size, grad clip, penalties); the returned loss is the data loss alone."""
-    for group in optimizer.param_groups:
-        group['lr'] = lr
+    optimizer: AdamW (its lr and decay at `it`). terms: the run's StepTerms (batch size, grad clip, penalties);
+    the returned loss is the data loss alone."""
     items, labels, classes = sampler.sample(terms.batch_size)
     exposure.add(classes)
     with autocast if autocast is not None else torch.autocast('cpu', enabled=False):
@@ -257,7 +384,7 @@ def train_step(forward, optimizer, sampler, lr, exposure, terms, autocast=None):
     fault_point('train_step')  # test hook (no-op unless BURSTYICL_FAULT is set)
     if terms.grad_clip > 0:
         clip_gradients([p for g in optimizer.param_groups for p in g['params']], terms.grad_clip, loss.shape)
-    optimizer.step()
+    optimizer.step(it)
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
 
@@ -351,7 +478,7 @@ def write_run_files(config, best, exposure, device_name):
     return summary
 
 
-# ---- the loop's eval, log and stop block: train.py's loop, and group.py's for each member ---------------
+# ---- the loop's eval, log and stop block: train.py's loop, for each member of a group too ---------------
 
 def eval_due(iter_num, last_eval_iter, config):
     """Evaluate (and checkpoint) every eval_interval steps and after the last step, once per step."""

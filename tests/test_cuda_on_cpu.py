@@ -2,10 +2,10 @@
 first on a GPU.
 
 - Fake CUDA (FakeTensorMode: tensors on 'cuda' without a GPU; a CPU tensor meeting a CUDA one raises
-  FakeTensorDeviceMismatchError): train.py's build (build_run_data, build_model(...).to(device), configure_optimizers,
-  StepTerms), one train_step with every sampler rule and penalty on, then one eval_row, solo and as a group.py group of
+  FakeTensorDeviceMismatchError): train.py's build (build_run_data, build_model(...).to(device), training.AdamW,
+  StepTerms), one train_step with every sampler rule and penalty on, then one eval_row, solo and as a train.py group of
   two (stack_group, GroupSampler, GroupExposure), on the synthetic and the Omniglot ResNet path. The step reads no
-  tensor values (a host sync raises DataDependentOutputException here). The Omniglot group also checks that group.py
+  tensor values (a host sync raises DataDependentOutputException here). The Omniglot group also checks that the group
   stacks ResNet weights plain (channels_last ones make BatchNorm under vmap on CUDA ask vmap for that layout: NYI);
   test_a_resnet_members_... that member checkpoints keep the solo layout (fused AdamW on CUDA refuses a mix).
 - torch._dynamo.explain of the training forward: one graph, no graph break (inductor itself: the slow test).
@@ -23,7 +23,7 @@ What stands in for the GPU, and so only a real one checks (scripts/gpu_check.sh)
   is built, a read of values (one sync on a GPU); the swap's device code is the same for both.
 - the eval's metrics read values (item(), tolist(), bincount, nonzero): under fake CUDA those calls run on zeros of
   the same shapes after a device check (ZerosForValues), so its numbers mean nothing.
-- lines no CPU test reaches: train.py's and group.py's CUDA autocast (torch disables it without a GPU), train.py's
+- lines no CPU test reaches: train.py's CUDA autocast (solo and group) (torch disables it without a GPU), train.py's
   torch.compile(mode='reduce-overhead') (CUDA graphs), their torch.cuda.get_rng_state / set_rng_state /
   get_device_name, training.resolve_device's torch.cuda.is_available; real kernels and their speed.
 """
@@ -42,7 +42,7 @@ from checkpoint import train_defaults
 from data import build_run_data, resolve_path
 from group import GroupExposure, GroupSampler, stack_group
 from model import ICLTransformer, ModelConfig, build_model
-from training import Exposure, StepTerms, eval_row, train_step
+from training import AdamW, Exposure, StepTerms, eval_row, train_step
 
 # small, with every sampler rule (label swap, instance copies, Zipf classes) and every penalty on
 SYNTHETIC = {**train_defaults(), 'n_train_classes': 100, 'n_holdout_classes': 23, 'n_eval_episodes': 16,
@@ -77,7 +77,7 @@ def members(config, k):
 
 
 def build(configs, device):
-    """What train.py (one config) or group.py (several) builds before its loop, on `device`."""
+    """What train.py builds for one config or a group (several) before its loop, on `device`."""
     cache, models, samplers, episodes = [], [], [], []
     for c in configs:
         torch.manual_seed(c['seed'])
@@ -91,20 +91,19 @@ def build(configs, device):
     c = configs[0]
     if len(configs) == 1:  # train.py
         model = models[0]
-        optimizer = model.configure_optimizers(c['weight_decay'], c['learning_rate'], (c['beta1'], c['beta2']),
-                                               device_type, decay_modules=c['decay_modules'])
+        optimizer = AdamW([c], model, dict(model.named_parameters()), device_type == 'cuda')
         terms = StepTerms([c], model.decayed_parameters(c['decay_modules'])[0])
         return SimpleNamespace(forward=model, module=model, optimizer=optimizer, sampler=samplers[0], terms=terms,
                                exposure=Exposure(samplers[0].bank.n_classes, device), template=model,
                                episodes=episodes, configs=configs, stacked=None)
-    stacked, optimizer, terms = stack_group(models, configs, device_type)  # group.py
+    stacked, optimizer, terms = stack_group(models, configs, device_type)  # a group
     return SimpleNamespace(forward=stacked, module=stacked.base, optimizer=optimizer, sampler=GroupSampler(samplers),
                            exposure=GroupExposure([Exposure(s.bank.n_classes, device) for s in samplers]),
                            terms=terms, template=models[0], episodes=episodes, configs=configs, stacked=stacked)
 
 
 def eval_member(run, k, lr):
-    """train.py's eval (evaluate_and_log without its files), or group.py's for member k through its template."""
+    """train.py's eval (evaluate_and_log without its files), or a group's for member k through its template."""
     if run.stacked is not None:
         run.template.load_state_dict(run.stacked.member_state(k, list(run.template.state_dict())))
     c = run.configs[k]
@@ -177,15 +176,15 @@ def fake_cuda(monkeypatch):
 @pytest.mark.parametrize('k', [1, 2], ids=['solo', 'group'])
 @pytest.mark.parametrize('config', PATHS)
 def test_one_step_and_one_eval_on_fake_cuda(fake_cuda, config, k):
-    """Built for 'cuda' as train.py / group.py build, one step and one eval: a tensor made without device= in the
+    """Built for 'cuda' as train.py builds (a run or a group), one step and one eval: a tensor made without device= in the
     sampler, model, step or group meets CUDA ones and fails here; everything the step leaves is on CUDA."""
     configs = members({**config, 'label_swap_to': 'all'}, k)
     run = build(configs, 'cuda')
-    loss = train_step(run.forward, run.optimizer, run.sampler, 1e-3, run.exposure, run.terms)
+    loss = train_step(run.forward, run.optimizer, run.sampler, 0, run.exposure, run.terms)
     assert loss.device.type == 'cuda' and loss.shape == (() if k == 1 else (k,))
     every = params(run.optimizer)
     assert all(p.device.type == 'cuda' and p.grad is None for p in every)  # stepped, then zero_grad
-    state = getattr(run.optimizer, 'inner', run.optimizer).state  # a group's MemberAdamW steps an inner AdamW
+    state = run.optimizer.inner.state  # training.AdamW steps an inner torch AdamW
     assert all(state[p]['exp_avg'].device.type == 'cuda' for p in every)  # every parameter stepped
     exposures = run.exposure.members if k > 1 else [run.exposure]
     assert all(e.query.device.type == 'cuda' for e in exposures)
@@ -202,7 +201,7 @@ def test_fake_cuda_catches_a_cpu_tensor(fake_cuda, monkeypatch, where):
         sample = run.sampler.sample
         monkeypatch.setattr(run.sampler, 'sample', lambda b: (lambda i, l, c: (i, l.cpu(), c))(*sample(b)))
         with pytest.raises(RuntimeError, match='same device'):
-            train_step(run.forward, run.optimizer, run.sampler, 1e-3, run.exposure, run.terms)
+            train_step(run.forward, run.optimizer, run.sampler, 0, run.exposure, run.terms)
     else:
         icl, iwl, probes = run.episodes[0]
         run.episodes[0] = (data_module.Episodes(icl.items, icl.labels.cpu(), icl.classes), iwl, probes)
@@ -218,13 +217,14 @@ def test_a_resnet_members_optimizer_state_is_laid_out_like_its_solo_run():
     cfg = ModelConfig(n_labels=10, item_shape=(14, 14), encoder='resnet', n_layer=1, n_head=2, n_embd=16)
     stacked, optimizer, _ = stack_group([ICLTransformer(cfg), ICLTransformer(cfg)], members(SYNTHETIC, 2), 'cpu')
     stacked(torch.randint(0, 256, (2, 3, 9, 14, 14), dtype=torch.uint8), torch.randint(0, 10, (2, 3, 9))).sum().backward()
-    optimizer.step()
-    states = [optimizer.member_state(k) for k in range(2)]
-    assert any(not p.is_contiguous() for p in params(optimizer.solos[0]))  # channels_last 3x3 kernels: what matters
+    optimizer.step(0)
+    states = [optimizer.state_dict(k) for k in range(2)]
+    solos = [[optimizer.like[n] for n in decay + no_decay] for decay, no_decay in optimizer.orders]
+    assert any(not p.is_contiguous() for p in solos[0])  # channels_last 3x3 kernels: what matters
     assert all(state['state'][i]['exp_avg'].stride() == p.stride()  # each member's in its own solo AdamW's order
-               for state, solo in zip(states, optimizer.solos) for i, p in enumerate(params(solo)))
+               for state, solo in zip(states, solos) for i, p in enumerate(solo))
     before = {p: optimizer.inner.state[p]['exp_avg'].clone() for p in params(optimizer)}
-    optimizer.load_member_states(states)
+    optimizer.load_state_dicts(states)
     assert all(optimizer.inner.state[p]['exp_avg'].stride() == p.stride() for p in params(optimizer))
     assert all(torch.equal(optimizer.inner.state[p]['exp_avg'], before[p]) for p in params(optimizer))
 
@@ -283,11 +283,11 @@ def test_bf16_autocast_step_on_cpu(config, k):
     run.module.head.register_forward_hook(lambda module, args, out: head_dtypes.append(out.dtype))
     step = run.optimizer.step
 
-    def record_then_step():
+    def record_then_step(it):
         grads.extend((p.dtype, p.grad) for p in params(run.optimizer))
-        step()
+        step(it)
     run.optimizer.step = record_then_step
-    loss = train_step(run.forward, run.optimizer, run.sampler, 1e-3, run.exposure, run.terms,
+    loss = train_step(run.forward, run.optimizer, run.sampler, 0, run.exposure, run.terms,
                       torch.autocast('cpu', dtype=torch.bfloat16))
     # a group's Linear under vmap is a bf16 matmul plus a float32 bias add (torch's batching rule): float32 out
     assert head_dtypes == [torch.bfloat16 if k == 1 else torch.float32]

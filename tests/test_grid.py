@@ -276,13 +276,14 @@ def test_verdict_needs_the_baselines(grid):
         grid.verdict({('few', 0.0): runs(0.5), ('few', 1e-2): runs(0.9)})
 
 
-def test_lr_sum_follows_the_schedule(grid):
-    cfg = {'learning_rate': 2e-3, 'warmup_iters': 0, 'max_iters': 4000, 'lr_schedule': 'constant', 'min_lr': 0.0}
-    assert grid.lr_sum(cfg) * 1e-2 == pytest.approx(2e-3 * 1e-2 * 4000)
+def test_the_decay_exponent_follows_the_schedule(grid):
+    cfg = {'learning_rate': 2e-3, 'warmup_iters': 0, 'max_iters': 4000, 'lr_schedule': 'constant', 'min_lr': 0.0,
+           'weight_decay': 1.0}
+    assert grid.cached_decay_exponent({**cfg, 'weight_decay': 1e-2}) == pytest.approx(2e-3 * 1e-2 * 4000)
     warm = {**cfg, 'warmup_iters': 200}
-    assert grid.lr_sum(warm) == pytest.approx(2e-3 * (3800 + 201 / 2))
+    assert grid.cached_decay_exponent(warm) == pytest.approx(2e-3 * (3800 + 201 / 2))
     cos = {**cfg, 'lr_schedule': 'cosine'}
-    assert grid.lr_sum(cos) == pytest.approx(2e-3 * 4000 / 2, rel=1e-3)
+    assert grid.cached_decay_exponent(cos) == pytest.approx(2e-3 * 4000 / 2, rel=1e-3)
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -370,7 +371,7 @@ def test_tiny_real_cell_runs_then_is_skipped(tmp_path):
 
 @pytest.mark.slow
 def test_group_size_trains_cells_as_one_group_with_solo_files(tmp_path):
-    """--group_size=3: three cells (Few and Many, two decays) in one group.py process; each cell folder gets
+    """--group_size=3: three cells (Few and Many, two decays) in one train.py group; each cell folder gets
     the files of a solo run, the report reads them, and its cmd.txt still holds the cell's own train.py line."""
     tiny = ('--n_holdout_classes=20 --item_dim=8 --n_layer=1 --n_embd=16 --n_head=2 --batch_size=16 '
             '--n_eval_episodes=32 --warmup_iters=5 --log_interval=10 --eval_interval=10 --max_iters=20')
@@ -539,7 +540,7 @@ def test_python_grid_py_is_the_experiment_as_posed(tmp_path):
 def test_the_dose_response_grids_set_decay_by_its_exponent(tmp_path, configs, exponents, lr):
     """--decay_exponents: Few and Many x each exponent x seeds 0-2, each cell's weight_decay the one that makes
     wd * (sum of its lr over max_iters) the exponent (to 4 significant digits)."""
-    from report import lr_sum
+    from model import decay_exponent
     from training import parse_train_args
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), *configs, f'--grid_dir={tmp_path}', '--dry_run'],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -551,7 +552,7 @@ def test_the_dose_response_grids_set_decay_by_its_exponent(tmp_path, configs, ex
         config = parse_train_args([a for a in args if not a.startswith(('--out_dir', '--init_from'))])
         exponent = float(name.split('_exp')[1].split('_')[0])
         assert config['learning_rate'] == lr
-        assert config['weight_decay'] * lr_sum(config) == pytest.approx(exponent, rel=1e-3), name
+        assert decay_exponent(config) == pytest.approx(exponent, rel=1e-3), name
         assert config['n_train_classes'] == (100 if name.startswith('few') else 1600)
 
 

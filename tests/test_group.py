@@ -1,4 +1,4 @@
-"""group.py: K cells as one stacked model give each member its solo train.py run's numbers and files."""
+"""A group (train.py <args> :: <args>): K cells as one stacked model give each member its solo run's numbers and files."""
 import json
 import os
 import subprocess
@@ -18,10 +18,10 @@ def group(out_dirs, *extra, check=True, env=None, members=MEMBERS):
     argv = []
     for out_dir, member in zip(out_dirs, members):
         argv += [*TINY, *member, *extra, f'--out_dir={out_dir}', '::']
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'group.py'), *argv[:-1]], capture_output=True,
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *argv[:-1]], capture_output=True,
                           text=True, timeout=300, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
     if check and proc.returncode != 0:
-        raise AssertionError(f"group.py failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise AssertionError(f"the group failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc
 
 
@@ -104,7 +104,7 @@ def test_members_may_not_differ_in_a_key_the_group_applies_once(tmp_path):
     proc = group([tmp_path / 'a', tmp_path / 'b'], '--max_iters=20', check=False,
                  members=[['--seed=0'], ['--seed=1', '--n_layer=2', '--batch_size=8']])
     assert proc.returncode == 2 and 'members differ in n_layer (1, 2); batch_size (16, 8)' in proc.stderr, proc.stderr
-    assert 'applies once for the whole group' in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'applies once for all its members' in proc.stderr and 'Traceback' not in proc.stderr
     assert not os.path.exists(tmp_path / 'a' / 'metrics.jsonl')
 
 
@@ -140,16 +140,16 @@ def member_argv(members):
     return argv[:-1]
 
 
-@pytest.mark.parametrize('script', ['group.py', 'train.py'])
+@pytest.mark.parametrize('script', ['group', 'train.py'])
 def test_a_key_nothing_reads_stops_a_group_and_a_solo_run_naming_the_key(tmp_path, script):
     """A train.py global nothing reads (say one applied only in one loop) stops a group and a solo run alike, naming
     it, before any out_dir is made, even when every member sets it alike: it would train without it. So a key
     nothing reads fails the fast tier; one only some runs read is named in training.READ_ON_SOME_PATHS."""
     repo = patched_repo(tmp_path, {'train.py': [('l2 = ', 'my_scale = 1.0\n')]})
     argv = (member_argv([['--seed=0', '--my_scale=2.0', f'--out_dir={tmp_path}/a'],
-                         ['--seed=1', '--my_scale=2.0', f'--out_dir={tmp_path}/b']]) if script == 'group.py'
+                         ['--seed=1', '--my_scale=2.0', f'--out_dir={tmp_path}/b']]) if script == 'group'
             else [*TINY, '--max_iters=40', '--my_scale=2.0', f'--out_dir={tmp_path}/a'])
-    proc = run_in(repo, script, argv)
+    proc = run_in(repo, 'train.py', argv)
     assert proc.returncode == 2 and 'nothing reads my_scale' in proc.stderr, proc.stderr[-2000:]
     assert 'Traceback' not in proc.stderr and not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
 

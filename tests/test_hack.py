@@ -76,7 +76,7 @@ def test_readme_penalties_work_solo_in_a_group_and_as_a_grid_axis(tmp_path):
     members = [['--seed=0', '--l1=0.002', f'--out_dir={tmp_path}/g0'], ['--seed=1', f'--out_dir={tmp_path}/g1'],
                ['--seed=2', '--l1=0.01', '--decay_modules=mlp', '--attn_entropy=0.05', f'--out_dir={tmp_path}/g2'],
                ['--seed=3', '--attn_entropy=0.2', f'--out_dir={tmp_path}/g3']]
-    proc = run_in(repo, 'group.py', member_argv(members))
+    proc = run_in(repo, 'train.py', member_argv(members))
     assert proc.returncode == 0, proc.stderr[-2000:]
     for k, member in enumerate(members):
         solo = run_in(repo, 'train.py', [*TINY, '--max_iters=40', *member[:-1], f'--out_dir={tmp_path}/s{k}'])

@@ -43,9 +43,9 @@ def test_group_penalty_is_per_member():
 class RecordingSGD(torch.optim.SGD):
     """Keeps the gradients the step saw (train_step clears them afterwards)."""
 
-    def step(self, closure=None):
+    def step(self, it):  # train_step passes the step number (training.AdamW's schedule)
         self.seen = [p.grad.clone() if p.grad is not None else None for g in self.param_groups for p in g['params']]
-        return super().step(closure)
+        return super().step()
 
 
 def step_grads(l2):
@@ -55,7 +55,7 @@ def step_grads(l2):
     decay, no_decay = model.decayed_parameters()
     optimizer = RecordingSGD([{'params': decay}, {'params': no_decay}], lr=0.0)
     terms = StepTerms([{'batch_size': 8, 'grad_clip': 0.0, 'l2': l2}], decay)
-    loss = train_step(model, optimizer, sampler, 0.0, Exposure(30, 'cpu'), terms)
+    loss = train_step(model, optimizer, sampler, 0, Exposure(30, 'cpu'), terms)
     return loss, optimizer.seen, [p.detach() for p in decay], len(decay)
 
 

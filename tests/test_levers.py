@@ -50,12 +50,6 @@ def test_parse_decay_modules_orders_and_rejects():
             parse_decay_modules(bad)
 
 
-def test_optimizer_groups_printed_name_the_modules(capsys):
-    tiny_model().configure_optimizers(1.0, 1e-3, (0.9, 0.99), 'cpu', decay_modules='mlp,head')
-    out = capsys.readouterr().out
-    assert "'decay' (weight_decay=1): 5 tensors" in out and 'Linear/Conv weights of mlp, head' in out
-
-
 @pytest.mark.slow
 def test_unknown_module_is_a_one_line_config_error_before_out_dir(tmp_path):
     proc = train(tmp_path / 'run', '--decay_modules=mlp,ffn', check=False)
