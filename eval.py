@@ -14,6 +14,7 @@ IWL hold the class->label map, those whose loss costs ICL hold the in-context ci
 import json
 import os
 import sys
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -54,11 +55,10 @@ def run_episodes(model, episodes, batch_size=512, return_attention=False, autoca
         items = episodes.items[start:start + batch_size]
         labels = episodes.labels[start:start + batch_size]
         with autocast or torch.autocast('cpu', enabled=False):
-            out = model(items, labels, return_attention=return_attention)
+            out = model(items, labels, record=('attention',) if return_attention else ())
         if return_attention:
-            out, att = out
-            attentions.append([a.float() for a in att])
-        logits.append(out.float())
+            attentions.append([a.float() for a in out['attention']])
+        logits.append(out['logits'].float())
     logits = torch.cat(logits)
     if not return_attention:
         return logits, None
@@ -167,57 +167,45 @@ def parse_ablate(text, model):
     return chosen
 
 
-def _module_of_part(model, part):
-    if part == 'encoder':
-        return model.encoder
-    if part == 'head':
-        return model.head
-    layer = int(part.lstrip('atnmlp'))
-    return model.blocks[layer].attn if part.startswith('attn') else model.blocks[layer].mlp
-
-
-def _output(out):
-    return out[0] if isinstance(out, tuple) else out
+def _recorded(part):
+    """Where the forward's record holds a part's output (model.parts): (record name, index)."""
+    if part in ('encoder', 'head'):
+        return ('encoder' if part == 'encoder' else 'head_in'), 0
+    kind = part.rstrip('0123456789')
+    return ('attn_out' if kind == 'attn' else 'mlp_out'), int(part[len(kind):])
 
 
 @torch.no_grad()
 def part_means(model, reference, parts, batch_size=512):
     """Each part's mean output over the reference (training) sequences, per position: encoder [C] (over every
-    item), attention / MLP [T, C], head input [C]. The last layer, when it computes the query alone, gets the
-    query position's mean (the same values)."""
-    sums, counts, hooks = {}, {}, []
-
-    def recorder(part):
-        def hook(module, args, out=None):
-            x = args[0] if part == 'head' else _output(out)
-            x = x.float().reshape(-1, x.shape[-1]) if part in ('encoder', 'head') else x.float()
+    item), attention / MLP [T, C], head input [C]; read from the forward's record by the parts' names."""
+    sums, counts = {}, {}
+    record = tuple(sorted({_recorded(part)[0] for part in parts}))
+    for start in range(0, len(reference), batch_size):
+        out = model(reference.items[start:start + batch_size], reference.labels[start:start + batch_size],
+                    record=record)
+        for part in parts:
+            name, index = _recorded(part)
+            x = out[name][index].float()
+            x = x.reshape(-1, x.shape[-1]) if part in ('encoder', 'head') else x
             sums[part] = sums.get(part, 0) + x.sum(0)
             counts[part] = counts.get(part, 0) + x.shape[0]
-        return hook
-    for part in parts:
-        module = _module_of_part(model, part)
-        hooks.append(module.register_forward_pre_hook(recorder(part)) if part == 'head'
-                     else module.register_forward_hook(recorder(part)))
-    try:
-        run_episodes(model, reference, batch_size, return_attention=True)
-    finally:
-        for h in hooks:
-            h.remove()
     return {part: sums[part] / counts[part] for part in parts}
 
 
-def mean_ablated(model, part, mean):
-    """A context manager-like handle: the forward hook that replaces `part`'s output by `mean` (remove() it)."""
-    module = _module_of_part(model, part)
-    if part == 'head':
-        return module.register_forward_pre_hook(lambda m, args: (mean.to(args[0].dtype).expand_as(args[0]),))
-
-    def hook(m, args, out):
-        y = _output(out)
-        fill = mean[-y.shape[1]:] if y.dim() == 3 else mean  # query-only last layer: the query position's mean
-        fill = fill.to(y.dtype).expand_as(y)
-        return (fill, *out[1:]) if isinstance(out, tuple) else fill
-    return module.register_forward_hook(hook)
+@contextmanager
+def mean_ablated(model, means):
+    """Within it, each part of `means` ({part: mean}) outputs its mean instead (model.edits, by the part's name); the
+    last layer, when it computes the query alone, gets the query position's mean."""
+    def fill(mean):
+        return lambda y: mean[-y.shape[1]:].to(y.dtype).expand_as(y) if y.dim() == 3 and mean.dim() == 2 \
+            else mean.to(y.dtype).expand_as(y)
+    saved = model.edits
+    model.edits = {**saved, **{part: fill(mean) for part, mean in means.items()}}
+    try:
+        yield
+    finally:
+        model.edits = saved
 
 
 def ablation_table(model, icl, iwl, reference, config, parts):
@@ -226,12 +214,8 @@ def ablation_table(model, icl, iwl, reference, config, parts):
     means = part_means(model, reference, singles)
     rows = [('none', evaluate(model, icl, iwl, config['context_len'], config['eval_ways']))]
     for part in parts:
-        handles = [mean_ablated(model, p, means[p]) for p in _layers_of(part, model)]
-        try:
+        with mean_ablated(model, {p: means[p] for p in _layers_of(part, model)}):
             rows.append((part, evaluate(model, icl, iwl, config['context_len'], config['eval_ways'])))
-        finally:
-            for h in handles:
-                h.remove()
     return rows
 
 

@@ -17,9 +17,9 @@ from training import AdamW, StepTerms
 
 
 class StackedModel:
-    """K copies of one ICLTransformer as stacked tensors; __call__(items [K, B, ...], labels [K, B, S])
-    -> logits [K, B, n_labels] (and, with return_attention, each layer's [K, B, n_head, S', S'] attention)
-    through vmap(functional_call) of the unchanged module."""
+    """K copies of one ICLTransformer as stacked tensors; __call__(items [K, B, ...], labels [K, B, S], record) -> the
+    forward's record with a leading member axis on every tensor (logits [K, B, n_labels], ...), through
+    vmap(functional_call) of the unchanged module."""
 
     def __init__(self, models):
         # models[0]'s modules without their tensors (functional_call supplies every one): no copy of the weights, and
@@ -35,10 +35,9 @@ class StackedModel:
                        for name, p in params.items()}
         self.name_of = {id(p): name for name, p in models[0].named_parameters()}  # models[0]'s tensor -> name
 
-    def __call__(self, items, labels, return_attention=False):
+    def __call__(self, items, labels, record=()):
         def one(params, buffers, items, labels):
-            return functional_call(self.base, (params, buffers), (items, labels),
-                                   {'return_attention': return_attention})
+            return functional_call(self.base, (params, buffers), (items, labels), {'record': record})
         return vmap(one, randomness='different')(self.params, self.buffers, items, labels)
 
     def member_state(self, k, keys):

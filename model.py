@@ -161,11 +161,18 @@ class Block(nn.Module):
                                  nn.Linear(config.mlp_ratio * config.n_embd, config.n_embd),
                                  nn.Dropout(config.dropout))
 
-    def forward(self, x, return_attention=False, query_only=False):
-        a, attention = self.attn(self.ln_1(x), return_attention, query_only)
+    def forward(self, x, query_only, out, edits, i):
+        """out: the forward's record (its lists get this layer's entries); edits: {part: fn} (ICLTransformer.edits)."""
+        a, attention = self.attn(self.ln_1(x), 'attention' in out, query_only)
+        a = edits[f'attn{i}'](a) if f'attn{i}' in edits else a
         x = (x[:, -1:] if query_only else x) + a
-        x = x + self.mlp(self.ln_2(x))
-        return x, attention
+        hidden = self.mlp[1](self.mlp[0](self.ln_2(x)))  # the MLP's hidden activations (its Sequential's keys kept)
+        m = self.mlp[3](self.mlp[2](hidden))
+        m = edits[f'mlp{i}'](m) if f'mlp{i}' in edits else m
+        for name, value in (('attention', attention), ('attn_out', a), ('mlp_hidden', hidden), ('mlp_out', m)):
+            if name in out:
+                out[name].append(value)
+        return x + m
 
 
 class ICLTransformer(nn.Module):
@@ -179,27 +186,38 @@ class ICLTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.n_labels)
         self.register_buffer('positions', sinusoidal_positions(256, config.n_embd), persistent=False)
+        self.edits = {}  # part name (PARTS) -> fn(its output) -> the output used instead: eval.py's ablation
 
-    def forward(self, items, labels, return_attention=False):
-        """items [B, T+1, *item_shape], labels [B, T+1] (the query's label, labels[:, T], is
-        never read) -> logits [B, n_labels] at the query; with return_attention also a list of
-        per-layer attention probabilities [B, n_head, 2T+1, 2T+1]."""
+    def forward(self, items, labels, record=()):
+        """items [B, T+1, *item_shape], labels [B, T+1] (the query's label, labels[:, T], is never read) -> the
+        forward's record, a dict: 'logits' [B, n_labels] at the query, and for each name in `record` (RECORDS) a list:
+        per layer its attention probabilities [B, n_head, S, S] ('attention'), its attention and MLP outputs
+        [B, S, C] ('attn_out', 'mlp_out') and MLP hidden activations [B, S, mlp_ratio*C] ('mlp_hidden'); one entry
+        for 'encoder' (the item tokens [B, T+1, C]) and 'head_in' (the head's input [B, C]). self.edits {part: fn}
+        replaces a part's output by fn(output) (eval.py's ablation), parts named as in PARTS."""
+        unknown = [name for name in record if name not in RECORDS]
+        if unknown:
+            raise ValueError(f"record={record!r}: unknown {unknown[0]!r}; the forward records {', '.join(RECORDS)}")
+        out, edits = {'logits': None, **{name: [] for name in record}}, self.edits
         B, S = labels.shape
         item_tokens = self.encoder(items.flatten(0, 1)).view(B, S, -1)
+        item_tokens = edits['encoder'](item_tokens) if 'encoder' in edits else item_tokens
         label_tokens = self.label_embedding(labels[:, :-1])
         # interleave: x0 y0 x1 y1 ... x_{T-1} y_{T-1} x_query
         tokens = torch.stack([item_tokens[:, :-1], label_tokens], dim=2).flatten(1, 2)
         x = torch.cat([tokens, item_tokens[:, -1:]], dim=1)
         x = x + self.positions[: x.shape[1]]
-        attentions = []
         for i, block in enumerate(self.blocks):
             # the logits read only the query: the last block computes its output there alone (keys and
-            # values still from every token), ~1.5x fewer FLOPs for 2 layers; attention maps need it all
-            query_only = i == len(self.blocks) - 1 and not return_attention
-            x, attention = block(x, return_attention, query_only)
-            attentions.append(attention)
-        logits = self.head(self.ln_f(x[:, -1]))
-        return (logits, attentions) if return_attention else logits
+            # values still from every token), ~1.5x fewer FLOPs for 2 layers; a record needs every position
+            x = block(x, i == len(self.blocks) - 1 and not record, out, edits, i)
+        head_in = self.ln_f(x[:, -1])
+        head_in = edits['head'](head_in) if 'head' in edits else head_in
+        for name, value in (('encoder', item_tokens), ('head_in', head_in)):
+            if name in out:
+                out[name].append(value)
+        out['logits'] = self.head(head_in)
+        return out
 
     def module_of(self, name):
         """Which of DECAY_MODULES a parameter name belongs to ('encoder', 'attn', 'mlp', 'head'), or None
@@ -233,6 +251,13 @@ class ICLTransformer(nn.Module):
 
 
 DECAY_MODULES = ('encoder', 'attn', 'mlp', 'head')  # whose Linear/Conv weights decay_modules may name
+RECORDS = ('attention', 'attn_out', 'mlp_hidden', 'mlp_out', 'encoder', 'head_in')  # what forward(record=...) returns
+
+
+def parts(n_layer):
+    """The forward's named parts, whose outputs ICLTransformer.edits may replace: the encoder, each layer's attention
+    (attn<i>) and MLP (mlp<i>), the head's input (head)."""
+    return ['encoder', *[f'attn{i}' for i in range(n_layer)], *[f'mlp{i}' for i in range(n_layer)], 'head']
 
 
 def parse_decay_modules(text):

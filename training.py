@@ -244,20 +244,22 @@ class StepTerms:
     """What a training step reads from its run's config, in one place, so that a run, a group and bench.py step
     alike: the batch size, gradient clipping and the penalties added to the query loss. Built once from one config
     (a run) or from each member's (a group: `decays[i][k]` says whether member k's decay_modules hold tensor i of
-    `decayed`). A penalty is its train.py global, its check in check_config and one term here: a function
-    (logits, attention) -> penalty of shape member_shape, given what the forward produced; attention (the forward's
-    per-layer attention maps) is None unless a term set self.attention. A term reads its key with values, strength
-    or on_decayed: one value per member in a group (tests/test_keys.py checks each member trains at its own)."""
+    `decayed`). A penalty is its train.py global, its check in check_config and one term here: a function of the
+    forward's record (model.ICLTransformer.forward: 'logits', and what a term adds to self.record, e.g. 'attention'
+    or 'mlp_hidden', a list over layers) -> a penalty of shape member_shape. A term reads its key with values,
+    strength or on_decayed: one value per member in a group (tests/test_keys.py checks each member trains at its
+    own), into a variable named after the key: a term's lambda reads its variable when called, so two terms sharing
+    a name would both read the last one's strength."""
 
     def __init__(self, configs, decayed, decays=None):
         self.configs, self.decayed, self.decays = configs, decayed, decays
         self.batch_size, self.grad_clip = configs[0]['batch_size'], configs[0]['grad_clip']
         self.member_shape = () if decays is None else (len(configs),)
-        self.attention = False  # set by a term that reads attention: the forward then returns it
+        self.record = set()  # what the terms read from the forward besides the logits
         self.terms = []
         if any(self.values('l2')):  # 1/2 * l2 * ||w||^2 on the decayed group (l2_penalty)
             l2 = self.on_decayed('l2')
-            self.terms.append(lambda logits, attention: l2_penalty(decayed, l2, self.member_shape))
+            self.terms.append(lambda out: l2_penalty(decayed, l2, self.member_shape))
 
     def values(self, key):
         """Each config's `key` (every member's is read), train.py's default where a config lacks it."""
@@ -277,8 +279,8 @@ class StepTerms:
         return [torch.tensor([v if d else 0.0 for v, d in zip(values, mask)], device=p.device)
                 for mask, p in zip(self.decays, self.decayed)]
 
-    def penalty(self, logits, attention):
-        return sum(term(logits, attention) for term in self.terms) if self.terms else None
+    def penalty(self, out):
+        return sum(term(out) for term in self.terms) if self.terms else None
 
 
 def decay_(p, lr, wd):
@@ -369,17 +371,16 @@ class AdamW:
 def train_step(forward, optimizer, sampler, it, exposure, terms, autocast=None):
     """Step `it` of a run or a group; returns the detached query loss (shape [] or [K] for a group of K).
 
-    forward(items, labels[, return_attention=True]) -> logits[, attention]: the (compiled) model, or a group's
-    stacked model. sampler.sample(B) -> (items, labels, classes) with a leading member axis for a group.
+    forward(items, labels, record) -> the forward's record ('logits', and what the terms read): the (compiled) model,
+    or a group's stacked model. sampler.sample(B) -> (items, labels, classes) with a leading member axis for a group.
     optimizer: AdamW (its lr and decay at `it`). terms: the run's StepTerms (batch size, grad clip, penalties);
     the returned loss is the data loss alone."""
     items, labels, classes = sampler.sample(terms.batch_size)
     exposure.add(classes)
     with autocast if autocast is not None else torch.autocast('cpu', enabled=False):
-        logits, attention = (forward(items, labels, return_attention=True) if terms.attention
-                             else (forward(items, labels), None))
-    loss = query_loss(logits, labels)
-    penalty = terms.penalty(logits, attention)
+        out = forward(items, labels, record=tuple(sorted(terms.record)))
+    loss = query_loss(out['logits'], labels)
+    penalty = terms.penalty(out)
     (loss if penalty is None else loss + penalty).sum().backward()
     fault_point('train_step')  # test hook (no-op unless BURSTYICL_FAULT is set)
     if terms.grad_clip > 0:

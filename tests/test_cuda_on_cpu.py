@@ -216,7 +216,7 @@ def test_a_resnet_members_optimizer_state_is_laid_out_like_its_solo_run():
     torch.manual_seed(0)
     cfg = ModelConfig(n_labels=10, item_shape=(14, 14), encoder='resnet', n_layer=1, n_head=2, n_embd=16)
     stacked, optimizer, _ = stack_group([ICLTransformer(cfg), ICLTransformer(cfg)], members(SYNTHETIC, 2), 'cpu')
-    stacked(torch.randint(0, 256, (2, 3, 9, 14, 14), dtype=torch.uint8), torch.randint(0, 10, (2, 3, 9))).sum().backward()
+    stacked(torch.randint(0, 256, (2, 3, 9, 14, 14), dtype=torch.uint8), torch.randint(0, 10, (2, 3, 9)))['logits'].sum().backward()
     optimizer.step(0)
     states = [optimizer.state_dict(k) for k in range(2)]
     solos = [[optimizer.like[n] for n in decay + no_decay] for decay, no_decay in optimizer.orders]
@@ -235,7 +235,7 @@ def training_batch(config):
     """A CPU model and a batch of its training sequences, and train_step's forward arguments for it."""
     run = build([config], 'cpu')
     items, labels, _ = run.sampler.sample(config['batch_size'])
-    return run, (items, labels), {'return_attention': True} if run.terms.attention else {}
+    return run, (items, labels), {'record': tuple(sorted(run.terms.record))}
 
 
 @pytest.mark.parametrize('config', PATHS)

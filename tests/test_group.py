@@ -166,10 +166,10 @@ def test_a_stacked_image_model_trains_and_matches_its_solo_models():
     stacked = StackedModel(models)
     items = torch.randint(0, 256, (2, 3, 9, 14, 14), dtype=torch.uint8)
     labels = torch.randint(0, 10, (2, 3, 9))
-    logits = stacked(items, labels)
+    logits = stacked(items, labels)['logits']
     logits.sum().backward()
     for k, model in enumerate(models):
-        solo = model(items[k], labels[k])
+        solo = model(items[k], labels[k])['logits']
         solo.sum().backward()
         assert torch.allclose(logits[k], solo, atol=TOLERANCE)
         for name, p in model.named_parameters():  # scaled by the tensor's largest gradient: the stacked encoder's

@@ -1,6 +1,7 @@
 """README's "now hack it" penalties, applied as README writes them (its <!-- patch:NAME --> blocks, so they cannot
-rot): L1 on the decayed weights and the query's attention entropy are each a train.py global, a check and a
-StepTerms term, and work solo, per group member (= its solo run) and as a grid axis."""
+rot): L1 on the decayed weights, the query's attention entropy and L2 on the MLPs' hidden activations are each a
+train.py global, a check and a StepTerms term of the forward's record, and work solo, per group member (= its solo
+run) and as a grid axis."""
 import os
 import re
 import subprocess
@@ -15,6 +16,7 @@ from conftest import ROOT
 from test_group import assert_close, insert_lines, member_argv, patched_repo, run_in
 from test_train import TINY, metrics
 
+SNIPPETS = ('l1', 'attn_entropy', 'act_l2')
 # where the lines under a snippet's '# <place>' comment go: (file, the line they follow, their indent)
 PLACES = {'train.py': ('train.py', 'l2 = ', ''),
           'training.check_config': ('training.py', '    check_data_config(config)', '    '),
@@ -42,9 +44,9 @@ def patched_text(name, patches):
 
 @pytest.fixture
 def training(tmp_path, monkeypatch):
-    """training.py with README's two penalties, as a module whose train.py defaults are the patched train.py's."""
+    """training.py with README's penalties, as a module whose train.py defaults are the patched train.py's."""
     import checkpoint
-    patches = readme_patches('l1', 'attn_entropy')
+    patches = readme_patches(*SNIPPETS)
     (tmp_path / 'train.py').write_text(patched_text('train.py', patches))
     monkeypatch.setattr(checkpoint, 'HERE', str(tmp_path))   # train_defaults reads tmp_path/train.py
     module = types.ModuleType('training')
@@ -56,26 +58,29 @@ def training(tmp_path, monkeypatch):
 def test_the_snippets_apply_as_written_check_their_keys_and_act(training):
     from model import ICLTransformer, ModelConfig
     defaults = training.train_defaults()
-    for key in ('l1', 'attn_entropy'):
+    for key in SNIPPETS:
         with pytest.raises(ValueError, match=f'{key}=-1.0 must be >= 0'):
             training.check_config({**defaults, key: -1.0})
     # a config without the new keys (tests/test_l2.py builds one) reads their defaults: no term, no KeyError
     assert training.StepTerms([{'batch_size': 8, 'grad_clip': 0.0, 'l2': 0.0}], []).terms == []
     model = ICLTransformer(ModelConfig(n_labels=16, item_shape=(8,), n_layer=2, n_head=2, n_embd=16))
-    out = model(torch.randn(4, 9, 8), torch.randint(0, 16, (4, 9)), return_attention=True)
+    out = model(torch.randn(4, 9, 8), torch.randint(0, 16, (4, 9)), record=('attention', 'mlp_hidden'))
     decayed = model.decayed_parameters()[0]
     l1 = training.StepTerms([{**defaults, 'l1': 0.01}], decayed)
-    assert not l1.attention and torch.allclose(l1.penalty(*out), 0.01 * sum(p.abs().sum() for p in decayed))
+    assert not l1.record and torch.allclose(l1.penalty(out), 0.01 * sum(p.abs().sum() for p in decayed))
     entropy = training.StepTerms([{**defaults, 'attn_entropy': 0.5}], decayed)
-    assert entropy.attention and 0 < entropy.penalty(*out) < 0.5 * 2 * torch.log(torch.tensor(17.0))  # 2 layers
+    assert entropy.record == {'attention'} and 0 < entropy.penalty(out) < 0.5 * 2 * torch.log(torch.tensor(17.0))
+    act = training.StepTerms([{**defaults, 'act_l2': 0.1}], decayed)
+    assert act.record == {'mlp_hidden'} and len(out['mlp_hidden']) == 2  # one [B, S, 4C] per layer
+    assert torch.allclose(act.penalty(out), 0.1 * sum(h.pow(2).mean() for h in out['mlp_hidden']))
 
 
 @pytest.mark.slow
 def test_readme_penalties_work_solo_in_a_group_and_as_a_grid_axis(tmp_path):
-    repo = patched_repo(tmp_path, readme_patches('l1', 'attn_entropy'))
+    repo = patched_repo(tmp_path, readme_patches(*SNIPPETS))
     members = [['--seed=0', '--l1=0.002', f'--out_dir={tmp_path}/g0'], ['--seed=1', f'--out_dir={tmp_path}/g1'],
                ['--seed=2', '--l1=0.01', '--decay_modules=mlp', '--attn_entropy=0.05', f'--out_dir={tmp_path}/g2'],
-               ['--seed=3', '--attn_entropy=0.2', f'--out_dir={tmp_path}/g3']]
+               ['--seed=3', '--attn_entropy=0.2', '--act_l2=0.5', f'--out_dir={tmp_path}/g3']]
     proc = run_in(repo, 'train.py', member_argv(members))
     assert proc.returncode == 0, proc.stderr[-2000:]
     for k, member in enumerate(members):

@@ -235,15 +235,13 @@ def test_head_input_ablation_gives_one_answer_for_every_episode(trained):
     model, config, dataset, _ = load_run(str(trained))
     icl, iwl = build_eval_episodes(dataset, config)
     means = part_means(model, reference_sequences(dataset, config, n=128), ['head', 'mlp0'])
-    handle = mean_ablated(model, 'head', means['head'])
-    logits, _ = run_episodes(model, iwl)
-    handle.remove()
+    with mean_ablated(model, {'head': means['head']}):
+        logits, _ = run_episodes(model, iwl)
     assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-5)   # the head sees only the mean
     plain, _ = run_episodes(model, iwl)
-    handle = mean_ablated(model, 'mlp0', means['mlp0'])
-    knocked, _ = run_episodes(model, iwl)
-    handle.remove()
-    assert not torch.allclose(plain, knocked) and torch.equal(plain, run_episodes(model, iwl)[0])  # hooks removed
+    with mean_ablated(model, {'mlp0': means['mlp0']}):
+        knocked, _ = run_episodes(model, iwl)
+    assert not torch.allclose(plain, knocked) and torch.equal(plain, run_episodes(model, iwl)[0])  # edits undone
     rows = ablation_table(model, icl, iwl, reference_sequences(dataset, config, n=128), config, ['mlp0'])
     assert [part for part, _ in rows] == ['none', 'mlp0']
 

@@ -23,11 +23,11 @@ def batch(B=6, T=8, dim=16, n_labels=32):
 def test_logits_shape_and_query_label_is_never_read():
     model = tiny_model()
     items, labels = batch()
-    logits = model(items, labels)
+    logits = model(items, labels)['logits']
     assert logits.shape == (6, 32)
     other = labels.clone()
     other[:, -1] = (other[:, -1] + 1) % 32
-    assert torch.equal(model(items, other), logits)
+    assert torch.equal(model(items, other)['logits'], logits)
 
 
 def test_prediction_is_causal_in_the_context():
@@ -36,20 +36,25 @@ def test_prediction_is_causal_in_the_context():
     items, labels = batch()
     other = labels.clone()
     other[:, -2] = (other[:, -2] + 1) % 32
-    assert not torch.allclose(model(items, other), model(items, labels))
+    assert not torch.allclose(model(items, other)['logits'], model(items, labels)['logits'])
 
 
-def test_attention_capture_gives_same_logits_and_valid_probabilities():
+def test_the_record_gives_same_logits_valid_attention_and_each_blocks_activations():
     model = tiny_model()
     items, labels = batch()
     plain = model(items, labels)
-    logits, attentions = model(items, labels, return_attention=True)
-    torch.testing.assert_close(logits, plain, rtol=1e-5, atol=1e-5)
-    assert len(attentions) == 3
-    for a in attentions:
+    assert set(plain) == {'logits'}  # one shape of return, whatever is recorded
+    out = model(items, labels, record=('attention', 'attn_out', 'mlp_hidden', 'mlp_out'))
+    torch.testing.assert_close(out['logits'], plain['logits'], rtol=1e-5, atol=1e-5)
+    assert len(out['attention']) == 3
+    for a in out['attention']:
         assert a.shape == (6, 4, 17, 17)
         torch.testing.assert_close(a.sum(-1), torch.ones(6, 4, 17))
         assert (a.triu(diagonal=1) == 0).all()   # causal
+    assert [h.shape for h in out['mlp_hidden']] == [(6, 17, 4 * 32)] * 3
+    assert [a.shape for a in out['attn_out'] + out['mlp_out']] == [(6, 17, 32)] * 6
+    with pytest.raises(ValueError, match="unknown 'mlp'"):
+        model(items, labels, record=('mlp',))
 
 
 def test_decay_groups_exclude_layernorm_bias_and_embeddings():

@@ -249,7 +249,7 @@ def resnet_model(size=28, n_embd=32, pixel_noise=0.0):
 def test_resnet_encoder_shapes_and_architecture():
     model = resnet_model(size=105, n_embd=64)
     items = torch.randint(0, 256, (2, 9, 105, 105), dtype=torch.uint8)
-    assert model(items, torch.randint(0, 50, (2, 9))).shape == (2, 50)
+    assert model(items, torch.randint(0, 50, (2, 9)))['logits'].shape == (2, 50)
     encoder = model.encoder
     assert encoder(items[0]).shape == (9, 64)
     stem = encoder.net[0]
