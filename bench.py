@@ -354,7 +354,7 @@ def bench_train(results, rows):
                 rows.append(('train', f'{cell}/{combo}', None, '', out[f'{cell}/{combo}']))
                 continue
             model.load_state_dict(initial)  # every combo starts from the same weights
-            optimizer.load_state_dict(opt_state)
+            optimizer.load_state_dicts([opt_state])
             mode, dtype = combo.split('-')
             key = f'{cell}/{combo}' + (f'/{compile_mode}' if mode == 'compile' and compile_mode != 'default' else '')
             try:

@@ -186,7 +186,7 @@ class ICLTransformer(nn.Module):
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.head = nn.Linear(config.n_embd, config.n_labels)
         self.register_buffer('positions', sinusoidal_positions(256, config.n_embd), persistent=False)
-        self.edits = {}  # part name (PARTS) -> fn(its output) -> the output used instead: eval.py's ablation
+        self.edits = {}  # part name ('mlp0', ...) -> fn(its output) -> the output used instead: eval.py's ablation
 
     def forward(self, items, labels, record=()):
         """items [B, T+1, *item_shape], labels [B, T+1] (the query's label, labels[:, T], is never read) -> the
@@ -194,7 +194,7 @@ class ICLTransformer(nn.Module):
         per layer its attention probabilities [B, n_head, S, S] ('attention'), its attention and MLP outputs
         [B, S, C] ('attn_out', 'mlp_out') and MLP hidden activations [B, S, mlp_ratio*C] ('mlp_hidden'); one entry
         for 'encoder' (the item tokens [B, T+1, C]) and 'head_in' (the head's input [B, C]). self.edits {part: fn}
-        replaces a part's output by fn(output) (eval.py's ablation), parts named as in PARTS."""
+        replaces a part's output by fn(output) (eval.py's ablation): 'encoder', 'attn<i>', 'mlp<i>', 'head' (its input)."""
         unknown = [name for name in record if name not in RECORDS]
         if unknown:
             raise ValueError(f"record={record!r}: unknown {unknown[0]!r}; the forward records {', '.join(RECORDS)}")
@@ -253,11 +253,6 @@ class ICLTransformer(nn.Module):
 DECAY_MODULES = ('encoder', 'attn', 'mlp', 'head')  # whose Linear/Conv weights decay_modules may name
 RECORDS = ('attention', 'attn_out', 'mlp_hidden', 'mlp_out', 'encoder', 'head_in')  # what forward(record=...) returns
 
-
-def parts(n_layer):
-    """The forward's named parts, whose outputs ICLTransformer.edits may replace: the encoder, each layer's attention
-    (attn<i>) and MLP (mlp<i>), the head's input (head)."""
-    return ['encoder', *[f'attn{i}' for i in range(n_layer)], *[f'mlp{i}' for i in range(n_layer)], 'head']
 
 
 def parse_decay_modules(text):

@@ -358,6 +358,7 @@ class AdamW:
         AdamW and decay twice."""
         by_name = [{n: state['state'].get(i) for i, n in enumerate(order[0] + order[1])}
                    for order, state in zip(self.orders, states)]
+        self.inner.state.clear()  # the state becomes the loaded one, as torch's load_state_dict makes it
         for name, target in self.params.items():
             per_member = [m.get(name) for m in by_name]
             if all(per_member):
