@@ -126,10 +126,11 @@ def cached_decay_exponent(config):
     """model.decay_exponent (sum of lr * wd over the run, from the schedule functions train.py's optimizer steps by),
     cached: a paper-scale grid has 30 cells of 500k steps with a few schedules. Cells that differ only in where they
     write or their seed share it."""
+    from checkpoint import saved_config
     from model import decay_exponent
     key = repr(sorted((k, v) for k, v in config.items() if k not in ('out_dir', 'seed', 'wandb_run_name')))
     if key not in _exponents:
-        _exponents[key] = decay_exponent(config)
+        _exponents[key] = decay_exponent(saved_config(config))  # keys newer than the run at their old behaviour
     return _exponents[key]
 
 

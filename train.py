@@ -171,9 +171,9 @@ else:  # K members as one stacked model: the same step with a leading member axi
     sampler, exposure = GroupSampler(samplers), GroupExposure(exposures)
     del models[1:]
 state_keys = list(model.state_dict().keys())
-for c in configs:  # the schedules' keys (the optimizer reads them at every step)
-    learning_rate_at(0, c), weight_decay_at(0, c)
 try:
+    for c in configs:  # the schedules' keys (the optimizer reads them at every step)
+        learning_rate_at(0, c), weight_decay_at(0, c)
     check_all_read(configs)  # a key nothing above read would be silently ignored: stop before out_dir is touched
 except ValueError as e:
     fail(str(e))

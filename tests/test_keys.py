@@ -59,8 +59,8 @@ def candidates(key, value):
     """Other values of the key's type: near the default for numbers; for a string, the options its check quotes."""
     if isinstance(value, bool):
         return [not value]
-    if isinstance(value, int):
-        return [value + 1, value - 1, value * 2]
+    if isinstance(value, int):  # +2 first: 1 is often a no-op (a warmup of one step)
+        return [value + 2, value + 1, value * 2, value - 1]
     if isinstance(value, float):
         return [value * 2, value / 2] if value else [0.5, 0.1]
     try:
