@@ -257,12 +257,12 @@ def test_compiled_training_forward_and_backward_match_eager(config):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     compiled = torch.compile(run.forward, mode='default')
-    logits = compiled(*args, **kwargs)
+    logits = compiled(*args, **kwargs)['logits']
     logits.float().sum().backward()
     assert not torch._dynamo.utils.counters['graph_break'], dict(torch._dynamo.utils.counters['graph_break'])
     grads = [p.grad.clone() for p in run.forward.parameters()]
     run.forward.zero_grad()
-    eager = run.forward(*args, **kwargs)
+    eager = run.forward(*args, **kwargs)['logits']
     eager.float().sum().backward()
     assert torch.allclose(logits, eager, atol=1e-4)
     for g, p in zip(grads, run.forward.parameters()):  # summed in another order: equal up to rounding
