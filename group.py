@@ -36,8 +36,9 @@ from data import build_run_data
 from model import build_model, learning_rate_at
 from tracking import finish_tracking, require_wandb, start_tracking
 from training import (Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config, checkpoint_run,
-                      eval_due, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir, resolve_device,
-                      start_run_dir, stop_and_exit, train_step)
+                      eval_due, evaluate_and_log, finish_run, forget, forget_due, forgotten_names, fresh_state, log_line,
+                      parse_forget_modules, parse_train_args, read_run_dir, resolve_device, start_run_dir,
+                      stop_and_exit, train_step)
 
 
 # ---- K runs as one: the stacked model, its optimizer, sampler and exposure counts (bench.py uses them too) ----
@@ -249,18 +250,22 @@ if __name__ == '__main__':  # (bench.py imports the stacking above)
              + "); group cells that are at the same step, or run them with train.py")
     K = len(configs)
     device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-    data_cache, models, samplers, episodes = [], [], [], []
+    data_cache, datas, models, samplers, episodes = [], [], [], [], []
     try:
         for c in reads:  # per member, through its KeyReads: data and sampler, init seed, decay, penalties
             torch.manual_seed(c['seed'])  # as train.py: the same init as the member's solo run
             data, sampler, icl, iwl, probes = build_run_data(c, device, cache=data_cache)  # one copy of the same data
             models.append(build_model(shared, data).to(device))  # one architecture: the stacked model is models[0]'s
+            datas.append(data)
             samplers.append(sampler)
             episodes.append((icl, iwl, probes))
         template = models[0]                        # a solo model: eval and checkpoints go through it
         state_keys = list(template.state_dict().keys())
         member_decay = [template.decayed_parameters(c['decay_modules'])[0] for c in reads]  # each member's weight norm
         stacked, optimizer, terms = stack_group(models, reads, device_type)  # terms: batch, clip, members' penalties
+        # forgetting: one schedule for the group (the stacked AdamW keeps one step count per tensor)
+        forgotten = forgotten_names(state_keys, parse_forget_modules(shared['forget_modules']))
+        forget_due(0, shared)
         check_member_keys(configs, reads, shared)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
@@ -363,6 +368,10 @@ if __name__ == '__main__':  # (bench.py imports the stacking above)
         loss_sum += loss
         loss_count += 1
         iter_num += 1
+        if forget_due(iter_num, shared):  # each member re-drawn from its own seed, as its solo run
+            for k, _ in live():
+                forget({name: t[k] for name, t in {**stacked.params, **stacked.buffers}.items()},
+                       fresh_state(configs[k], datas[k], iter_num, forgotten), optimizer.inner.state, stacked.params)
 
         if iter_num % shared['log_interval'] == 0:
             check_finite()

@@ -74,6 +74,12 @@ decay_modules = 'all'       # whose Linear/Conv weights weight_decay and l2 act 
 beta1 = 0.9
 beta2 = 0.999
 grad_clip = 0.0             # clip the global grad norm at this value (0 = off)
+forget_every = 0            # re-initialise forget_modules every this many steps, with fresh AdamW state (0 = off;
+                            # active forgetting, Chen et al. 2023, as Anand et al. 2024's code does it)
+forget_until = 0            # forget only before this step (Anand et al.'s temporary forgetting; 0 = the whole run)
+forget_modules = 'encoder,label_embedding,head'  # a comma list of encoder, label_embedding, head, mlp. The papers reset
+                            # the token embeddings, tied to the output layer: here the item encoder, the label
+                            # embedding and the head
 lr_schedule = 'constant'    # 'inverse_sqrt' (Chan et al.), 'cosine' or 'constant', each after warmup
 warmup_iters = 200
 min_lr = 0.0                # cosine only
@@ -97,8 +103,9 @@ from data import build_run_data
 from model import build_model, learning_rate_at
 from tracking import finish_tracking, require_wandb, start_tracking
 from training import (Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config, checkpoint_run,
-                      eval_due, eval_line, evaluate_and_log, finish_run, log_line, read_run_dir, resolve_device,
-                      start_run_dir, stop_and_exit, train_step)
+                      eval_due, eval_line, evaluate_and_log, finish_run, forget, forget_due, forgotten_names,
+                      fresh_state, log_line, parse_forget_modules, read_run_dir, resolve_device, start_run_dir,
+                      stop_and_exit, train_step)
 
 config = KeyReads({k: globals()[k] for k in config_keys})  # notes the keys the run reads: one nothing reads stops it
 
@@ -138,6 +145,7 @@ optimizer = model.configure_optimizers(config['weight_decay'], config['learning_
 decayed_params, _ = model.decayed_parameters(config['decay_modules'])
 terms = StepTerms([config], decayed_params)  # batch size, grad clip and penalties: the step reads these, not globals
 lr_at(0)  # the schedule's keys (the loop reads them at every step)
+forgotten = forgotten_names(model.state_dict(), parse_forget_modules(config['forget_modules']))
 try:
     check_all_read([config])  # a key nothing above read would be silently ignored: stop before out_dir is touched
 except ValueError as e:
@@ -236,6 +244,9 @@ while True:
     loss_sum += loss
     loss_count += 1
     iter_num += 1
+    if forget_due(iter_num, config):  # forgetting: forget_modules re-initialised, their AdamW state started again
+        forget(model.state_dict(keep_vars=True), fresh_state(config, data, iter_num, forgotten), optimizer.state,
+               dict(model.named_parameters()))
 
     if iter_num % log_interval == 0:
         check_finite()
