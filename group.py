@@ -363,15 +363,15 @@ if __name__ == '__main__':  # (bench.py imports the stacking above)
                           f"SIGTERM: checkpointed {K - len(failed)} members at iter {iter_num}; rerun to continue",
                           1 if failed else 0)
 
+        if forget_due(iter_num, shared):  # after this step's eval; each member re-drawn from its own seed, as solo
+            for k, _ in live():
+                forget({name: t[k] for name, t in {**stacked.params, **stacked.buffers}.items()},
+                       fresh_state(configs[k], datas[k], iter_num, forgotten), optimizer.inner.state, stacked.params)
         loss = train_step(stacked, optimizer, sampler, lr, exposure, terms, autocast)
         non_finite.update(loss, iter_num)
         loss_sum += loss
         loss_count += 1
         iter_num += 1
-        if forget_due(iter_num, shared):  # each member re-drawn from its own seed, as its solo run
-            for k, _ in live():
-                forget({name: t[k] for name, t in {**stacked.params, **stacked.buffers}.items()},
-                       fresh_state(configs[k], datas[k], iter_num, forgotten), optimizer.inner.state, stacked.params)
 
         if iter_num % shared['log_interval'] == 0:
             check_finite()

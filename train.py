@@ -238,15 +238,15 @@ while True:
         stop_and_exit([(config, state_dict())], [run],
                       f"SIGTERM: checkpointed at iter {iter_num}; rerun with --init_from=resume to continue")
 
+    if forget_due(iter_num, config):  # forgetting after the eval of this step (so the eval sees what was learned)
+        forget(model.state_dict(keep_vars=True), fresh_state(config, data, iter_num, forgotten), optimizer.state,
+               dict(model.named_parameters()))
     lr = lr_at(iter_num)
     loss = train_step(train_model, optimizer, sampler, lr, exposure, terms, autocast)
     non_finite.update(loss, iter_num)
     loss_sum += loss
     loss_count += 1
     iter_num += 1
-    if forget_due(iter_num, config):  # forgetting: forget_modules re-initialised, their AdamW state started again
-        forget(model.state_dict(keep_vars=True), fresh_state(config, data, iter_num, forgotten), optimizer.state,
-               dict(model.named_parameters()))
 
     if iter_num % log_interval == 0:
         check_finite()

@@ -291,8 +291,9 @@ def check_forgetting(config):
 
 
 def forget_due(iter_num, config):
-    """Re-initialise after completed step iter_num? Every forget_every steps, while iter_num < forget_until (0: the
-    whole run), as Anand et al.'s code counts: step k*forget_every re-initialises, step forget_until no longer."""
+    """Re-initialise after completed step iter_num (and after its eval)? Every forget_every steps, while iter_num <
+    forget_until (0: the whole run), as Anand et al.'s code counts and orders it: step k*forget_every is evaluated,
+    then re-initialised; step forget_until no longer."""
     every, until = config['forget_every'], config['forget_until']
     return every > 0 and iter_num > 0 and iter_num % every == 0 and (until == 0 or iter_num < until)
 
