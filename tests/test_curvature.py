@@ -3,7 +3,7 @@ computation on a small Linear, rho = 1 as the identity, determinism, bad spellin
 import itertools
 import json
 import os
-import subprocess
+import runpy
 import sys
 
 import numpy as np
@@ -146,19 +146,24 @@ def test_parse_edit_reads_sets_and_defaults_to_the_mlp():
     assert parse_edit('curvature:0.5@head+mlp,attn') == ([0.5], [('head+mlp', ('mlp', 'head')), ('attn', ('attn',))])
 
 
-def test_cli_writes_its_json_and_figure_and_refuses_a_bad_spelling(run_dir, tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={run_dir}', '--curvature_sequences=64',
-           f'--edit_out={tmp_path}']
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    proc = subprocess.run(cmd + ['--edit=curvature:1,0.5@mlp,head'], capture_output=True, text=True, timeout=120,
-                          cwd=ROOT, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def eval_cli(monkeypatch, capsys, *args):
+    """eval.py run as a script in this process (no second torch import): (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, 'argv', ['eval.py', *args])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(os.path.join(ROOT, 'eval.py'), run_name='__main__')
+    out = capsys.readouterr()
+    return stop.value.code, out.out, out.err
+
+
+def test_cli_writes_its_json_and_figure_and_refuses_a_bad_spelling(run_dir, tmp_path, monkeypatch, capsys):
+    args = [f'--out_dir={run_dir}', '--curvature_sequences=64', f'--edit_out={tmp_path}']
+    code, out, err = eval_cli(monkeypatch, capsys, *args, '--edit=curvature:1,0.5@mlp,head')
+    assert code == 0, err[-2000:]
     result = json.load(open(tmp_path / 'curvature.json'))
     assert [s['name'] for s in result['sets']] == ['mlp', 'head'] and result['iter'] == 0
     assert [r['rho'] for r in result['sets'][1]['rows']] == [1.0, 0.5]
     for key in ('icl_acc', 'iwl_acc', 'train_dist_acc', 'attn_match_image', 'attn_match_label', 'mass_removed'):
         assert key in result['sets'][0]['rows'][1], key
-    assert os.path.getsize(tmp_path / 'curvature.png') > 0 and 'head' in proc.stdout
-    proc = subprocess.run(cmd + ['--edit=curvature:0.5@ffn'], capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env=env)
-    assert proc.returncode == 1 and "unknown module 'ffn'" in proc.stderr and 'Traceback' not in proc.stderr
+    assert os.path.getsize(tmp_path / 'curvature.png') > 0 and 'head' in out
+    code, out, err = eval_cli(monkeypatch, capsys, *args, '--edit=curvature:0.5@ffn')
+    assert code == 1 and "unknown module 'ffn'" in err and 'Traceback' not in err
