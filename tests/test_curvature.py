@@ -34,10 +34,11 @@ def run_dir(tmp_path_factory):
     return out
 
 
-def direct_factors(model, items, labels, name, seed):
+def direct_factors(model, items, labels, name, seed, positions='expand'):
     """A and G of one Linear by hand: record its input and the gradient at its output per sequence, sample each
-    query label from the softmax with the same generator, then A = mean over sequences and positions of a a^T and
-    G = mean over sequences of the sum over positions of g g^T (the 'expand' weighting)."""
+    query label from the softmax with the same generator, then 'expand': A = mean over sequences and positions of
+    a a^T, G = mean over sequences of the sum over positions of g g^T; 'reduce': the outer products of each
+    sequence's position-mean of a and position-sum of g, averaged over sequences."""
     module = dict(model.named_modules())[name]
     store = {}
 
@@ -54,8 +55,12 @@ def direct_factors(model, items, labels, name, seed):
     B = labels.shape[0]
     a = store['a'].double().reshape(B, -1, store['a'].shape[-1])
     g = store['out'].grad.double().reshape(B, -1, store['out'].shape[-1])
-    A = sum(a[n, t][:, None] * a[n, t][None] for n in range(B) for t in range(a.shape[1])) / (B * a.shape[1])
-    G = sum(g[n, t][:, None] * g[n, t][None] for n in range(B) for t in range(g.shape[1])) / B
+    if positions == 'expand':
+        A = sum(a[n, t][:, None] * a[n, t][None] for n in range(B) for t in range(a.shape[1])) / (B * a.shape[1])
+        G = sum(g[n, t][:, None] * g[n, t][None] for n in range(B) for t in range(g.shape[1])) / B
+    else:
+        A = sum(a[n].mean(0)[:, None] * a[n].mean(0)[None] for n in range(B)) / B
+        G = sum(g[n].sum(0)[:, None] * g[n].sum(0)[None] for n in range(B)) / B
     model.zero_grad(set_to_none=True)
     return A, G
 
@@ -65,8 +70,13 @@ def test_edit_matches_a_direct_computation_on_a_small_linear(run_dir):
     seqs = curvature_sequences(dataset, config, 24)
     name = 'blocks.0.mlp.0'   # 8 -> 32: 256 components
     A, G = direct_factors(model, seqs.items, seqs.labels, name, seed=3)
-    A_k, G_k = kfac_factors(model, seqs, [name], batch_size=24, seed=3)[name]
+    A_k, G_k = kfac_factors(model, seqs, [name], batch_size=10, seed=3)[name]   # batches of 10, 10, 4
     assert torch.allclose(A_k, A, rtol=1e-5, atol=1e-12) and torch.allclose(G_k, G, rtol=1e-5, atol=1e-14)
+    for other in ('blocks.1.attn.qkv', 'head'):   # all positions; the last block's query only, through the head
+        for positions in ('expand', 'reduce'):
+            want = direct_factors(model, seqs.items, seqs.labels, other, 3, positions)
+            got = kfac_factors(model, seqs, [other], seed=3, positions=positions)[other]
+            assert all(torch.allclose(x, y, rtol=1e-5, atol=1e-14) for x, y in zip(got, want)), (other, positions)
     lam_A, U_A = np.linalg.eigh(A.numpy())
     lam_G, U_G = np.linalg.eigh(G.numpy())
     W = dict(model.named_modules())[name].weight.detach().double().numpy()
@@ -139,6 +149,16 @@ def test_rho_one_is_the_identity_and_the_sweep_is_deterministic(run_dir):
 def test_a_bad_spelling_is_a_value_error_naming_the_problem(text, problem):
     with pytest.raises(ValueError, match=problem):
         parse_edit(text)
+
+
+def test_bad_factor_options_name_themselves(run_dir):
+    model, config, dataset, _ = load_run(str(run_dir))
+    seqs = curvature_sequences(dataset, config, 4)
+    for kw, problem in ((dict(positions='sum'), 'positions'), (dict(labels='gold'), 'labels')):
+        with pytest.raises(ValueError, match=problem):
+            kfac_factors(model, seqs, ['head'], **kw)
+    with pytest.raises(ValueError, match="'blocks.0.ln_1' is no Linear"):
+        kfac_factors(model, seqs, ['blocks.0.ln_1'])
 
 
 def test_parse_edit_reads_sets_and_defaults_to_the_mlp():
