@@ -159,8 +159,9 @@ def kfac_factors(model, episodes, names, batch_size=256, seed=0, positions='expa
 
 
 def eigenbasis(factor):
-    """(eigenvalues descending, clamped at 0; eigenvectors as columns), in float64."""
-    values, vectors = torch.linalg.eigh(factor.double())
+    """(eigenvalues descending, clamped at 0; eigenvectors as columns), in float64 on the CPU (edited() moves
+    the vectors to the weight's device)."""
+    values, vectors = torch.linalg.eigh(factor.double().cpu())
     order = torch.argsort(values, descending=True, stable=True)
     return values[order].clamp_min(0), vectors[:, order]
 
