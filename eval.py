@@ -256,6 +256,8 @@ if __name__ == '__main__':
     if edit:
         from curvature import run_cli
         try:
+            if ablate:
+                raise ValueError(f"edit={edit!r} and ablate={ablate!r}: give one of them")
             run_cli(out_dir, ckpt_name, device, edit, curvature_sequences, edit_out)
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
