@@ -249,7 +249,7 @@ if __name__ == '__main__':
     device = 'cpu'
     ablate = ''        # '' = plain eval; 'all' or a comma list of parts (encoder, attn<i>, mlp<i>, head, attn, mlp)
     edit = ''          # 'curvature:<rho list>[@<module sets>]': the K-FAC curvature edit sweep (curvature.py)
-    curvature_sequences = 4096   # training sequences the K-FAC factors are taken over
+    curvature_sequences = 65536  # training sequences the K-FAC factors are taken over (curvature.py: fewer cut too much)
     edit_out = ''      # folder for curvature.json / curvature.png ('' = out_dir)
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     from data import build_eval_episodes, icl_chance

@@ -15,9 +15,10 @@ The runs (one thread each, keep_checkpoints every 250 steps so a peak can be pic
     python train.py --n_train_classes=100 --max_iters=12000 $S --label_swap=0.8 --keep_checkpoints=$K \\
         --out_dir=runs_curv/few_swap0.8
 
-Then the same sweep on the mlp and all sets of three of them with the other choices curvature.py offers (CHECKS):
-positions='reduce' (A of the position-mean of a, G of the position-sum of g) and labels='true' (the empirical
-Fisher), into checks/<name>_<positions>_<labels>/.
+Every sweep takes the K-FAC factors over N = 65536 training sequences. Then the same sweep on the mlp and all sets of
+three of them with the other choices curvature.py offers (CHECKS): positions='reduce' (A of the position-mean of a,
+G of the position-sum of g) and labels='true' (the empirical Fisher), into checks/<name>_<positions>_<labels>/; and
+on the mlp set with fewer and more sequences (CONVERGENCE), into checks/<name>_n<N>/.
 
 A checkpoint named 'peak' is the middle eval of the run's best mean of 3 consecutive evals of ICL (the rule of the
 reports), step 0 excluded.
@@ -39,6 +40,9 @@ RUNS = [  # (name, run folder, checkpoint: an iter or 'peak', what it is)
 RHOS = '1,0.999,0.99,0.95,0.9,0.8,0.5,0.2'
 SETS = 'mlp,head,attn,all'
 TABLE_RHOS = (0.99, 0.9, 0.5)
+N = 65536
+CONVERGENCE = [('many_12k', n) for n in (4096, 16384, 262144)] + [(name, n) for name in ('few_4k', 'few_swap0.8_12k')
+                                                                   for n in (4096, 262144)]
 CHECKS = [(name, positions, labels) for name in ('few_4k', 'many_12k', 'few_swap0.8_12k')
           for positions, labels in (('reduce', 'sampled'), ('expand', 'true'))]
 
@@ -50,13 +54,13 @@ def peak_iter(run_dir):
     return max(means)[1]
 
 
-def sweep(run_dir, it, sets, folder, positions='expand', labels='sampled'):
+def sweep(run_dir, it, sets, folder, positions='expand', labels='sampled', n=N):
     """One sweep, condensed for the summary (the full result is the folder's curvature.json)."""
     from curvature import run_cli
     start = time.time()
-    result = run_cli(run_dir, f'ckpt_{it}.pt', 'cpu', f'curvature:{RHOS}@{sets}', 4096, edit_out=folder,
+    result = run_cli(run_dir, f'ckpt_{it}.pt', 'cpu', f'curvature:{RHOS}@{sets}', n, edit_out=folder,
                      positions=positions, labels=labels)
-    return {'run': run_dir, 'iter': it, 'positions': positions, 'labels': labels,
+    return {'run': run_dir, 'iter': it, 'positions': positions, 'labels': labels, 'n_sequences': n,
             'wall_s': round(time.time() - start, 1),
             'baseline': {k: result['baseline'][k] for k in ('icl_acc', 'iwl_acc', 'train_dist_acc')},
             'sets': {s['name']: [{k: r[k] for k in ('rho', 'mass_removed', 'components_kept', 'icl_acc', 'iwl_acc',
@@ -88,15 +92,22 @@ def main(runs_root, out_root):
         run_dir, it = where[name]
         checks.append({'name': f'{name} {positions}/{labels}', **sweep(
             run_dir, it, 'mlp,all', os.path.join(out_root, 'checks', f'{name}_{positions}_{labels}'), positions, labels)})
+    for name, n in CONVERGENCE:
+        run_dir, it = where[name]
+        checks.append({'name': f'{name} n={n}', **sweep(run_dir, it, 'mlp', os.path.join(out_root, 'checks',
+                                                                                        f'{name}_n{n}'), n=n)})
     with open(os.path.join(out_root, 'summary.json'), 'w') as f:
-        json.dump({'rhos': RHOS, 'sets': SETS, 'n_sequences': 4096, 'seed': 0, 'runs': summary, 'checks': checks},
+        json.dump({'rhos': RHOS, 'sets': SETS, 'n_sequences': N, 'seed': 0, 'runs': summary, 'checks': checks},
                   f, indent=1)
     lines = ["ICL / IWL (training-distribution accuracy) after keeping rho of each weight's curvature mass, seed 0; "
-             "share of components kept in brackets. K-FAC 'expand' weighting, labels sampled from the model.", '',
+             f"share of components kept in brackets. K-FAC 'expand' weighting over {N} training sequences, labels "
+             "sampled from the model.", '',
              *table(summary), '',
-             'Wall time per sweep (one thread, 4096 sequences, 4 sets x 8 rhos): '
+             f'Wall time per sweep (one thread, {N} sequences, 4 sets x 8 rhos): '
              + ', '.join(f"{s['name']} {s['wall_s']:.0f} s" for s in summary), '',
-             "Checks: positions 'reduce' or the true labels (empirical Fisher) instead.", '', *table(checks)]
+             "Checks: positions 'reduce' or the true labels (empirical Fisher) instead, and other numbers of "
+             "sequences (n=...; the others take 65536).", '', *table(checks), '',
+             'Wall time per check: ' + ', '.join(f"{s['name']} {s['wall_s']:.0f} s" for s in checks)]
     with open(os.path.join(out_root, 'summary.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     print('\n'.join(lines))

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from conftest import ROOT
 from checkpoint import save_checkpoint, saved_config, train_defaults
 from curvature import (curvature_sequences, curvature_sweep, edit_weight, edited, eigenbasis, kept_mask, kfac_factors,
-                       parse_edit, resolve_sets)
+                       parse_edit, resolve_sets, training_batches)
 from data import build_dataset
 from eval import load_run
 from model import build_model
@@ -149,6 +149,24 @@ def test_rho_one_is_the_identity_and_the_sweep_is_deterministic(run_dir):
 def test_a_bad_spelling_is_a_value_error_naming_the_problem(text, problem):
     with pytest.raises(ValueError, match=problem):
         parse_edit(text)
+
+
+def test_expected_labels_give_the_softmax_covariance_at_the_head(run_dir):
+    """At the head the output gradient for label k is p - e_k, so the exact expectation over the softmax is
+    G = mean over sequences of diag(p) - p p^T; training_batches draws the same batches every time."""
+    model, config, dataset, _ = load_run(str(run_dir))
+    seqs = curvature_sequences(dataset, config, 20)
+    with torch.no_grad():
+        p = model(seqs.items, seqs.labels).double().softmax(-1)
+    want = (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]).mean(0)
+    A, G = kfac_factors(model, seqs, ['head'], batch_size=8, labels='expected')['head']
+    assert torch.allclose(G, want, atol=1e-10)
+    batches = training_batches(dataset, config, 20, batch_size=8)
+    assert all(torch.equal(x, y) for x, y in zip(kfac_factors(model, batches, ['head'], labels='expected')['head'],
+                                                 kfac_factors(model, training_batches(dataset, config, 20, 8), ['head'],
+                                                              labels='expected')['head']))
+    with pytest.raises(ValueError, match='no sequences'):
+        kfac_factors(model, [], ['head'])
 
 
 def test_bad_factor_options_name_themselves(run_dir):
