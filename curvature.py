@@ -23,12 +23,15 @@ the per-sequence sum over positions of g g^T. The alternative 'reduce' (A of the
 position-sum of g) is an option. Either way a constant factor per weight does not change which components are
 kept (the mass is taken per weight).
 
-How many sequences: the tail of the spectrum, where the edit cuts, converges slowly. A confident model's sampled
-label is nearly always its own answer (gradient ~0), and at 1600 classes a class is the query of one sequence in
-1600, so a few thousand sequences leave most low-curvature directions to noise and cut far more memorisation
-than the converged estimate does (Many at 12k, MLPs, rho = 0.99: IWL 0.09 at 4096 sequences, 0.86 at 65536,
-0.89 at 262144). The default, 65536, is within a few points of 262144 there; labels='expected' (the exact
-expectation over the softmax, one backward per label) removes the label noise but not the sequence noise.
+How many sequences, and which labels: the tail of the spectrum, where the edit cuts, converges slowly. At 1600
+classes a class is the query of one sequence in 1600, so a few thousand sequences leave most low-curvature
+directions to noise and cut far more memorisation than the converged estimate (Many at 12k, MLPs, rho = 0.99:
+IWL 0.10 at 4096 sequences, 0.85 at 65536, 0.88 at 262144); the default is 65536. And a confident model's sampled
+label is nearly always its answer, whose gradient is ~0, so one sample per sequence leaves G to rare draws: a
+heavy-tailed estimate that for a saturated model (Few, training loss 2e-4) jumps with the number of sequences
+(IWL at rho = 0.99: 1.00 at 4096, 0.13 at 65536). labels='expected' (the exact expectation over the softmax, one
+backward per label) removes that noise (Few: 1.00 at 4096 and at 16384) at n_labels times the cost: the choice
+for confident models and small label sets; the paper's single sample stays the default.
 
 Left alone: biases, LayerNorms, the label embedding, and any Conv (the ResNet encoder has no Linear: 'encoder'
 names the synthetic encoder's Linear only). Deviations from the paper's code, each said where it happens: the
@@ -106,12 +109,13 @@ def resolve_sets(model, sets):
 
 def kfac_factors(model, episodes, names, batch_size=256, seed=0, positions='expand', labels='sampled'):
     """{name: (A [in, in], G [out, out])} in float64 for the named Linears, over `episodes` (an Episodes, taken
-    batch_size at a time, or an iterable of (items, labels) batches: training_batches) in the model's eval mode. labels='sampled' draws each sequence's query label from the
-    model's softmax with a generator seeded by `seed` (the paper's Monte Carlo Fisher); 'expected' takes the exact
-    expectation over that softmax instead, sum_k p_k g_k g_k^T with one backward per label (the limit of many
-    samples per sequence: a confident model's sampled label is nearly always its answer, whose gradient is ~0, so
-    one sample per sequence leaves G to the few surprising draws); 'true' uses the episodes' labels (the
-    empirical Fisher). positions: 'expand' or 'reduce' (the module docstring). No parameter gradient is made."""
+    batch_size at a time, or an iterable of (items, labels) batches: training_batches) in the model's eval mode.
+    labels='sampled' draws each sequence's query label from the model's softmax with a generator seeded by `seed`
+    (the paper's Monte Carlo Fisher); 'expected' takes the exact expectation over that softmax instead,
+    sum_k p_k g_k g_k^T with one backward per label (n_labels times the cost: the limit of many samples per
+    sequence, where one sample leaves a confident model's G to its few surprising draws); 'true' uses the
+    episodes' labels (the empirical Fisher). positions: 'expand' or 'reduce' (the module docstring). No parameter
+    gradient is made."""
     if positions not in POSITIONS:
         raise ValueError(f"positions={positions!r} must be one of {', '.join(POSITIONS)}")
     if labels not in LABELS:
@@ -150,8 +154,8 @@ def kfac_factors(model, episodes, names, batch_size=256, seed=0, positions='expa
                 if labels == 'expected':   # d CE(k) / d logits = p - e_k, weighted by sqrt(p_k) so G sums p_k g g^T
                     p = logits.detach().softmax(-1)
                     eye = torch.eye(p.shape[1], device=p.device, dtype=p.dtype)
-                    per_label = [torch.autograd.grad(logits, outs, (p - eye[k]) * p[:, k:k + 1].sqrt(), retain_graph=True)
-                                 for k in range(p.shape[1])]
+                    per_label = [torch.autograd.grad(logits, outs, (p - eye[k]) * p[:, k:k + 1].sqrt(),
+                                                     retain_graph=True) for k in range(p.shape[1])]
                 else:
                     if labels == 'sampled':
                         with torch.no_grad():
@@ -350,7 +354,8 @@ def run_cli(out_dir, ckpt_name, device, edit, n_sequences, edit_out='', seed=0, 
               'title': f"{out_dir} ({ckpt_name}, iter {checkpoint['iter_num']})", **result}
     b = result['baseline']
     print(f"{result['title']}: curvature edit, {n_sequences} training sequences, labels {labels}, {positions}")
-    print(f"{'set':>10} | {'rho':>6} | {'removed':>8} | {'kept':>6} | {'ICL':>5} | {'IWL':>5} | {'train':>5} | attn lbl")
+    print(f"{'set':>10} | {'rho':>6} | {'removed':>8} | {'kept':>6} | {'ICL':>5} | {'IWL':>5} | {'train':>5} | "
+          f"attn lbl")
     print(f"{'none':>10} | {1:>6g} | {0:>8.2g} | {1:>6.3f} | {b['icl_acc']:.3f} | {b['iwl_acc']:.3f} | "
           f"{b['train_dist_acc']:.3f} | {b['attn_match_label']:.2f}")
     for s in result['sets']:

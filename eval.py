@@ -249,7 +249,8 @@ if __name__ == '__main__':
     device = 'cpu'
     ablate = ''        # '' = plain eval; 'all' or a comma list of parts (encoder, attn<i>, mlp<i>, head, attn, mlp)
     edit = ''          # 'curvature:<rho list>[@<module sets>]': the K-FAC curvature edit sweep (curvature.py)
-    curvature_sequences = 65536  # training sequences the K-FAC factors are taken over (curvature.py: fewer cut too much)
+    curvature_sequences = 65536  # training sequences for the K-FAC factors (curvature.py: fewer cut too much)
+    curvature_labels = 'sampled'  # 'sampled' (the paper's), 'expected' (exact over the softmax) or 'true'
     edit_out = ''      # folder for curvature.json / curvature.png ('' = out_dir)
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     from data import build_eval_episodes, icl_chance
@@ -258,7 +259,7 @@ if __name__ == '__main__':
         try:
             if ablate:
                 raise ValueError(f"edit={edit!r} and ablate={ablate!r}: give one of them")
-            run_cli(out_dir, ckpt_name, device, edit, curvature_sequences, edit_out)
+            run_cli(out_dir, ckpt_name, device, edit, curvature_sequences, edit_out, labels=curvature_labels)
         except (FileNotFoundError, RuntimeError, ValueError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)

@@ -20,6 +20,13 @@ three of them with the other choices curvature.py offers (CHECKS): positions='re
 G of the position-sum of g) and labels='true' (the empirical Fisher), into checks/<name>_<positions>_<labels>/; and
 on the mlp set with fewer and more sequences (CONVERGENCE), into checks/<name>_n<N>/.
 
+With --expected, the map again with labels='expected' (the exact expectation over the model's softmax instead of
+one sampled label per sequence) over 16384 sequences, into expected/<name>/ and summary_expected.md: a confident
+model's sampled labels are nearly always its answers, so one sample per sequence leaves G to rare draws, a
+heavy-tailed estimate that decides the Few runs' low-curvature tail.
+
+    python scripts/curvature_map.py runs_curv assets/curvature_map --expected
+
 A checkpoint named 'peak' is the middle eval of the run's best mean of 3 consecutive evals of ICL (the rule of the
 reports), step 0 excluded.
 """
@@ -81,6 +88,25 @@ def table(summary):
     return lines
 
 
+def expected_map(runs_root, out_root, n=16384):
+    summary = []
+    for name, folder, which, what in RUNS:
+        run_dir = os.path.join(runs_root, folder)
+        it = peak_iter(run_dir) if which == 'peak' else which
+        summary.append({'name': name, 'what': what, **sweep(run_dir, it, SETS, os.path.join(out_root, 'expected', name),
+                                                             labels='expected', n=n)})
+    with open(os.path.join(out_root, 'summary_expected.json'), 'w') as f:
+        json.dump({'rhos': RHOS, 'sets': SETS, 'n_sequences': n, 'labels': 'expected', 'runs': summary}, f, indent=1)
+    lines = ["ICL / IWL (training-distribution accuracy) after keeping rho of each weight's curvature mass, seed 0; "
+             f"share of components kept in brackets. K-FAC 'expand' weighting over {n} training sequences, G the exact "
+             "expectation over the model's softmax (labels='expected').", '', *table(summary), '',
+             f'Wall time per sweep (one thread, {n} sequences, 4 sets x 8 rhos): '
+             + ', '.join(f"{s['name']} {s['wall_s']:.0f} s" for s in summary)]
+    with open(os.path.join(out_root, 'summary_expected.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+
+
 def main(runs_root, out_root):
     summary, checks, where = [], [], {}
     for name, folder, which, what in RUNS:
@@ -90,8 +116,9 @@ def main(runs_root, out_root):
         summary.append({'name': name, 'what': what, **sweep(run_dir, it, SETS, os.path.join(out_root, name))})
     for name, positions, labels in CHECKS:
         run_dir, it = where[name]
-        checks.append({'name': f'{name} {positions}/{labels}', **sweep(
-            run_dir, it, 'mlp,all', os.path.join(out_root, 'checks', f'{name}_{positions}_{labels}'), positions, labels)})
+        folder = os.path.join(out_root, 'checks', f'{name}_{positions}_{labels}')
+        checks.append({'name': f'{name} {positions}/{labels}',
+                       **sweep(run_dir, it, 'mlp,all', folder, positions, labels)})
     for name, n in CONVERGENCE:
         run_dir, it = where[name]
         checks.append({'name': f'{name} n={n}', **sweep(run_dir, it, 'mlp', os.path.join(out_root, 'checks',
@@ -114,6 +141,6 @@ def main(runs_root, out_root):
 
 
 if __name__ == '__main__':
-    if len(sys.argv) != 3:
-        sys.exit('usage: python scripts/curvature_map.py <runs folder> <output folder>')
-    main(sys.argv[1], sys.argv[2])
+    if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ['--expected']):
+        sys.exit('usage: python scripts/curvature_map.py <runs folder> <output folder> [--expected]')
+    (expected_map if sys.argv[3:] else main)(sys.argv[1], sys.argv[2])
