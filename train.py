@@ -80,6 +80,12 @@ decay_modules = 'all'       # whose Linear/Conv weights weight_decay and l2 act 
 beta1 = 0.9
 beta2 = 0.999
 grad_clip = 0.0             # clip the global grad norm at this value (0 = off)
+forget_every = 0            # re-initialise forget_modules every this many steps, with fresh AdamW state (0 = off;
+                            # active forgetting, Chen et al. 2023, as Anand et al. 2024's code does it)
+forget_until = 0            # forget only before this step (Anand et al.'s temporary forgetting; 0 = the whole run)
+forget_modules = 'encoder,label_embedding,head'  # a comma list of encoder, label_embedding, head, mlp. The papers reset
+                            # the token embeddings, tied to the output layer: here the item encoder, the label
+                            # embedding and the head
 lr_schedule = 'constant'    # 'inverse_sqrt' (Chan et al.), 'cosine' or 'constant', each after warmup
 warmup_iters = 200
 min_lr = 0.0                # cosine only
@@ -111,8 +117,9 @@ from group import GroupExposure, GroupSampler, stack_group
 from model import build_model, learning_rate_at, weight_decay_at
 from tracking import finish_tracking, require_wandb, start_tracking
 from training import (AdamW, Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config,
-                      check_members, checkpoint_run, eval_due, eval_line, evaluate_and_log, finish_run, log_line,
-                      parse_train_args, read_run_dir, resolve_device, start_run_dir, stop_and_exit, train_step)
+                      check_members, checkpoint_run, eval_due, eval_line, evaluate_and_log, finish_run, forget,
+                      forget_due, forgotten_names, fresh_state, log_line, parse_forget_modules, parse_train_args,
+                      read_run_dir, resolve_device, start_run_dir, stop_and_exit, train_step)
 
 # each run's config, noting the keys it reads (one nothing reads stops the run); `config`, the first, also holds the
 # keys a group's members share (training.GROUP_SHARED)
@@ -149,12 +156,13 @@ if len({ck['iter_num'] if ck else 0 for ck in checkpoints}) > 1:
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 
 # ---- data, models, optimizer (a run that cannot start stops here, before any out_dir is touched) ---------
-models, samplers, episodes, data_cache = [], [], [], []
+models, datas, samplers, episodes, data_cache = [], [], [], [], []
 try:
     for c in configs:
         torch.manual_seed(c['seed'])  # a member's init is its own run's
         data, sampler, icl, iwl, probes = build_run_data(c, device, cache=data_cache)  # one copy of the same data
         models.append(build_model(config, data).to(device))  # one architecture (GROUP_SHARED)
+        datas.append(data)
         samplers.append(sampler)
         episodes.append((icl, iwl, probes))
 except (ValueError, FileNotFoundError) as e:
@@ -171,6 +179,7 @@ else:  # K members as one stacked model: the same step with a leading member axi
     sampler, exposure = GroupSampler(samplers), GroupExposure(exposures)
     del models[1:]
 state_keys = list(model.state_dict().keys())
+forgotten = forgotten_names(state_keys, parse_forget_modules(config['forget_modules']))  # GROUP_SHARED
 try:
     for c in configs:  # the schedules' keys (the optimizer reads them at every step)
         learning_rate_at(0, c), weight_decay_at(0, c)
@@ -286,6 +295,11 @@ while True:
                       f"SIGTERM: checkpointed at iter {iter_num}; rerun with --init_from=resume to continue",
                       1 if failed else 0)
 
+    if forget_due(iter_num, config):  # forgetting after this step's eval; each member re-drawn from its own seed
+        for k, c in live():
+            forget(model.state_dict(keep_vars=True) if K == 1 else
+                   {name: t[k] for name, t in {**stacked.params, **stacked.buffers}.items()},
+                   fresh_state(c, datas[k], iter_num, forgotten), optimizer.inner.state, optimizer.params)
     loss = train_step(train_model, optimizer, sampler, iter_num, exposure, terms, autocast)
     non_finite.update(loss, iter_num)
     loss_sum += loss

@@ -28,7 +28,7 @@ from data import check_data_config, icl_chance
 from checkpoint import (append_metrics, fault_point, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint,
                         train_defaults, truncate_metrics, write_json)
 from eval import evaluate
-from model import decay_exponent, learning_rate_at, parse_decay_modules, weight_decay_at
+from model import build_model, decay_exponent, learning_rate_at, parse_decay_modules, weight_decay_at
 from tracking import TRACKING_KEYS, finish_tracking, track
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,7 +53,8 @@ READ_ON_SOME_PATHS = {
 GROUP_SHARED = {'n_layer', 'n_head', 'n_embd', 'dropout', 'pixel_noise', 'dataset', 'item_dim', 'image_size', 'n_labels',
                 'context_len', 'batch_size', 'max_iters', 'learning_rate', 'lr_schedule', 'warmup_iters', 'min_lr',
                 'beta1', 'beta2', 'grad_clip', 'eval_interval', 'log_interval', 'device', 'dtype', 'compile',
-                'compile_mode', 'wandb_log'}
+                'compile_mode', 'wandb_log',
+                'forget_every', 'forget_until', 'forget_modules'}  # forgetting: the stacked AdamW has one step count a tensor
 
 
 # ---- config ---------------------------------------------------------------------------------------
@@ -119,6 +120,7 @@ def check_config(config):
     if not 0.0 <= config.get('label_swap', 0.0) <= 1.0:
         raise ValueError(f"label_swap={config['label_swap']} must be in [0, 1]")
     parse_decay_modules(config.get('decay_modules', 'all'))
+    check_forgetting(config)
     for key in ('batch_size', 'max_iters', 'eval_interval', 'log_interval', 'n_eval_episodes'):
         if config[key] < 1:
             raise ValueError(f"{key}={config[key]} must be >= 1")
@@ -389,6 +391,72 @@ def train_step(forward, optimizer, sampler, it, exposure, terms, autocast=None):
     optimizer.step(it)
     optimizer.zero_grad(set_to_none=True)
     return loss.detach()
+
+
+# ---- forgetting: re-initialise chosen modules during training (Chen et al. 2023; Anand et al. 2024) ------
+
+FORGET_MODULES = ('encoder', 'label_embedding', 'head', 'mlp')  # what forget_modules may name
+
+
+def parse_forget_modules(text):
+    """'encoder,label_embedding,head' (',' or '+' between names) -> a tuple in FORGET_MODULES order; ValueError
+    naming forget_modules and the unknown entry otherwise."""
+    names = [s.strip() for s in str(text).replace('+', ',').split(',') if s.strip()]
+    unknown = [n for n in names if n not in FORGET_MODULES]
+    if unknown or not names:
+        raise ValueError(f"forget_modules={text!r}: {'unknown module ' + repr(unknown[0]) if unknown else 'empty'}; "
+                         f"use a comma list of {', '.join(FORGET_MODULES)}")
+    return tuple(m for m in FORGET_MODULES if m in names)
+
+
+def check_forgetting(config):
+    """ValueError naming the forgetting key a run cannot start with (read by every run: check_all_read)."""
+    every, until = config.get('forget_every', 0), config.get('forget_until', 0)
+    for key, value in (('forget_every', every), ('forget_until', until)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key}={value!r} must be an integer >= 0 (0: forget_every off, forget_until the whole run)")
+    if until and not every:
+        raise ValueError(f"forget_until={until} has no effect without forget_every > 0")
+    parse_forget_modules(config.get('forget_modules', 'encoder,label_embedding,head'))
+
+
+def forget_due(iter_num, config):
+    """Re-initialise after completed step iter_num (and after its eval)? Every forget_every steps, while iter_num <
+    forget_until (0: the whole run), as Anand et al.'s code counts and orders it: step k*forget_every is evaluated,
+    then re-initialised; step forget_until no longer."""
+    every, until = config['forget_every'], config['forget_until']
+    return every > 0 and iter_num > 0 and iter_num % every == 0 and (until == 0 or iter_num < until)
+
+
+def forgotten_names(state_keys, modules):
+    """The model.state_dict() keys (parameters and buffers, e.g. BatchNorm statistics) of FORGET_MODULES `modules`."""
+    prefixes = {'encoder': ('encoder.',), 'label_embedding': ('label_embedding.',), 'head': ('head.',)}
+    def chosen(name):
+        if name.startswith('blocks.') and name.split('.')[2] == 'mlp':
+            return 'mlp' in modules
+        return any(name.startswith(p) for m in modules for p in prefixes.get(m, ()))
+    return [name for name in state_keys if chosen(name)]
+
+
+def fresh_state(config, data, iter_num, names):
+    """The named tensors of a newly initialised model (model.py's own init), built on the CPU from the CPU generator
+    seeded by (seed, iter_num) and restored after: a resumed run, and a group member, draw exactly what their solo run
+    draws, and the training stream is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(config['seed'] * 1_000_003 + iter_num)
+        state = build_model(config, data).state_dict()
+    return {name: state[name] for name in names}
+
+
+def forget(tensors, fresh, optimizer_state, params):
+    """Copy fresh values into a model's tensors (tensors: name -> the tensor to overwrite; a group passes member k's
+    slices) and drop the AdamW state of those parameters (params: name -> the optimizer's parameter), which AdamW then
+    starts again at zero moments and step 0, as the papers' AdamEF resets the embeddings' moments and step count."""
+    with torch.no_grad():
+        for name, value in fresh.items():
+            tensors[name].copy_(value)
+            if name in params:
+                optimizer_state.pop(params[name], None)
 
 
 # ---- eval rows and the files a finished run writes ---------------------------------------------
