@@ -149,7 +149,7 @@ def kfac_factors(model, episodes, names, batch_size=256, seed=0, positions='expa
             generator = generator or torch.Generator(device=targets.device).manual_seed(seed)
             seen.clear()
             with torch.enable_grad():
-                logits = model(items, targets).float()
+                logits = model(items, targets)['logits'].float()
                 outs = [seen[n][1] for n in names]
                 if labels == 'expected':   # d CE(k) / d logits = p - e_k, weighted by sqrt(p_k) so G sums p_k g g^T
                     p = logits.detach().softmax(-1)

@@ -5,7 +5,7 @@
 #
 # CI has no GPU, so this script is the only thing that exercises the CUDA code: the synthetic default,
 # the levers (decay_modules, label_swap) solo and in a group, the paper cell (12 layers + ResNet, 105x105) in each compile mode, SIGTERM + resume, eval.py,
-# sample_attention.py, bench.py --quick, a grid of two cells, and the same two cells as one group.py group.
+# sample_attention.py, bench.py --quick, a grid of two cells, and the same two cells as one member-batched group.
 # It stops at the first failure and prints the step rates it saw; outputs go to $OUT (default /tmp/gpu_check).
 #
 # What CI already guards on a CPU (tests/test_cuda_on_cpu.py, fast tier): device mix-ups (a tensor made without
@@ -33,7 +33,7 @@ step "levers: decay on mlp+head with label swap, 200 steps; a group whose member
 LEVERS=(--max_iters=200 --eval_interval=100 --log_interval=100 --n_eval_episodes=128)
 python train.py "${LEVERS[@]}" --weight_decay=1 --decay_modules=mlp,head --label_swap=0.3 \
   --out_dir="$OUT/levers" > "$OUT/levers.log" 2>&1
-python group.py "${LEVERS[@]}" --decay_modules=mlp --weight_decay=1 --out_dir="$OUT/levers_g0" :: \
+python train.py "${LEVERS[@]}" --decay_modules=mlp --weight_decay=1 --out_dir="$OUT/levers_g0" :: \
   "${LEVERS[@]}" --label_swap=0.5 --l2=0.01 --decay_modules=head --p_copy=0.5 --out_dir="$OUT/levers_g1" > "$OUT/levers_group.log" 2>&1
 echo "levers: $(rate "$OUT/levers.log"); group: $(grep -o '[0-9.]* cell-steps/s' "$OUT/levers_group.log" | tail -1)"
 
@@ -44,6 +44,19 @@ for mode in default reduce-overhead; do
   python train.py "${PAPER[@]}" --compile_mode=$mode --out_dir="$OUT/paper_$mode" > "$OUT/paper_$mode.log" 2>&1
   echo "paper $mode: $(rate "$OUT/paper_$mode.log")"
 done
+
+step "Omniglot group of 2 (stacked ResNet under vmap) with forgetting, 100 steps; member 0 against its solo run"
+OG=(config/omniglot.py config/omniglot_small.py --data_dir="$DATA" --max_iters=100 --eval_interval=50 --log_interval=50
+    --n_eval_episodes=128 --forget_every=40)
+python train.py "${OG[@]}" --out_dir="$OUT/og_g0" :: "${OG[@]}" --seed=1 --weight_decay=0.3 --out_dir="$OUT/og_g1" \
+  > "$OUT/og_group.log" 2>&1
+python train.py "${OG[@]}" --out_dir="$OUT/og_solo" > "$OUT/og_solo.log" 2>&1
+python - "$OUT" <<'EOF2'
+import json, sys
+rows = [[json.loads(l) for l in open(f'{sys.argv[1]}/{d}/metrics.jsonl')] for d in ('og_g0', 'og_solo')]
+print('omniglot group member 0 vs solo, icl/iwl per eval:', [(round(a['icl_acc'], 3), round(b['icl_acc'], 3),
+      round(a['iwl_acc'], 3), round(b['iwl_acc'], 3)) for a, b in zip(*rows)])
+EOF2
 
 step "SIGTERM + resume (paper cell)"
 python train.py "${PAPER[@]}" --max_iters=100000 --eval_interval=100000 --out_dir="$OUT/sigterm" > "$OUT/sigterm.log" 2>&1 &
@@ -67,7 +80,7 @@ step "bench.py --quick"
 python bench.py --quick --cells=default,paper --json_out="$OUT/bench.json" > "$OUT/bench.log" 2>&1
 tail -25 "$OUT/bench.log" | head -24
 
-step "grid.py: two synthetic cells, then the same two as one group.py group"
+step "grid.py: two synthetic cells, then the same two as one member-batched group"
 GRID=(--classes=few,many --weight_decays=0 --seeds=0 --jobs=1
       "--synthetic_args=--max_iters=200 --eval_interval=100 --n_eval_episodes=128 --log_interval=100")
 python grid.py --grid_dir="$OUT/grid" "${GRID[@]}" > "$OUT/grid.log" 2>&1

@@ -48,7 +48,7 @@ def direct_factors(model, items, labels, name, seed, positions='expand'):
         store['out'] = out
     handle = module.register_forward_hook(hook)
     model.eval()
-    logits = model(items, labels)
+    logits = model(items, labels)['logits']
     handle.remove()
     y = torch.multinomial(logits.softmax(-1), 1, generator=torch.Generator().manual_seed(seed)).squeeze(1)
     F.cross_entropy(logits, y, reduction='sum').backward()
@@ -157,7 +157,7 @@ def test_expected_labels_give_the_softmax_covariance_at_the_head(run_dir):
     model, config, dataset, _ = load_run(str(run_dir))
     seqs = curvature_sequences(dataset, config, 20)
     with torch.no_grad():
-        p = model(seqs.items, seqs.labels).double().softmax(-1)
+        p = model(seqs.items, seqs.labels)['logits'].double().softmax(-1)
     want = (torch.diag_embed(p) - p[:, :, None] * p[:, None, :]).mean(0)
     A, G = kfac_factors(model, seqs, ['head'], batch_size=8, labels='expected')['head']
     assert torch.allclose(G, want, atol=1e-10)
