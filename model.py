@@ -86,7 +86,10 @@ class ResNetEncoder(nn.Module):
         x = items[:, None].float() / 255
         if self.training and self.pixel_noise > 0:
             x = x + self.pixel_noise * torch.randn_like(x)
-        return self.net(x if self.explicit else x.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
+        if self.explicit:  # a group's vmap: plain layout, and float32 (BatchNorm's CUDA backward under vmap rejects
+            with torch.autocast(x.device.type, enabled=False):  # bf16 activations with float32 running stats: H200)
+                return self.net(x).mean(dim=(2, 3))
+        return self.net(x.contiguous(memory_format=torch.channels_last)).mean(dim=(2, 3))
 
     def forward(self, items):
         if not self.training and items.shape[0] > self.eval_chunk:  # BatchNorm uses running stats: exact
