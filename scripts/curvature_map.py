@@ -3,7 +3,7 @@ The curvature map of the proxy runs that matter (seed 0 only): eval.py's curvatu
 checkpoint below, one folder of curvature.json / curvature.png per checkpoint, and summary.md / summary.json
 beside them (a table of ICL and IWL per module set and rho, and the wall time of each sweep).
 
-    python scripts/curvature_map.py runs_curv assets/curvature_map
+    python scripts/curvature_map.py runs_curv assets/results/curvature_map
 
 The runs (one thread each, keep_checkpoints every 250 steps so a peak can be picked afterwards):
 
@@ -25,7 +25,7 @@ one sampled label per sequence) over 16384 sequences, into expected/<name>/ and 
 model's sampled labels are nearly always its answers, so one sample per sequence leaves G to rare draws, a
 heavy-tailed estimate that decides the Few runs' low-curvature tail.
 
-    python scripts/curvature_map.py runs_curv assets/curvature_map --expected
+    python scripts/curvature_map.py runs_curv assets/results/curvature_map --expected
 
 A checkpoint named 'peak' is the middle eval of the run's best mean of 3 consecutive evals of ICL (the rule of the
 reports), step 0 excluded.

@@ -556,6 +556,22 @@ def test_the_dose_response_grids_set_decay_by_its_exponent(tmp_path, configs, ex
         assert config['n_train_classes'] == (100 if name.startswith('few') else 1600)
 
 
+@pytest.mark.parametrize('config, schedules, steps', [
+    ('config/grid_forget.py', [(0, 0), (20, 0), (50, 0), (250, 0), (50, 2000)], 4000),
+    ('config/grid_forget_long.py', [(50, 0), (50, 6000)], 12000)])
+def test_the_forgetting_grids_list_few_with_each_schedule_and_many_at_seeds_0_to_2(tmp_path, config, schedules, steps):
+    from training import parse_train_args
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), config, f'--grid_dir={tmp_path}', '--dry_run'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    cells = {line.split(':')[0]: parse_train_args([a for a in line.split(': ', 1)[1].split()[2:]
+                                                   if not a.startswith(('--out_dir', '--init_from'))])
+             for line in proc.stdout.splitlines() if ': ' in line and 'train.py' in line}
+    got = {(c['n_train_classes'], c['forget_every'], c['forget_until'], c['seed']) for c in cells.values()}
+    assert got == {(100, e, u, s) for e, u in schedules for s in (0, 1, 2)} | {(1600, 0, 0, s) for s in (0, 1, 2)}
+    assert {c['max_iters'] for c in cells.values()} == {steps} and {c['data_seed'] for c in cells.values()} == {0}
+
+
 def test_decay_exponents_and_regularizers_are_one_axis_or_the_other(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), '--decay_exponents=0,1', '--regularizers=none,wd=1',
                            f'--grid_dir={tmp_path}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
