@@ -1,10 +1,9 @@
 # Forgetting at Few over 12k steps (3x config/grid_forget.py's budget): whole-run forgetting every 50 steps and
 # temporary forgetting (every 50 steps until step 6000), against Many (1600) without a lever, seeds 0-2
-# (data_seed 0 in every cell). Does ICL arrive late, or come back once forgetting stops? Few without a lever over
-# the same 12k steps is config/grid_levers_emergence.py's (ICL at chance, seeds 0-2).
-#   python grid.py config/grid_forget_long.py      # 9 cells, ~3 min each on one core
+# (data_seed 0 in every cell). Does ICL arrive late, or come back once forgetting stops?
+#   python grid.py config/grid_forget_long.py      # 12 cells, ~3 min each on one core
 classes = '100'
-regularizers = 'forget_every=50,forget_every=50+forget_until=6000'
+regularizers = 'none,forget_every=50,forget_every=50+forget_until=6000'
 extra_cells = '1600:none'
 seeds = '0,1,2'
 synthetic_args = '--max_iters=12000 --n_eval_episodes=512 --eval_interval=250 --log_interval=250'

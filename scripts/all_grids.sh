@@ -22,7 +22,7 @@ run config/grid_levers_emergence.py                   # Few over time, proxy, 12
 run config/grid_swap_confirm.py                       # swap 0.8 at 100 classes on fresh seeds and data_seed, 12k
 run config/grid_levers_long.py                        # persistence at 1600, proxy, 25k
 run config/grid_forget.py                             # forgetting at Few, proxy, 4k (18 cells)
-run config/grid_forget_long.py                        # ... over 12k (9 cells)
+run config/grid_forget_long.py                        # ... over 12k (12 cells)
 run config/grid_long_horizon.py                       # the long horizon, proxy, 50k
 run config/grid_axes.py                               # burstiness x Zipf (one seed)
 [ "$failed" = 0 ] || { echo "some cells failed: rerun this script"; exit 1; }

@@ -558,7 +558,7 @@ def test_the_dose_response_grids_set_decay_by_its_exponent(tmp_path, configs, ex
 
 @pytest.mark.parametrize('config, schedules, steps', [
     ('config/grid_forget.py', [(0, 0), (20, 0), (50, 0), (250, 0), (50, 2000)], 4000),
-    ('config/grid_forget_long.py', [(50, 0), (50, 6000)], 12000)])
+    ('config/grid_forget_long.py', [(0, 0), (50, 0), (50, 6000)], 12000)])
 def test_the_forgetting_grids_list_few_with_each_schedule_and_many_at_seeds_0_to_2(tmp_path, config, schedules, steps):
     from training import parse_train_args
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), config, f'--grid_dir={tmp_path}', '--dry_run'],
