@@ -258,19 +258,24 @@ RECORDS = ('attention', 'attn_out', 'mlp_hidden', 'mlp_out', 'encoder', 'head_in
 
 
 
-def parse_decay_modules(text):
-    """'all' or a comma list of DECAY_MODULES ('mlp,head') -> a tuple in DECAY_MODULES order; ValueError
-    naming the unknown entry otherwise."""
+def parse_modules(text, key='decay_modules', allowed=DECAY_MODULES, everything='all'):
+    """A config key naming modules: `everything` (when given) or a comma (or '+') list of `allowed` -> a tuple in
+    `allowed` order; ValueError naming the key and the unknown entry otherwise (decay_modules, forget_modules)."""
+    choices = (f"'{everything}' or " if everything else '') + f"a comma list of {', '.join(allowed)}"
     if not isinstance(text, str):
-        raise ValueError(f"decay_modules={text!r} must be 'all' or a comma list of {', '.join(DECAY_MODULES)}")
+        raise ValueError(f"{key}={text!r} must be {choices}")
     names = [s.strip() for s in text.replace('+', ',').split(',') if s.strip()]
-    if names == ['all']:
-        return DECAY_MODULES
-    unknown = [n for n in names if n not in DECAY_MODULES]
+    if everything and names == [everything]:
+        return allowed
+    unknown = [n for n in names if n not in allowed]
     if unknown or not names:
-        raise ValueError(f"decay_modules={text!r}: {'unknown module ' + repr(unknown[0]) if unknown else 'empty'}; "
-                         f"use 'all' or a comma list of {', '.join(DECAY_MODULES)}")
-    return tuple(m for m in DECAY_MODULES if m in names)
+        raise ValueError(f"{key}={text!r}: {'unknown module ' + repr(unknown[0]) if unknown else 'empty'}; use {choices}")
+    return tuple(m for m in allowed if m in names)
+
+
+def parse_decay_modules(text):
+    """'all' or a comma list of DECAY_MODULES ('mlp,head') -> a tuple in DECAY_MODULES order."""
+    return parse_modules(text)
 
 
 def learning_rate_at(it, config):

@@ -28,7 +28,7 @@ from data import check_data_config, icl_chance
 from checkpoint import (append_metrics, fault_point, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint,
                         train_defaults, truncate_metrics, write_json)
 from eval import evaluate
-from model import build_model, decay_exponent, learning_rate_at, parse_decay_modules, weight_decay_at
+from model import build_model, decay_exponent, learning_rate_at, parse_decay_modules, parse_modules, weight_decay_at
 from tracking import TRACKING_KEYS, finish_tracking, track
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -399,14 +399,8 @@ FORGET_MODULES = ('encoder', 'label_embedding', 'head', 'mlp')  # what forget_mo
 
 
 def parse_forget_modules(text):
-    """'encoder,label_embedding,head' (',' or '+' between names) -> a tuple in FORGET_MODULES order; ValueError
-    naming forget_modules and the unknown entry otherwise."""
-    names = [s.strip() for s in str(text).replace('+', ',').split(',') if s.strip()]
-    unknown = [n for n in names if n not in FORGET_MODULES]
-    if unknown or not names:
-        raise ValueError(f"forget_modules={text!r}: {'unknown module ' + repr(unknown[0]) if unknown else 'empty'}; "
-                         f"use a comma list of {', '.join(FORGET_MODULES)}")
-    return tuple(m for m in FORGET_MODULES if m in names)
+    """'encoder,label_embedding,head' (',' or '+' between names) -> a tuple in FORGET_MODULES order."""
+    return parse_modules(text, 'forget_modules', FORGET_MODULES, everything=None)
 
 
 def check_forgetting(config):
