@@ -86,6 +86,12 @@ forget_until = 0            # forget only before this step (Anand et al.'s tempo
 forget_modules = 'encoder,label_embedding,head'  # a comma list of encoder, label_embedding, head, mlp. The papers reset
                             # the token embeddings, tied to the output layer: here the item encoder, the label
                             # embedding and the head
+curvature_every = 0         # every this many steps keep only the highest-curvature components of curvature_modules'
+                            # weights (Merullo et al. 2025's K-FAC edit, curvature.py), AdamW moments kept (0 = off)
+curvature_rho = 0.9         # the share of each weight's curvature mass kept (1 = no edit)
+curvature_modules = 'mlp'   # 'all' or a comma list of encoder, attn, mlp, head (Linear weights; the paper edits MLPs)
+curvature_start = 0         # edit only from this step on (0 = from the first curvature_every)
+curvature_sequences = 1024  # fresh training sequences the K-FAC factors are taken over at each edit
 lr_schedule = 'constant'    # 'inverse_sqrt' (Chan et al.), 'cosine' or 'constant', each after warmup
 warmup_iters = 200
 min_lr = 0.0                # cosine only
@@ -118,7 +124,7 @@ from model import build_model, learning_rate_at, weight_decay_at
 from tracking import finish_tracking, require_wandb, start_tracking
 from training import (AdamW, Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config,
                       check_members, checkpoint_run, eval_due, eval_line, evaluate_and_log, finish_run, forget,
-                      forget_due, forgotten_names, fresh_state, log_line, parse_forget_modules, parse_train_args,
+                      forget_due, forgotten_names, curvature_due, curvature_edit, fresh_state, log_line, parse_forget_modules, parse_train_args,
                       read_run_dir, resolve_device, start_run_dir, stop_and_exit, train_step)
 
 # each run's config, noting the keys it reads (one nothing reads stops the run); `config`, the first, also holds the
@@ -300,6 +306,17 @@ while True:
             forget(model.state_dict(keep_vars=True) if K == 1 else
                    {name: t[k] for name, t in {**stacked.params, **stacked.buffers}.items()},
                    fresh_state(c, datas[k], iter_num, forgotten), optimizer.inner.state, optimizer.params)
+    for k, c in live():  # the curvature edit after this step's eval, each member on its own weights and sequences
+        if curvature_due(iter_num, c):
+            t_edit = time.time()
+            if K > 1:
+                model.load_state_dict(stacked.member_state(k, state_keys))
+            weights, removed = curvature_edit(model, c, datas[k], iter_num)
+            with torch.no_grad():
+                for name, w in weights.items():
+                    (model.get_parameter(name) if K == 1 else stacked.params[name][k]).copy_(w)
+            print(f"curvature edit{' ' + c['out_dir'] if K > 1 else ''} at iter {iter_num}: {removed:.3f} of the "
+                  f"mass removed (mean over weights), {time.time() - t_edit:.2f} s", flush=True)
     loss = train_step(train_model, optimizer, sampler, iter_num, exposure, terms, autocast)
     non_finite.update(loss, iter_num)
     loss_sum += loss

@@ -121,6 +121,7 @@ def check_config(config):
         raise ValueError(f"label_swap={config['label_swap']} must be in [0, 1]")
     parse_decay_modules(config.get('decay_modules', 'all'))
     check_forgetting(config)
+    check_curvature(config)
     for key in ('batch_size', 'max_iters', 'eval_interval', 'log_interval', 'n_eval_episodes'):
         if config[key] < 1:
             raise ValueError(f"{key}={config[key]} must be >= 1")
@@ -451,6 +452,71 @@ def forget(tensors, fresh, optimizer_state, params):
             tensors[name].copy_(value)
             if name in params:
                 optimizer_state.pop(params[name], None)
+
+
+# ---- curvature edit during training (Merullo et al. 2025's edit, applied every curvature_every steps) ------
+
+CURVATURE_MODULES = ('encoder', 'attn', 'mlp', 'head')  # curvature.MODULES: whose Linear weights the edit may name
+
+
+def parse_curvature_modules(text):
+    """'mlp' or 'mlp,head' (',' or '+' between names) or 'all' -> a tuple in CURVATURE_MODULES order."""
+    return parse_modules(text, 'curvature_modules', CURVATURE_MODULES)
+
+
+def check_curvature(config):
+    """ValueError naming the curvature-edit key a run cannot start with (read by every run: check_all_read)."""
+    every, start = config.get('curvature_every', 0), config.get('curvature_start', 0)
+    for key, value in (('curvature_every', every), ('curvature_start', start)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"{key}={value!r} must be an integer >= 0 (0: curvature_every off, curvature_start "
+                             f"from the first step)")
+    if start and not every:
+        raise ValueError(f"curvature_start={start} has no effect without curvature_every > 0")
+    rho = config.get('curvature_rho', 0.9)
+    if not isinstance(rho, (int, float)) or not 0 < rho <= 1:
+        raise ValueError(f"curvature_rho={rho!r} must be in (0, 1]: the share of each weight's curvature mass kept")
+    n = config.get('curvature_sequences', 1024)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"curvature_sequences={n!r} must be an integer >= 1")
+    parse_curvature_modules(config.get('curvature_modules', 'mlp'))
+
+
+def curvature_due(iter_num, config):
+    """Edit after completed step iter_num (and after its eval, as forgetting)? Every curvature_every steps from step
+    curvature_start on."""
+    every = config['curvature_every']
+    return every > 0 and iter_num > 0 and iter_num >= config['curvature_start'] and iter_num % every == 0
+
+
+def curvature_edit(model, config, data, iter_num):
+    """({'<linear>.weight': edited weight}, mean share of curvature mass removed) for a model (a run's, or a group
+    member's loaded into the plain model): K-FAC factors over curvature_sequences fresh training sequences (the run's
+    own sampler rules, its own seed and this step: a resumed run and a group member draw what their solo run draws;
+    the training stream and torch's generator are untouched), labels sampled from the model's softmax (the paper's
+    Fisher), then curvature.py's edit at curvature_rho. The AdamW moments are kept: the edit projects the weights, it
+    does not restart them."""
+    from curvature import curvature_bases, edit_weight, kept_mask, kfac_factors, linear_names
+    from data import EpisodeSampler
+    device = next(model.parameters()).device
+    seed = config['seed'] * 1_000_003 + iter_num
+    sampler = EpisodeSampler.from_config(data.train, data.class_labels, config, device, seed=seed,
+                                         n_labels=data.n_labels)
+    n, size = config['curvature_sequences'], config['batch_size']
+    batches = (sampler.sample(min(size, n - i))[:2] for i in range(0, n, size))
+    names = linear_names(model, parse_curvature_modules(config['curvature_modules']))
+    bases = curvature_bases(kfac_factors(model, batches, names, size, seed))
+    modules, edited, removed = dict(model.named_modules()), {}, []
+    for name in names:
+        lam_G, U_G, lam_A, U_A = bases[name]
+        mask = kept_mask(lam_G, lam_A, config['curvature_rho'])
+        product = torch.outer(lam_G, lam_A)
+        removed.append((product[~mask].sum() / product.sum()).item() if product.sum() > 0 else 0.0)
+        W = modules[name].weight.detach()
+        if config['curvature_rho'] == 1:  # no edit: W exactly (the full basis gives W only to rounding)
+            continue
+        edited[f'{name}.weight'] = edit_weight(W, U_G.to(device), U_A.to(device), mask.to(device))
+    return edited, sum(removed) / len(removed)
 
 
 # ---- eval rows and the files a finished run writes ---------------------------------------------

@@ -556,10 +556,16 @@ def test_the_dose_response_grids_set_decay_by_its_exponent(tmp_path, configs, ex
         assert config['n_train_classes'] == (100 if name.startswith('few') else 1600)
 
 
-@pytest.mark.parametrize('config, schedules, steps', [
-    ('config/grid_forget.py', [(0, 0), (20, 0), (50, 0), (250, 0), (50, 2000)], 4000),
-    ('config/grid_forget_long.py', [(0, 0), (50, 0), (50, 6000)], 12000)])
-def test_the_forgetting_grids_list_few_with_each_schedule_and_many_at_seeds_0_to_2(tmp_path, config, schedules, steps):
+FORGET, CURVATURE = ('forget_every', 'forget_until'), ('curvature_every', 'curvature_rho', 'curvature_sequences')
+
+
+@pytest.mark.parametrize('config, keys, schedules, steps', [
+    ('config/grid_forget.py', FORGET, [(0, 0), (20, 0), (50, 0), (250, 0), (50, 2000)], 4000),
+    ('config/grid_forget_long.py', FORGET, [(0, 0), (50, 0), (50, 6000)], 12000),
+    ('config/grid_curvature.py', CURVATURE, [(0, 0.9, 1024), (250, 0.5, 1024), (50, 0.5, 256)], 4000),
+    ('config/grid_curvature_long.py', CURVATURE, [(0, 0.9, 1024), (250, 0.5, 1024), (50, 0.5, 256)], 12000)])
+def test_the_erasing_grids_list_few_with_each_schedule_and_many_at_seeds_0_to_2(tmp_path, config, keys, schedules,
+                                                                                 steps):
     from training import parse_train_args
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), config, f'--grid_dir={tmp_path}', '--dry_run'],
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -567,8 +573,9 @@ def test_the_forgetting_grids_list_few_with_each_schedule_and_many_at_seeds_0_to
     cells = {line.split(':')[0]: parse_train_args([a for a in line.split(': ', 1)[1].split()[2:]
                                                    if not a.startswith(('--out_dir', '--init_from'))])
              for line in proc.stdout.splitlines() if ': ' in line and 'train.py' in line}
-    got = {(c['n_train_classes'], c['forget_every'], c['forget_until'], c['seed']) for c in cells.values()}
-    assert got == {(100, e, u, s) for e, u in schedules for s in (0, 1, 2)} | {(1600, 0, 0, s) for s in (0, 1, 2)}
+    got = {(c['n_train_classes'], *(c[k] for k in keys), c['seed']) for c in cells.values()}
+    assert got == ({(100, *v, s) for v in schedules for s in (0, 1, 2)}
+                   | {(1600, *schedules[0], s) for s in (0, 1, 2)})
     assert {c['max_iters'] for c in cells.values()} == {steps} and {c['data_seed'] for c in cells.values()} == {0}
 
 

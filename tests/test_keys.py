@@ -28,7 +28,11 @@ DECLARED = {'eval_ways': {'eval_ways': 4, 'eval_shots': 2}, 'eval_shots': {'eval
             'keep_checkpoints': {'keep_checkpoints': '2'}, 'context_len': {'context_len': 16, 'eval_shots': 8},
             'label_mode': {'label_mode': 'per_class', 'n_train_classes': 30}, 'decay_modules': {'decay_modules': 'mlp'},
             'device': {'device': 'cpu'}, 'forget_modules': {'forget_modules': 'head', 'forget_every': 1},
-            'forget_until': {'forget_until': 2, 'forget_every': 1}}
+            'forget_until': {'forget_until': 2, 'forget_every': 1}, 'curvature_every': {'curvature_every': 1},
+            'curvature_rho': {'curvature_rho': 0.5, 'curvature_every': 1},
+            'curvature_modules': {'curvature_modules': 'head', 'curvature_every': 1},
+            'curvature_start': {'curvature_start': 1, 'curvature_every': 1},
+            'curvature_sequences': {'curvature_sequences': 32, 'curvature_every': 1}}
 NO_EFFECT = {'init_from', 'overwrite', 'keep_checkpoints'}  # no numbers change (keep_checkpoints: the files do)
 SKIPPED = {'out_dir': "every member's own",
            'data_dir': 'Omniglot only (needs the data set)', 'cache_dir': 'Omniglot only (needs the data set)',
