@@ -27,6 +27,11 @@ heavy-tailed estimate that decides the Few runs' low-curvature tail.
 
     python scripts/curvature_map.py runs_curv assets/results/curvature_map --expected
 
+With --omniglot, the map of the Omniglot runs at 10k (OMNIGLOT_RUNS: the dose grid's cells without decay, seed 0)
+over 32768 sequences with one sampled label each, into omniglot/<name>/ and summary_omniglot.md:
+
+    python scripts/curvature_map.py out_dose_omniglot assets/results/curvature_map --omniglot
+
 A checkpoint named 'peak' is the middle eval of the run's best mean of 3 consecutive evals of ICL (the rule of the
 reports), step 0 excluded.
 """
@@ -45,6 +50,10 @@ RUNS = [  # (name, run folder, checkpoint: an iter or 'peak', what it is)
     ('c800_wd1_mlp_head_peak', 'c800_wd1_mlp_head', 'peak', '800 classes, wd=1 on mlp+head, at its peak ICL'),
 ]
 RHOS = '1,0.999,0.99,0.95,0.9,0.8,0.5,0.2'
+# Omniglot (--omniglot): the final (10k) checkpoints of the dose grid's cells without decay, seed 0
+OMNIGLOT_RUNS = [('few_10k', 'few_exp0_s0', 'Few (100 classes), no decay, 10k steps: memorised, ICL at chance'),
+                 ('many_10k', 'many_exp0_s0', 'Many (1600 classes), no decay, 10k steps: ICL still rising')]
+OMNIGLOT_RHOS = '1,0.99,0.9,0.5'
 SETS = 'mlp,head,attn,all'
 TABLE_RHOS = (0.99, 0.9, 0.5)
 N = 65536
@@ -61,13 +70,13 @@ def peak_iter(run_dir):
     return max(means)[1]
 
 
-def sweep(run_dir, it, sets, folder, positions='expand', labels='sampled', n=N):
+def sweep(run_dir, it, sets, folder, positions='expand', labels='sampled', n=N, rhos=RHOS, ckpt=None):
     """One sweep, condensed for the summary (the full result is the folder's curvature.json)."""
     from curvature import run_cli
     start = time.time()
-    result = run_cli(run_dir, f'ckpt_{it}.pt', 'cpu', f'curvature:{RHOS}@{sets}', n, edit_out=folder,
+    result = run_cli(run_dir, ckpt or f'ckpt_{it}.pt', 'cpu', f'curvature:{rhos}@{sets}', n, edit_out=folder,
                      positions=positions, labels=labels)
-    return {'run': run_dir, 'iter': it, 'positions': positions, 'labels': labels, 'n_sequences': n,
+    return {'run': run_dir, 'iter': result['iter'], 'positions': positions, 'labels': labels, 'n_sequences': n,
             'wall_s': round(time.time() - start, 1),
             'baseline': {k: result['baseline'][k] for k in ('icl_acc', 'iwl_acc', 'train_dist_acc')},
             'sets': {s['name']: [{k: r[k] for k in ('rho', 'mass_removed', 'components_kept', 'icl_acc', 'iwl_acc',
@@ -107,6 +116,28 @@ def expected_map(runs_root, out_root, n=16384):
     print('\n'.join(lines))
 
 
+def omniglot_map(runs_root, out_root, n=32768):
+    """The map of the Omniglot runs at 10k (OMNIGLOT_RUNS, final checkpoints): one label sampled per sequence (the
+    paper's Fisher; the exact expectation would take 1623 backward passes a batch), over n sequences."""
+    summary = []
+    for name, folder, what in OMNIGLOT_RUNS:
+        summary.append({'name': name, 'what': what,
+                        **sweep(os.path.join(runs_root, folder), None, SETS, os.path.join(out_root, 'omniglot', name),
+                                n=n, rhos=OMNIGLOT_RHOS, ckpt='ckpt.pt')})
+    with open(os.path.join(out_root, 'summary_omniglot.json'), 'w') as f:
+        json.dump({'rhos': OMNIGLOT_RHOS, 'sets': SETS, 'n_sequences': n, 'labels': 'sampled', 'runs': summary}, f,
+                  indent=1)
+    lines = ["Omniglot (14x14, 4 layers, 10k steps, no decay), seed 0: ICL / IWL (training-distribution accuracy) after "
+             "keeping rho of each weight's curvature mass; share of components kept in brackets. K-FAC 'expand' "
+             f"weighting over {n} training sequences, one label per sequence sampled from the model. The ResNet "
+             "encoder has no Linear: it is never edited.", '', *table(summary), '',
+             f'Wall time per sweep (one thread, {n} sequences, 4 sets x {len(OMNIGLOT_RHOS.split(","))} rhos): '
+             + ', '.join(f"{s['name']} {s['wall_s']:.0f} s" for s in summary)]
+    with open(os.path.join(out_root, 'summary_omniglot.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    print('\n'.join(lines))
+
+
 def main(runs_root, out_root):
     summary, checks, where = [], [], {}
     for name, folder, which, what in RUNS:
@@ -141,6 +172,7 @@ def main(runs_root, out_root):
 
 
 if __name__ == '__main__':
-    if len(sys.argv) not in (3, 4) or sys.argv[3:] not in ([], ['--expected']):
-        sys.exit('usage: python scripts/curvature_map.py <runs folder> <output folder> [--expected]')
-    (expected_map if sys.argv[3:] else main)(sys.argv[1], sys.argv[2])
+    modes = {(): main, ('--expected',): expected_map, ('--omniglot',): omniglot_map}
+    if len(sys.argv) < 3 or tuple(sys.argv[3:]) not in modes:
+        sys.exit('usage: python scripts/curvature_map.py <runs folder> <output folder> [--expected | --omniglot]')
+    modes[tuple(sys.argv[3:])](sys.argv[1], sys.argv[2])

@@ -388,14 +388,14 @@ def summary_block(root=ROOT):
             if report is None:
                 wall, verdict = 'pending', 'pending'
             else:
-                wall = (wall_text(report) + (' (interim: cells or seeds missing)'
-                                             if seeds_missing(report, r.get('seeds', 3)) else '')
-                        + (f", lacks {', '.join(provenance_missing(report))}" if provenance_missing(report) else ''))
+                wall = (wall_text(report) + (' (interim)' if seeds_missing(report, r.get('seeds', 3)) else '')
+                        + (' †' if provenance_missing(report) else ''))
                 verdict = (phase_verdict(report, r.get('fading', False), r.get('per_count', False)) if report['kind'] == 'phase'
                            else verdict_summary(report))
         lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['scale']} | "
                      f"`{r['command']}` | {wall} | {verdict} |")
-    return '\n'.join(lines) + '\n'
+    return '\n'.join(lines + ['', 'Interim: cells or seeds missing. †: the report lacks some provenance (commit, '
+                               'torch, device, threads or CPU capability; its report says which).']) + '\n'
 
 
 def result_block(name, root=ROOT):
