@@ -132,7 +132,7 @@ def parse_shard(text, environ):
 REG_SHORTHANDS = {'wd': 'weight_decay', 'l2': 'l2', 'swap': 'label_swap', 'swap_to': 'label_swap_to'}
 REG_SYNTAX = ("'none', or terms joined by '+': wd=<float>, l2=<float> (either may end in @<modules>, e.g. "
               "wd=1@mlp+head; modules: encoder, attn, mlp, head), swap=<p in [0, 1]>, swap_to=train|all, "
-              "or <train.py key>=<value>")
+              "or <train.py key>=<value> (a *_modules key's list joined by '+' too: forget_modules=label_embedding+head)")
 
 
 def parse_regularizer(entry):
@@ -145,10 +145,12 @@ def parse_regularizer(entry):
     for piece in [p.strip() for p in entry.split('+')]:
         if entry.strip() == 'none':
             return {}
-        if '=' not in piece:
-            if last not in ('weight_decay', 'l2') or 'decay_modules' not in setting or not piece:
-                raise ValueError(f"{entry!r}: {piece!r} is no term (a module list follows wd=<v>@ or l2=<v>@)")
-            setting['decay_modules'] += ',' + piece
+        if '=' not in piece:  # the module list of wd=<v>@ or l2=<v>@, or of a *_modules key, goes on
+            listed = 'decay_modules' if last in ('weight_decay', 'l2') else last
+            if not (listed or '').endswith('_modules') or listed not in setting or not piece:
+                raise ValueError(f"{entry!r}: {piece!r} is no term (a module list follows wd=<v>@, l2=<v>@ or "
+                                 f"<key>_modules=)")
+            setting[listed] += ',' + piece
             continue
         kind, _, value = piece.partition('=')
         value, _, modules = value.partition('@')

@@ -93,7 +93,8 @@ def reg_label(reg):
     reg = as_reg(reg)
     if not reg:
         return 'wd=0'
-    terms = _terms(reg, lambda k, v: f"{_SHORT.get(k, k)}={v:g}" if isinstance(v, float) else f"{_SHORT.get(k, k)}={v}",
+    terms = _terms(reg, lambda k, v: f"{_SHORT.get(k, k)}={v:g}" if isinstance(v, float)
+                   else f"{_SHORT.get(k, k)}={str(v).replace(',', '+')}",
                    lambda m: '@' + m.replace(',', '+'))
     swap = [t for t in terms if t.startswith('swap=')]
     return '+'.join(swap + [t for t in terms if not t.startswith('swap=')])
@@ -106,7 +107,7 @@ def reg_name(reg):
         return wd_name(0.0)
 
     def value_form(key, value):
-        text = f"{value:g}" if isinstance(value, float) else str(value)
+        text = f"{value:g}" if isinstance(value, float) else str(value).replace(',', '-')
         return {'weight_decay': 'wd', 'l2': 'l2_', 'label_swap': 'swap', 'label_swap_to': 'to_'}.get(key, key + '_') + text
     terms = _terms(reg, value_form, lambda m: '-' + m.replace(',', '-'))
     swap = [t for t in terms if t.startswith('swap')]

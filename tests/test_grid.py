@@ -403,6 +403,17 @@ def test_regularizers_and_class_counts_make_cells(grid):
     assert cells[1]['l2'] == 0.0 and cells[2]['l2'] == 1e-3 and cells[2]['regularizer'] == 'l2_0.001'
 
 
+def test_a_modules_key_takes_its_list_joined_by_plus(grid):
+    from report import reg_label
+    regs = grid.parse_regularizers('forget_every=50+forget_modules=label_embedding+head,wd=1@mlp+head+swap=0.2')
+    assert regs == [('forget_every_50_forget_modules_label_embedding-head',
+                     {'forget_every': 50, 'forget_modules': 'label_embedding,head'}),
+                    ('swap0.2_wd1-mlp-head', {'weight_decay': 1.0, 'decay_modules': 'mlp,head', 'label_swap': 0.2})]
+    assert reg_label(regs[0][1]) == 'forget_every=50+forget_modules=label_embedding+head'
+    with pytest.raises(ValueError, match="'head' is no term"):
+        grid.parse_regularizer('forget_every=50+head')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('bad', ['l1=0.1', 'wd=-1', 'l2=x', 'none,wd=0'])
 def test_bad_regularizers_are_a_clear_error(tmp_path, bad):
