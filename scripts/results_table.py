@@ -257,9 +257,11 @@ def rules_text(v, many="Many's", phase=None, short=False):
             return (f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); corrected not judged (pre-rule "
                     f"report" + ('' if point is None else f"; 3-eval point {point:.2f}") + ")")
         return f"as posed {posed['verdict']} (best {posed['best']}: {posed['ratio']:.2f} of {many} peak); chance-{corrected}"
-    if short:
+    if short:  # a lever best under both rules is named once
+        same = best.get('regularizer') == posed['best']
         return (f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); corrected {v['verdict']}"
-                + (f" ({best['regularizer']}: {best['corrected']:.2f}" if best.get('corrected') is not None else ' (')
+                + ((f" ({best['regularizer'] + ': ' if not same else ''}{best['corrected']:.2f}")
+                   if best.get('corrected') is not None else ' (')
                 + (f", {n} levers)" if n and n > 1 else ')'))
     return (f"as posed {posed['verdict']} (best {posed['best']}: {posed['ratio']:.2f} of {many} peak"
             + (f", {raw:.2f} on raw maxima" if raw is not None and f"{raw:.2f}" != f"{posed['ratio']:.2f}" else '') + "); "
@@ -290,7 +292,10 @@ def phase_verdict(report, fading=False, per_count=False):
         return '; '.join(f"at {n}: " + ', '.join(f"{label} {peak_of(e[n]):.2f} → {e[n]['final_icl']:.2f} "
                                                   f"({e[n]['final_iwl']:.2f})" for label, _, _, e in phase_rows(report)
                                                   if n in e) for n in class_counts(report))
-    return few_many_verdict(report) + threshold_verdict(report, fading)
+    rules, threshold = few_many_verdict(report), threshold_verdict(report, fading)
+    if rules and threshold.startswith('no lever lowers'):  # the rules already say no lever passes at 100
+        return rules.rstrip('; ')
+    return rules + threshold
 
 
 def single_count_verdict(report):
@@ -379,7 +384,7 @@ def seeds_missing(report, declared=3):
 
 
 def summary_block(root=ROOT):
-    lines = ['| result | scale | command | wall time | verdict |',
+    lines = ['| result | scale | command | cell time, summed | verdict |',
              '|---|---|---|---|---|']
     for r in [r for r in RESULTS if r.get('summary', True)]:  # summary=False: kept in RESULTS.md only
         wall, verdict = r.get('wall'), r.get('verdict')
@@ -388,7 +393,7 @@ def summary_block(root=ROOT):
             if report is None:
                 wall, verdict = 'pending', 'pending'
             else:
-                wall = (wall_text(report) + (' (interim)' if seeds_missing(report, r.get('seeds', 3)) else '')
+                wall = (wall_text(report).replace(' summed', '') + (' (interim)' if seeds_missing(report, r.get('seeds', 3)) else '')
                         + (' †' if provenance_missing(report) else ''))
                 verdict = (phase_verdict(report, r.get('fading', False), r.get('per_count', False)) if report['kind'] == 'phase'
                            else verdict_summary(report))
