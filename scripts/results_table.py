@@ -280,8 +280,7 @@ def few_many_verdict(report):
 def peak_rule(report):
     """Which peak a report's numbers use: the 3-eval mean, or (reports made before that rule) the best single eval."""
     new = ('peak_window' in report['phase']) if report['kind'] == 'phase' else 'best mean of 3 consecutive' in report['md']
-    return ('peak = best mean of 3 consecutive evals' if new else
-            'peak = best mean of 3 consecutive evals, recomputed: the report predates that rule')
+    return '' if new else '; peaks recomputed: the report predates the 3-eval rule'  # the rule: RESULTS' Methods
 
 
 def phase_verdict(report, fading=False, per_count=False):
@@ -414,7 +413,7 @@ def result_block(name, root=ROOT):
         counts, threshold = class_counts(report), report['phase']['threshold']
         three_eval = 'peak_window' in report['phase']  # a pre-rule report's seed ranges are single-eval maxima: left out
         runs = sum(e['seeds'] for e in report['phase']['table'])
-        lines = [f"From `{source}` ({runs} runs; {wall_text(report)}; "
+        lines = [f"From `{source}` ({runs} runs; {wall_text(report)}"
                  f"{peak_rule(report)}{provenance_text(report)}). Peak ICL / final IWL per class count; ° = no learning"
                  + ("; [seed range]" if three_eval else '') + ".", ""]
         if report.get('verdicts'):
@@ -439,7 +438,7 @@ def result_block(name, root=ROOT):
         if emergence:
             lines += ['', f"![{name}: every seed's ICL, IWL and decayed-weight norm over steps]({source}emergence.png)"]
         return '\n'.join(lines) + '\n'
-    lines = [f"From `{source}` ({wall_text(report)}; {peak_rule(report)}"
+    lines = [f"From `{source}` ({wall_text(report)}{peak_rule(report)}"
              f"{provenance_text(report)}).", ""]
     if report['verdicts']:
         for v in report['verdicts']:
