@@ -39,6 +39,9 @@ eigenvalues are computed in float64 and clamped at 0 (rounding makes some slight
 at all (W exactly), a weight with zero curvature mass is left unedited.
 
     python eval.py --out_dir=out --edit=curvature:1,0.99,0.9,0.5@mlp,head,attn,all
+
+The same edit as a training lever: train.py's curvature_every / curvature_rho / curvature_modules / curvature_start /
+curvature_sequences (training.curvature_edit: one sampled label per sequence over fresh training sequences).
 """
 import json
 import os
