@@ -104,14 +104,20 @@ def expected_map(runs_root, out_root, n=16384):
         it = peak_iter(run_dir) if which == 'peak' else which
         summary.append({'name': name, 'what': what, **sweep(run_dir, it, SETS, os.path.join(out_root, 'expected', name),
                                                              labels='expected', n=n)})
-    with open(os.path.join(out_root, 'summary_expected.json'), 'w') as f:
-        json.dump({'rhos': RHOS, 'sets': SETS, 'n_sequences': n, 'labels': 'expected', 'runs': summary}, f, indent=1)
-    lines = ["ICL / IWL (training-distribution accuracy) after keeping rho of each weight's curvature mass, seed 0; "
-             f"share of components kept in brackets. K-FAC 'expand' weighting over {n} training sequences, G the exact "
-             "expectation over the model's softmax (labels='expected').", '', *table(summary), '',
-             f'Wall time per sweep (one thread, {n} sequences, 4 sets x 8 rhos): '
+    write_summary(out_root, 'summary_expected', {'rhos': RHOS, 'sets': SETS, 'n_sequences': n, 'labels': 'expected'},
+                  summary, "ICL / IWL (training-distribution accuracy) after keeping rho of each weight's curvature "
+                  f"mass, seed 0; share of components kept in brackets. K-FAC 'expand' weighting over {n} training "
+                  "sequences, G the exact expectation over the model's softmax (labels='expected').", n, RHOS)
+
+
+def write_summary(out_root, stem, meta, summary, intro, n, rhos):
+    """<stem>.json (meta and the runs) and <stem>.md (intro, the table, each sweep's wall time), printed too."""
+    with open(os.path.join(out_root, f'{stem}.json'), 'w') as f:
+        json.dump({**meta, 'runs': summary}, f, indent=1)
+    lines = [intro, '', *table(summary), '',
+             f'Wall time per sweep (one thread, {n} sequences, 4 sets x {len(rhos.split(","))} rhos): '
              + ', '.join(f"{s['name']} {s['wall_s']:.0f} s" for s in summary)]
-    with open(os.path.join(out_root, 'summary_expected.md'), 'w') as f:
+    with open(os.path.join(out_root, f'{stem}.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     print('\n'.join(lines))
 
@@ -124,18 +130,12 @@ def omniglot_map(runs_root, out_root, n=32768):
         summary.append({'name': name, 'what': what,
                         **sweep(os.path.join(runs_root, folder), None, SETS, os.path.join(out_root, 'omniglot', name),
                                 n=n, rhos=OMNIGLOT_RHOS, ckpt='ckpt.pt')})
-    with open(os.path.join(out_root, 'summary_omniglot.json'), 'w') as f:
-        json.dump({'rhos': OMNIGLOT_RHOS, 'sets': SETS, 'n_sequences': n, 'labels': 'sampled', 'runs': summary}, f,
-                  indent=1)
-    lines = ["Omniglot (14x14, 4 layers, 10k steps, no decay), seed 0: ICL / IWL (training-distribution accuracy) after "
-             "keeping rho of each weight's curvature mass; share of components kept in brackets. K-FAC 'expand' "
-             f"weighting over {n} training sequences, one label per sequence sampled from the model. The ResNet "
-             "encoder has no Linear: it is never edited.", '', *table(summary), '',
-             f'Wall time per sweep (one thread, {n} sequences, 4 sets x {len(OMNIGLOT_RHOS.split(","))} rhos): '
-             + ', '.join(f"{s['name']} {s['wall_s']:.0f} s" for s in summary)]
-    with open(os.path.join(out_root, 'summary_omniglot.md'), 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    print('\n'.join(lines))
+    write_summary(out_root, 'summary_omniglot',
+                  {'rhos': OMNIGLOT_RHOS, 'sets': SETS, 'n_sequences': n, 'labels': 'sampled'}, summary,
+                  "Omniglot (14x14, 4 layers, 10k steps, no decay), seed 0: ICL / IWL (training-distribution accuracy) "
+                  "after keeping rho of each weight's curvature mass; share of components kept in brackets. K-FAC "
+                  f"'expand' weighting over {n} training sequences, one label per sequence sampled from the model. The "
+                  "ResNet encoder has no Linear: it is never edited.", n, OMNIGLOT_RHOS)
 
 
 def main(runs_root, out_root):

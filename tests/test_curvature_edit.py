@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import ROOT  # noqa: F401  (puts the repository on sys.path)
-from test_forget import config, small_model_and_data
+from test_forget import assert_members_equal_their_solo_runs, config, small_model_and_data
 from test_train import metrics, train
 from training import check_curvature, curvature_due, curvature_edit
 
@@ -72,16 +72,9 @@ def test_curvature_run_resumes_identically_and_changes_the_run(tmp_path):
 
 @pytest.mark.slow
 def test_group_members_edit_as_their_solo_runs(tmp_path):
-    from test_group import assert_close, group
-    common = ['--max_iters=40', '--curvature_every=10', '--curvature_sequences=64']
-    members = [['--seed=0', '--curvature_rho=0.5'], ['--seed=1', '--n_train_classes=40', '--curvature_modules=attn']]
-    solos = [tmp_path / 's0', tmp_path / 's1']
-    for out_dir, member in zip(solos, members):
-        train(out_dir, *common, *member)
-    dirs = [tmp_path / 'g0', tmp_path / 'g1']
-    group(dirs, *common, members=members)
-    for member, solo in zip(dirs, solos):
-        assert_close(metrics(member), metrics(solo))
+    assert_members_equal_their_solo_runs(
+        tmp_path, ['--max_iters=40', '--curvature_every=10', '--curvature_sequences=64'],
+        [['--seed=0', '--curvature_rho=0.5'], ['--seed=1', '--n_train_classes=40', '--curvature_modules=attn']])
 
 
 def test_a_mistyped_curvature_key_stops_the_run_before_out_dir(tmp_path):

@@ -85,18 +85,22 @@ def test_forgetting_run_resumes_identically_and_changes_the_run(tmp_path):
     assert summary['config']['forget_every'] == 15 and summary['config']['forget_until'] == 50
 
 
-@pytest.mark.slow
-def test_group_members_forget_as_their_solo_runs(tmp_path):
+def assert_members_equal_their_solo_runs(tmp_path, common, members):
+    """A group of len(members) (each with the common arguments and its own) gives each member its solo run's metrics."""
     from test_group import assert_close, group
-    forgetting = ['--max_iters=40', '--forget_every=10', '--forget_modules=encoder,head']
-    members = [['--seed=0'], ['--seed=1', '--n_train_classes=40']]
-    solos = [tmp_path / 's0', tmp_path / 's1']
+    solos = [tmp_path / f's{k}' for k in range(len(members))]
     for out_dir, member in zip(solos, members):
-        train(out_dir, *forgetting, *member)
-    dirs = [tmp_path / 'g0', tmp_path / 'g1']
-    group(dirs, *forgetting, members=members)
+        train(out_dir, *common, *member)
+    dirs = [tmp_path / f'g{k}' for k in range(len(members))]
+    group(dirs, *common, members=members)
     for member, solo in zip(dirs, solos):
         assert_close(metrics(member), metrics(solo))
+
+
+@pytest.mark.slow
+def test_group_members_forget_as_their_solo_runs(tmp_path):
+    assert_members_equal_their_solo_runs(tmp_path, ['--max_iters=40', '--forget_every=10', '--forget_modules=encoder,head'],
+                                         [['--seed=0'], ['--seed=1', '--n_train_classes=40']])
 
 
 def test_members_may_not_differ_in_their_forgetting_schedule(tmp_path):
