@@ -57,7 +57,7 @@ def test_the_edit_is_curvature_py_on_its_own_fresh_sequences_and_leaves_the_trai
 
 
 @pytest.mark.slow
-def test_curvature_run_resumes_identically_and_changes_the_run(tmp_path):
+def test_curvature_run_edits_on_schedule_and_resumes_identically(tmp_path):
     args = ['--max_iters=60', '--curvature_every=15', '--curvature_start=20', '--curvature_rho=0.5',
             '--curvature_sequences=64', '--curvature_modules=mlp,head']
     proc = train(tmp_path / 'whole', *args)
@@ -65,9 +65,7 @@ def test_curvature_run_resumes_identically_and_changes_the_run(tmp_path):
             if line.startswith('curvature edit')] == ['30', '45']
     train(tmp_path / 'cut', *args, check=False, env={'BURSTYICL_FAULT': 'train_step:32'})
     train(tmp_path / 'cut', *args, '--init_from=resume')
-    assert metrics(tmp_path / 'cut') == metrics(tmp_path / 'whole')
-    train(tmp_path / 'plain', '--max_iters=60')
-    assert metrics(tmp_path / 'plain')[-1] != metrics(tmp_path / 'whole')[-1]
+    assert metrics(tmp_path / 'cut') == metrics(tmp_path / 'whole')   # (that the edit acts: tests/test_keys.py)
 
 
 @pytest.mark.slow
