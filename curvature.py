@@ -228,26 +228,39 @@ def curvature_bases(factors):
     return out
 
 
+def edited_weights(model, bases, names, rho):
+    """({name: the named Linear's weight after its curvature edit at rho}, {name: {'mass_removed',
+    'components_kept'}} as shares of the weight's total), the model untouched. At rho = 1 no weight is returned: W
+    exactly (the projection onto the full basis is W only to rounding)."""
+    modules = dict(model.named_modules())
+    weights, stats = {}, {}
+    with torch.no_grad():
+        for name in names:
+            lam_G, U_G, lam_A, U_A = bases[name]
+            mask = kept_mask(lam_G, lam_A, rho)
+            product = torch.outer(lam_G, lam_A)
+            total = product.sum().item()
+            stats[name] = {'mass_removed': (product[~mask].sum().item() / total) if total > 0 else 0.0,
+                           'components_kept': mask.float().mean().item()}
+            if rho < 1:
+                weight = modules[name].weight
+                weights[name] = edit_weight(weight, U_G.to(weight.device), U_A.to(weight.device),
+                                            mask.to(weight.device))
+    return weights, stats
+
+
 @contextmanager
 def edited(model, bases, names, rho):
     """The model with each named Linear's weight replaced by its curvature edit at rho (biases left alone),
     restored on exit; yields {name: {'mass_removed', 'components_kept'}} (shares of the weight's total)."""
     modules = dict(model.named_modules())
-    originals, stats = {}, {}
+    weights, stats = edited_weights(model, bases, names, rho)
+    originals = {}
     try:
         with torch.no_grad():
-            for name in names:
-                lam_G, U_G, lam_A, U_A = bases[name]
-                mask = kept_mask(lam_G, lam_A, rho)
-                product = torch.outer(lam_G, lam_A)
-                total = product.sum().item()
-                stats[name] = {'mass_removed': (product[~mask].sum().item() / total) if total > 0 else 0.0,
-                               'components_kept': mask.float().mean().item()}
-                if rho == 1:   # no edit: W exactly (the projection onto the full basis is W only to rounding)
-                    continue
-                weight = modules[name].weight
-                originals[name] = weight.detach().clone()
-                weight.copy_(edit_weight(weight, U_G.to(weight.device), U_A.to(weight.device), mask.to(weight.device)))
+            for name, w in weights.items():
+                originals[name] = modules[name].weight.detach().clone()
+                modules[name].weight.copy_(w)
         yield stats
     finally:
         with torch.no_grad():

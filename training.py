@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from data import check_data_config, icl_chance
+from curvature import MODULES as CURVATURE_MODULES  # whose Linear weights curvature_modules may name
 from checkpoint import (append_metrics, fault_point, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint,
                         train_defaults, truncate_metrics, write_json)
 from eval import evaluate
@@ -456,11 +457,8 @@ def forget(tensors, fresh, optimizer_state, params):
 
 # ---- curvature edit during training (Merullo et al. 2025's edit, applied every curvature_every steps) ------
 
-CURVATURE_MODULES = ('encoder', 'attn', 'mlp', 'head')  # curvature.MODULES: whose Linear weights the edit may name
-
-
 def parse_curvature_modules(text):
-    """'mlp' or 'mlp,head' (',' or '+' between names) or 'all' -> a tuple in CURVATURE_MODULES order."""
+    """'mlp' or 'mlp,head' (',' or '+' between names) or 'all' -> a tuple in curvature.MODULES order."""
     return parse_modules(text, 'curvature_modules', CURVATURE_MODULES)
 
 
@@ -496,7 +494,7 @@ def curvature_edit(model, config, data, iter_num):
     the training stream and torch's generator are untouched), labels sampled from the model's softmax (the paper's
     Fisher), then curvature.py's edit at curvature_rho. The AdamW moments are kept: the edit projects the weights, it
     does not restart them."""
-    from curvature import curvature_bases, edit_weight, kept_mask, kfac_factors, linear_names
+    from curvature import curvature_bases, edited_weights, kfac_factors, linear_names
     from data import EpisodeSampler
     device = next(model.parameters()).device
     seed = config['seed'] * 1_000_003 + iter_num
@@ -506,17 +504,9 @@ def curvature_edit(model, config, data, iter_num):
     batches = (sampler.sample(min(size, n - i))[:2] for i in range(0, n, size))
     names = linear_names(model, parse_curvature_modules(config['curvature_modules']))
     bases = curvature_bases(kfac_factors(model, batches, names, size, seed))
-    modules, edited, removed = dict(model.named_modules()), {}, []
-    for name in names:
-        lam_G, U_G, lam_A, U_A = bases[name]
-        mask = kept_mask(lam_G, lam_A, config['curvature_rho'])
-        product = torch.outer(lam_G, lam_A)
-        removed.append((product[~mask].sum() / product.sum()).item() if product.sum() > 0 else 0.0)
-        W = modules[name].weight.detach()
-        if config['curvature_rho'] == 1:  # no edit: W exactly (the full basis gives W only to rounding)
-            continue
-        edited[f'{name}.weight'] = edit_weight(W, U_G.to(device), U_A.to(device), mask.to(device))
-    return edited, sum(removed) / len(removed)
+    weights, stats = edited_weights(model, bases, names, config['curvature_rho'])
+    return ({f'{name}.weight': w for name, w in weights.items()},
+            sum(s['mass_removed'] for s in stats.values()) / len(stats))
 
 
 # ---- eval rows and the files a finished run writes ---------------------------------------------
