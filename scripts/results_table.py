@@ -240,6 +240,11 @@ def corrected_point(v, phase):
     return None if few is None or not many or many <= chance else (few - chance) / (many - chance)
 
 
+def _ratio(x, bar=0.9):
+    """A ratio at 2 decimals, or 3 where 2 would round it onto the bar it misses (0.896 NOT MET, not 0.90)."""
+    return f"{x:.3f}" if x < bar <= round(x, 2) else f"{x:.2f}"
+
+
 def rules_text(v, many="Many's", phase=None, short=False):
     """'as posed NOT MET (best wd=0.01: 0.52 of Many's peak); chance-corrected NOT SUPPORTED over 4 levers (best
     wd=0.01: 0.03 of the gain)': both rules, the posed one first (short: 'posed NOT MET (wd=0.01: 0.52);
@@ -254,19 +259,20 @@ def rules_text(v, many="Many's", phase=None, short=False):
         at = '' if point is None else f"{posed['best']}: {point:.2f} on 3-eval means; "
         corrected = f"corrected not judged ({at}its interval needs the per-eval metrics this report predates)"
         if short:
-            return (f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); corrected not judged (pre-rule "
-                    f"report" + ('' if point is None else f"; 3-eval point {point:.2f}") + ")")
-        return f"as posed {posed['verdict']} (best {posed['best']}: {posed['ratio']:.2f} of {many} peak); chance-{corrected}"
+            return (f"posed {posed['verdict']} ({posed['best']}: {_ratio(posed['ratio'])}); corrected not judged "
+                    f"(pre-rule report" + ('' if point is None else f"; 3-eval point {point:.2f}") + ")")
+        return (f"as posed {posed['verdict']} (best {posed['best']}: {_ratio(posed['ratio'])} of {many} peak); "
+                f"chance-{corrected}")
     if short:  # a lever best under both rules is named once
         same = best.get('regularizer') == posed['best']
-        return (f"posed {posed['verdict']} ({posed['best']}: {posed['ratio']:.2f}); corrected {v['verdict']}"
-                + ((f" ({best['regularizer'] + ': ' if not same else ''}{best['corrected']:.2f}")
+        return (f"posed {posed['verdict']} ({posed['best']}: {_ratio(posed['ratio'])}); corrected {v['verdict']}"
+                + ((f" ({best['regularizer'] + ': ' if not same else ''}{_ratio(best['corrected'])}")
                    if best.get('corrected') is not None else ' (')
                 + (f", {n} levers)" if n and n > 1 else ')'))
-    return (f"as posed {posed['verdict']} (best {posed['best']}: {posed['ratio']:.2f} of {many} peak"
-            + (f", {raw:.2f} on raw maxima" if raw is not None and f"{raw:.2f}" != f"{posed['ratio']:.2f}" else '') + "); "
-            f"chance-corrected {v['verdict']}" + (f" over {n} levers" if n and n > 1 else '')
-            + (f" (best {best['regularizer']}: {best['corrected']:.2f} of the gain, interval "
+    return (f"as posed {posed['verdict']} (best {posed['best']}: {_ratio(posed['ratio'])} of {many} peak"
+            + (f", {raw:.2f} on raw maxima" if raw is not None and f"{raw:.2f}" != _ratio(posed['ratio']) else '')
+            + f"); chance-corrected {v['verdict']}" + (f" over {n} levers" if n and n > 1 else '')
+            + (f" (best {best['regularizer']}: {_ratio(best['corrected'])} of the gain, interval "
                f"[{best[iv + '_lo']:.2f}, {best[iv + '_hi']:.2f}])" if best.get('corrected') is not None else ''))
 
 
