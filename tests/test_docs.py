@@ -282,7 +282,7 @@ def test_verdict_report_files_make_the_block_and_the_summary_row(tmp_path):
 
 def test_a_ratio_that_misses_the_bar_never_prints_as_the_bar():
     """0.896 is NOT MET: at 2 decimals it would read 0.90, the bar it misses, so it prints at 3."""
-    assert [rt._ratio(x) for x in (0.8957, 0.8949, 0.92, 0.9, 0.52)] == ['0.896', '0.89', '0.92', '0.90', '0.52']
+    assert [rt.peak_text(x, 0.9) for x in (0.8957, 0.8949, 0.92, 0.9, 0.52)] == ['0.896', '0.89', '0.92', '0.90', '0.52']
     v = {'posed': {'verdict': 'NOT MET', 'best': 'swap=0.8', 'ratio': 0.8957}, 'verdict': 'NOT SUPPORTED',
          'best': {'regularizer': 'swap=0.8', 'corrected': 0.762}, 'n_levers': 1}
     assert rt.rules_text(v, short=True) == 'posed NOT MET (swap=0.8: 0.896); corrected NOT SUPPORTED (0.76)'
