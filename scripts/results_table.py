@@ -249,24 +249,25 @@ def rules_text(v, many="Many's", phase=None, short=False):
     posed, best, n = posed_of(v, phase), v.get('best') or {}, v.get('n_levers')
     raw = posed.get('raw_max_ratio')
     bar = v.get('threshold', 0.9)  # a ratio that misses it prints at 3 decimals where 2 would round it onto it
+    ratio = peak_text(posed['ratio'], bar)
     iv = 'family' if n and n > 1 and 'family_lo' in best else 'corrected'  # the interval the verdict was decided on
     if not v.get('posed'):
         point = corrected_point(v, phase)
         at = '' if point is None else f"{posed['best']}: {point:.2f} on 3-eval means; "
         corrected = f"corrected not judged ({at}its interval needs the per-eval metrics this report predates)"
         if short:
-            return (f"posed {posed['verdict']} ({posed['best']}: {peak_text(posed['ratio'], bar)}); corrected not judged "
+            return (f"posed {posed['verdict']} ({posed['best']}: {ratio}); corrected not judged "
                     f"(pre-rule report" + ('' if point is None else f"; 3-eval point {point:.2f}") + ")")
-        return (f"as posed {posed['verdict']} (best {posed['best']}: {peak_text(posed['ratio'], bar)} of {many} peak); "
+        return (f"as posed {posed['verdict']} (best {posed['best']}: {ratio} of {many} peak); "
                 f"chance-{corrected}")
     if short:  # a lever best under both rules is named once
         same = best.get('regularizer') == posed['best']
-        return (f"posed {posed['verdict']} ({posed['best']}: {peak_text(posed['ratio'], bar)}); corrected {v['verdict']}"
+        return (f"posed {posed['verdict']} ({posed['best']}: {ratio}); corrected {v['verdict']}"
                 + ((f" ({best['regularizer'] + ': ' if not same else ''}{peak_text(best['corrected'], bar)}")
                    if best.get('corrected') is not None else ' (')
                 + (f", {n} levers)" if n and n > 1 else ')'))
-    return (f"as posed {posed['verdict']} (best {posed['best']}: {peak_text(posed['ratio'], bar)} of {many} peak"
-            + (f", {raw:.2f} on raw maxima" if raw is not None and f"{raw:.2f}" != peak_text(posed['ratio'], bar) else '')
+    return (f"as posed {posed['verdict']} (best {posed['best']}: {ratio} of {many} peak"
+            + (f", {raw:.2f} on raw maxima" if raw is not None and f"{raw:.2f}" != ratio else '')
             + f"); chance-corrected {v['verdict']}" + (f" over {n} levers" if n and n > 1 else '')
             + (f" (best {best['regularizer']}: {peak_text(best['corrected'], bar)} of the gain, interval "
                f"[{best[iv + '_lo']:.2f}, {best[iv + '_hi']:.2f}])" if best.get('corrected') is not None else ''))
