@@ -33,14 +33,11 @@ def read(path):
 
 # ---- the committed documents -----------------------------------------------------------------------
 
-def test_readme_is_at_most_12_kb():
-    size = os.path.getsize(README)
-    assert size <= 12288, f"README.md is {size} bytes; move detail into RESULTS.md"
-
-
-def test_results_is_at_most_25_kb():
-    size = os.path.getsize(RESULTS)
-    assert size <= 25600, f"RESULTS.md is {size} bytes; move detail a reader needs only to check a number into its report"
+@pytest.mark.parametrize('doc, limit, where', [(README, 12288, 'RESULTS.md'),
+                                               (RESULTS, 25600, 'the report a number comes from')])
+def test_a_document_stays_under_its_size_limit(doc, limit, where):
+    size = os.path.getsize(doc)
+    assert size <= limit, f"{os.path.basename(doc)} is {size} bytes (limit {limit}); move detail into {where}"
 
 
 @pytest.mark.parametrize('doc, names', [(README, {'summary'}), (RESULTS, {'posed', 'posed_omniglot', 'levers', 'omniglot_levers3',
