@@ -1,7 +1,8 @@
 """The documentation cannot drift: README.md / RESULTS.md's results blocks equal what scripts/results_table.py
 generates from the report files committed under assets/results/ ('pending' where there are none), the README
-stays under 12 KB and RESULTS under 25 KB, every `python ...` command in it names a file that exists, CI runs the README's full-suite
-command, the resume rule lists exactly training.RESUMABLE_KEYS, and links and figures resolve."""
+stays under 12 KB and RESULTS under 25 KB, every `python ...` command in the README names a file that exists, CI
+runs the README's full-suite command, the resume rule lists exactly training.RESUMABLE_KEYS, and links and figures
+resolve."""
 import importlib.util
 import json
 import os
