@@ -106,6 +106,22 @@ def _anchor(heading):
     return text.replace(' ', '-')
 
 
+def test_a_grid_that_continues_another_comes_after_it_in_the_index():
+    """scripts/all_grids.sh runs index.json's commands in order: a grid whose config sets extend_from must follow
+    the entry whose grid folder it continues, or a fresh clone reruns that grid's first steps from 0."""
+    order = {r['out'].rstrip('/'): i for i, r in enumerate(rt.RESULTS) if r.get('out')}
+    continuing = 0
+    for entry in [r for r in rt.RESULTS if r.get('command')]:
+        for config in entry['command'].split()[2:]:
+            source = re.search(r"^extend_from = '([^']+)'", read(os.path.join(ROOT, config)), re.M)
+            if source:
+                continuing += 1
+                assert source.group(1) in order, f"{config} continues {source.group(1)}, which no index entry makes"
+                assert order[source.group(1)] < order[entry['out'].rstrip('/')], (
+                    f"{entry['report']} continues {source.group(1)} but comes before it in index.json")
+    assert continuing >= 3  # the three continued Omniglot grids were looked at
+
+
 def test_links_to_results_sections_and_figures_resolve():
     anchors = {_anchor(h) for h in re.findall(r'^#+ (.*)$', read(RESULTS), re.M)}
     for doc in (README, RESULTS):
