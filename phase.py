@@ -164,9 +164,9 @@ def emergence_lines(cells, regs, counts, threshold):
     lines = [f"## Emergence over time (ICL >= {threshold:g})", "",
              f"Share of seeds whose holdout ICL has reached {threshold:g} by each step (3 consecutive evals averaging "
              f">= {threshold:g}); median first step over all seeds ('never' when half or more never reach it), the raw "
-             f"rule's (one eval) in brackets; each seed's peak -> final ICL and its final IWL.", "",
+             f"rule's (one eval) in brackets; each seed's peak ICL (its step) -> final ICL, and its final IWL.", "",
              "| regulariser | classes | " + " | ".join(f"by {it}" for it in marks)
-             + " | median first step [raw] | peak -> final ICL per seed | final IWL per seed |",
+             + " | median first step [raw] | peak (step) -> final ICL per seed | final IWL per seed |",
              "|---|---|" + "---|" * (len(marks) + 3)]
     for reg in regs:
         for n in counts:
@@ -176,12 +176,18 @@ def emergence_lines(cells, regs, counts, threshold):
             trained = [[r for r in c['rows'] if r['iter'] > 0] for c in group]
             firsts = [reach_step(rows, threshold) for rows in trained]
             shares = [f"{sum(f is not None and f <= it for f in firsts)}/{len(group)}" for it in marks]
-            arrows = ', '.join(f"{c['stats']['peak_icl']:.2f} -> {c['stats']['final_icl']:.2f}" for c in group)
+            arrows = ', '.join(f"{c['stats']['peak_icl']:.2f}{_step(c['stats'])} -> {c['stats']['final_icl']:.2f}"
+                               for c in group)
             iwl = ', '.join(f"{c['stats']['final_iwl']:.2f}" for c in group)
             lines.append(f"| {reg_label(reg)} | {n} | " + " | ".join(shares)
                          + f" | {_median(firsts)} [{_median([first_step(rows, threshold) for rows in trained])}] | "
                            f"{arrows} | {iwl} |")
     return lines + ["", "![every seed's ICL, IWL and decayed-weight norm](emergence.png)", ""]
+
+
+def _step(stats):
+    """' (step)' of a seed's peak, so a reader sees whether it still rose at the end of the run."""
+    return f" ({stats['peak_iter']})" if stats.get('peak_iter') is not None else ''
 
 
 def plot_emergence(path, cells, regs, counts, threshold):

@@ -475,15 +475,16 @@ def test_emergence_table_counts_seeds_reaching_icl_by_each_step():
         rows = [{'iter': 1000 * i, 'icl_acc': a} for i, a in enumerate(accs)]
         return {'classes': 'c100', 'seed': seed, 'weight_decay': 0.0, 'setting': {'label_swap': 0.8},
                 'summary': {'config': {'label_swap_to': 'train'}}, 'rows': rows,
-                'stats': {'peak_icl': max(accs[1:]), 'final_icl': accs[-1], 'final_iwl': 0.25}}
+                'stats': {'peak_icl': max(accs[1:]), 'peak_iter': 1000 * accs.index(max(accs[1:]), 1),
+                          'final_icl': accs[-1], 'final_iwl': 0.25}}
     cells = [cell(0, [0.5, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9, 0.6]),   # early, then fades
              cell(1, [0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.85, 0.9, 0.9, 0.9, 0.9]),  # late
              cell(2, [0.5] * 11)]                                                # never
     reg = (('label_swap', 0.8),)
     text = '\n'.join(emergence_lines(cells, [reg], [100], 0.8))
     assert '| by 1000 | by 2000 | by 4000 | by 6000 | by 8000 | by 10000 |' in text
-    assert ('| swap=0.8 | 100 | 0/3 | 0/3 | 1/3 | 1/3 | 2/3 | 2/3 | 8000 [6000] | 0.90 -> 0.60, 0.90 -> 0.90, '
-            '0.50 -> 0.50 | 0.25, 0.25, 0.25 |') in text                  # 3 evals >= 0.8 on average; raw rule beside
+    assert ('| swap=0.8 | 100 | 0/3 | 0/3 | 1/3 | 1/3 | 2/3 | 2/3 | 8000 [6000] | 0.90 (1000) -> 0.60, '
+            '0.90 (7000) -> 0.90, 0.50 (1000) -> 0.50 | 0.25, 0.25, 0.25 |') in text  # 3 evals >= 0.8 on average; raw rule beside
     cells[1]['rows'] = cells[2]['rows']
     assert '| 1/3 | never [never] |' in '\n'.join(emergence_lines(cells, [reg], [100], 0.8))
 
