@@ -484,7 +484,7 @@ def test_emergence_table_counts_seeds_reaching_icl_by_each_step():
     text = '\n'.join(emergence_lines(cells, [reg], [100], 0.8))
     assert '| by 1000 | by 2000 | by 4000 | by 6000 | by 8000 | by 10000 |' in text
     assert ('| swap=0.8 | 100 | 0/3 | 0/3 | 1/3 | 1/3 | 2/3 | 2/3 | 8000 [6000] | 0.90 (1000) -> 0.60, '
-            '0.90 (7000) -> 0.90, 0.50 (1000) -> 0.50 | 0.25, 0.25, 0.25 |') in text  # 3 evals >= 0.8 on average; raw rule beside
+            '0.90 (7000) -> 0.90, 0.50 (1000) -> 0.50 | 0.25, 0.25, 0.25 |') in text  # peak (its step) -> final
     cells[1]['rows'] = cells[2]['rows']
     assert '| 1/3 | never [never] |' in '\n'.join(emergence_lines(cells, [reg], [100], 0.8))
 
