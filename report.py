@@ -677,8 +677,8 @@ def numerics_line(summaries):
     return (f"Numerics: code {values('git_commit')}; torch {values('torch_version')}, device {values('device')}, "
             f"CPU threads per cell {values('threads')}, CPU capability {values('cpu_capability')} "
             f"({values('cpu_model')}). A cell rerun where all of these match repeats its numbers bit for bit; on another "
-            f"CPU capability its accuracies repeat and its float metrics agree within 1e-5 relative; other thread counts "
-            f"or torch versions drift within the seed spread.")
+            f"CPU capability, thread count or torch version its floats differ in the last digits from the first steps, "
+            f"and over thousands of steps a run that is still learning can drift apart within the seed spread.")
 
 
 def header_lines(root_dir, cells):

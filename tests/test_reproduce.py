@@ -7,7 +7,10 @@ ordered differently, so every discrete number (steps, tokens, accuracies, hit co
 equal and every other float (loss, ECE, attention masses, weight norm) within FLOAT_RTOL relative. Measured on the
 reference cell (300 steps): AVX2 against the run recorded before capabilities were, 1.0e-6 at most (ECE); the
 'default' path against the same, 6.4e-7; a 4k-step posed cell on AVX512 against AVX2, 7e-7 (train loss). 1e-5 is
-ten times the worst of these. README and RESULTS promise exactly this."""
+ten times the worst of these. README and RESULTS promise exactly this, for short runs: over thousands of steps the
+last-digit differences of a run that is still learning grow. Measured: Many (1600 classes, seed 0) on the proxy is
+identical in every accuracy on AVX2 and AVX512 up to step 2250, then drifts (IWL at 3k 0.090 against 0.111); the
+12k-step levers_emergence grid rerun on AVX512 kept every verdict and moved seeds' final ICL by up to 0.07."""
 import json
 import math
 import os
