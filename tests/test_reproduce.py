@@ -10,7 +10,8 @@ reference cell (300 steps): AVX2 against the run recorded before capabilities we
 ten times the worst of these. README and RESULTS promise exactly this, for short runs: over thousands of steps the
 last-digit differences of a run that is still learning grow. Measured: Many (1600 classes, seed 0) on the proxy is
 identical in every accuracy on AVX2 and AVX512 up to step 2250, then drifts (IWL at 3k 0.090 against 0.111); the
-12k-step levers_emergence grid rerun on AVX512 kept every verdict and moved seeds' final ICL by up to 0.07."""
+12k-step levers_emergence grid rerun on AVX512 (the first run's capability was not recorded) kept every verdict and
+moved seeds' final ICL by up to 0.07."""
 import json
 import math
 import os
