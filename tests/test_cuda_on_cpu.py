@@ -287,8 +287,8 @@ def test_bf16_autocast_step_on_cpu(config, k):
         grads.extend((p.dtype, p.grad) for p in params(run.optimizer))
         step(it)
     run.optimizer.step = record_then_step
-    # oneDNN's CPU bf16 kernels (the ResNet's convolutions; CUDA runs cuDNN instead) return non-finite gradients in
-    # about half of the runs on some CPUs, the same loss every time: 8 of 18 on an AVX512 EPYC, 0 of 16 without oneDNN
+    # with oneDNN's CPU bf16 kernels the ResNet path's gradients came out non-finite in about half of the runs, the same
+    # loss every time: 8 of 18 on an AVX512 EPYC, 0 of 16 with oneDNN off (CUDA runs cuDNN, not oneDNN)
     with torch.backends.mkldnn.flags(enabled=False):
         loss = train_step(run.forward, run.optimizer, run.sampler, 0, run.exposure, run.terms,
                           torch.autocast('cpu', dtype=torch.bfloat16))
