@@ -87,7 +87,11 @@ def load(name, root=ROOT):
     has = {f: os.path.isfile(os.path.join(folder, f)) for f in REPORT_FILES + ('cells.json',)}
     cells = json.loads(_read(os.path.join(folder, 'cells.json'))) if has['cells.json'] else None
     if has['phase.json'] and has['phase.md']:
-        return {'kind': 'phase', 'name': name, 'phase': json.loads(_read(os.path.join(folder, 'phase.json'))),
+        phase = json.loads(_read(os.path.join(folder, 'phase.json')))
+        if 'peak_window' not in phase:
+            raise ReportError(f"{folder}/phase.json predates the 3-eval peak rule (no 'peak_window'): rerun its grid, "
+                              f"then --collect")
+        return {'kind': 'phase', 'name': name, 'phase': phase,
                 'md': _read(os.path.join(folder, 'phase.md')), 'cells': cells, 'figure': has['phase.png'],
                 'verdicts': json.loads(_read(os.path.join(folder, 'verdict.json'))) if has['verdict.json'] else []}
     if has['report.md'] and has['verdict.json']:
@@ -114,15 +118,13 @@ def phase_rows(report):
         first = data['first_class_count'][name]
         if md_row[2] != ('never' if first is None else str(first)):
             raise ReportError(f"{report['name']}: {md_row[0]} appears at {md_row[2]} in phase.md, {first} in phase.json")
-        mine = entries.get(name, {})  # the first count by the 3-eval peak (a report before that rule: recomputed)
-        first = next((n for n in sorted(mine) if peak_of(mine[n]) >= data['threshold']), None)
-        rows.append((md_row[0], md_row[1], first, mine))
+        rows.append((md_row[0], md_row[1], first, entries.get(name, {})))
     return rows
 
 
 def peak_of(entry):
-    """A phase.json entry's peak ICL by the 3-eval rule (the smoothed peak every report holds)."""
-    return entry.get('smoothed_peak', entry['peak_icl'])
+    """A phase.json entry's peak ICL: the mean over seeds of each seed's best mean of 3 consecutive evals."""
+    return entry['peak_icl']
 
 
 def class_counts(report):
@@ -208,58 +210,23 @@ def _first(n):
     return 'never' if n is None else str(n)
 
 
-def posed_of(v, phase=None):
-    """A verdict's rule as posed: verdict.json's 'posed', or for reports made before it, the same rule recomputed:
-    on the 3-eval peaks of phase.json (Few = 100, Many = 1600 classes) when it has them, else on the candidates'
-    raw peak ratios (then the peaks are single evals)."""
-    if v.get('posed'):
-        return v['posed']
-    from report import REG_KEYS, reg_name
-    smoothed = {(e['regularizer'], e['classes']): e.get('smoothed_peak') for e in (phase or {}).get('table', [])}
-    many = smoothed.get(('wd0', 1600))
-
-    def ratio(c):
-        few = smoothed.get((reg_name({k: c[k] for k in REG_KEYS if k in c}), 100))
-        return few / many if few is not None and many else c['ratio']
-    cands = [{**c, 'posed_ratio': ratio(c)} for c in v['candidates']]
-    met = [c for c in cands if c.get('eligible') and c['posed_ratio'] >= v['threshold']]
-    pool = met or [c for c in cands if c.get('eligible')] or cands
-    best = max(pool, key=lambda c: c['posed_ratio'])
-    return {'verdict': 'MET' if met else 'NOT MET', 'best': best['regularizer'], 'ratio': best['posed_ratio'],
-            'raw_max_ratio': best['ratio']}
+def posed_of(v):
+    """A verdict's rule as posed (verdict.json's 'posed'); a report made before that key was written is refused, since
+    its peaks are single evals (rerun its grid)."""
+    if not v.get('posed'):
+        raise ReportError("a verdict.json without 'posed' predates the 3-eval peak rule: rerun its grid, then --collect")
+    return v['posed']
 
 
-def corrected_point(v, phase):
-    """A pre-rule report's chance-corrected ratio of its best posed lever on the 3-eval means of phase.json (a point:
-    its interval needs per-seed 3-eval peaks, which such a report does not hold); None without them."""
-    from report import REG_KEYS, reg_name
-    smoothed = {(e['regularizer'], e['classes']): e.get('smoothed_peak') for e in (phase or {}).get('table', [])}
-    many, chance = smoothed.get(('wd0', 1600)), v.get('baseline_chance', 0.5)
-    best = next((c for c in v['candidates'] if c['regularizer'] == posed_of(v, phase)['best']), None)
-    few = best and smoothed.get((reg_name({k: best[k] for k in REG_KEYS if k in best}), 100))
-    return None if few is None or not many or many <= chance else (few - chance) / (many - chance)
-
-
-def rules_text(v, many="Many's", phase=None, short=False):
+def rules_text(v, many="Many's", short=False):
     """'as posed NOT MET (best wd=0.01: 0.52 of Many's peak); chance-corrected NOT SUPPORTED over 4 levers (best
     wd=0.01: 0.03 of the gain)': both rules, the posed one first (short: 'posed NOT MET (wd=0.01: 0.52);
-    corrected NOT SUPPORTED (0.03, 4 levers)'). Both on the 3-eval peak: a report made before that rule (no 'posed'
-    in its verdict.json) has its posed rule recomputed on phase.json's 3-eval means and its corrected rule not judged,
-    since that rule's interval needs per-eval metrics the report does not hold (its point ratio is shown)."""
-    posed, best, n = posed_of(v, phase), v.get('best') or {}, v.get('n_levers')
+    corrected NOT SUPPORTED (0.03, 4 levers)'). Both on the 3-eval peak."""
+    posed, best, n = posed_of(v), v.get('best') or {}, v.get('n_levers')
     raw = posed.get('raw_max_ratio')
     bar = v.get('threshold', 0.9)  # a ratio that misses it prints at 3 decimals where 2 would round it onto it
     ratio = peak_text(posed['ratio'], bar)
     iv = 'family' if n and n > 1 and 'family_lo' in best else 'corrected'  # the interval the verdict was decided on
-    if not v.get('posed'):
-        point = corrected_point(v, phase)
-        at = '' if point is None else f"{posed['best']}: {point:.2f} on 3-eval means; "
-        corrected = f"corrected not judged ({at}its interval needs the per-eval metrics this report predates)"
-        if short:
-            return (f"posed {posed['verdict']} ({posed['best']}: {ratio}); corrected not judged "
-                    f"(pre-rule report" + ('' if point is None else f"; 3-eval point {point:.2f}") + ")")
-        return (f"as posed {posed['verdict']} (best {posed['best']}: {ratio} of {many} peak); "
-                f"chance-{corrected}")
     if short:  # a lever best under both rules is named once
         same = best.get('regularizer') == posed['best']
         return (f"posed {posed['verdict']} ({posed['best']}: {ratio}); corrected {v['verdict']}"
@@ -277,13 +244,7 @@ def few_many_verdict(report):
     """Both rules from a phase grid's verdict.json (Few = 100 classes, Many = 1600), or '' when it has none."""
     if not report.get('verdicts'):
         return ''
-    return rules_text(report['verdicts'][0], phase=report['phase'], short=True) + '; '
-
-
-def peak_rule(report):
-    """Which peak a report's numbers use: the 3-eval mean, or (reports made before that rule) the best single eval."""
-    new = ('peak_window' in report['phase']) if report['kind'] == 'phase' else 'best mean of 3 consecutive' in report['md']
-    return '' if new else '; peaks recomputed: the report predates the 3-eval rule'  # the rule: RESULTS' Methods
+    return rules_text(report['verdicts'][0], short=True) + '; '
 
 
 def phase_verdict(report, fading=False, per_count=False):
@@ -395,14 +356,12 @@ def summary_block(root=ROOT):
             if report is None:
                 wall, verdict = 'pending', 'pending'
             else:
-                wall = (wall_text(report).replace(' summed', '') + (' (interim)' if seeds_missing(report, r.get('seeds', 3)) else '')
-                        + (' †' if provenance_missing(report) else ''))
+                wall = wall_text(report).replace(' summed', '') + (' (interim)' if seeds_missing(report, r.get('seeds', 3)) else '')
                 verdict = (phase_verdict(report, r.get('fading', False), r.get('per_count', False)) if report['kind'] == 'phase'
                            else verdict_summary(report))
         lines.append(f"| [{r['title']}](RESULTS.md#{r['anchor']}) | {r['scale']} | "
                      f"`{r['command']}` | {wall} | {verdict} |")
-    return '\n'.join(lines + ['', 'Interim: cells or seeds missing. †: the report lacks some provenance (commit, '
-                               'torch, device, threads or CPU capability; its report says which).']) + '\n'
+    return '\n'.join(lines + ['', 'Interim: cells or seeds missing.']) + '\n'
 
 
 def result_block(name, root=ROOT):
@@ -414,14 +373,12 @@ def result_block(name, root=ROOT):
                 f"{entry['out'].rstrip('/')}` (copies the report files into `{source}` and rewrites this block).\n")
     if report['kind'] == 'phase':
         counts, threshold = class_counts(report), report['phase']['threshold']
-        three_eval = 'peak_window' in report['phase']  # a pre-rule report's seed ranges are single-eval maxima: left out
         runs = sum(e['seeds'] for e in report['phase']['table'])
         lines = [f"From `{source}` ({runs} runs; {wall_text(report)}"
-                 f"{peak_rule(report)}{provenance_text(report)}). Peak ICL / final IWL per class count; ° = no learning"
-                 + ("; [seed range]" if three_eval else '') + ".", ""]
+                 f"{provenance_text(report)}). Peak ICL / final IWL per class count; ° = no learning; [seed range].", ""]
         if report.get('verdicts'):
             lines += [f"Verdict, Few = 100 vs Many = 1600 classes: "
-                      f"{rules_text(report['verdicts'][0], many='the 1600-class', phase=report['phase'])}.", ""]
+                      f"{rules_text(report['verdicts'][0], many='the 1600-class')}.", ""]
         lines += [
                  "| regulariser | lr·wd·steps | ICL ≥ %g from | " % threshold
                  + ' | '.join(str(n) for n in counts) + ' |',
@@ -433,7 +390,7 @@ def result_block(name, root=ROOT):
                 peak = '' if e is None else peak_text(peak_of(e), threshold) + ('°' if e['no_learning'] else '')
                 cells.append('-' if e is None else f"{peak} / "
                              f"{e['final_iwl']:.2f}" + (f" [{e['peak_min']:.2f}-{e['peak_max']:.2f}]"
-                                                         if e['seeds'] > 1 and three_eval else ''))
+                                                         if e['seeds'] > 1 else ''))
             lines.append(f"| {label} | {exponent} | {_first(first)} | " + ' | '.join(cells) + ' |')
         emergence = os.path.isfile(os.path.join(root, ASSETS, name, 'emergence.png'))  # then the one figure shown
         if report['figure'] and not emergence:
@@ -441,8 +398,7 @@ def result_block(name, root=ROOT):
         if emergence:
             lines += ['', f"![{name}: every seed's ICL, IWL and decayed-weight norm over steps]({source}emergence.png)"]
         return '\n'.join(lines) + '\n'
-    lines = [f"From `{source}` ({wall_text(report)}{peak_rule(report)}"
-             f"{provenance_text(report)}).", ""]
+    lines = [f"From `{source}` ({wall_text(report)}{provenance_text(report)}).", ""]
     if report['verdicts']:
         for v in report['verdicts']:
             width = f" ({v['width']})" if v.get('width') else ''
