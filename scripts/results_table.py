@@ -82,20 +82,22 @@ def _read(path):
 
 
 def load(name, root=ROOT):
-    """The report files of assets/results/<name>/: {'kind': 'phase' | 'verdict', ...}, or None (pending)."""
+    """The report files of assets/results/<name>/: {'kind': 'phase' | 'verdict', ...}, or None (pending). A report
+    made before the 3-eval peak rule (a phase.json without 'peak_window', a verdict without 'posed') is refused:
+    its peaks are single evals, so its grid is rerun, not its numbers recomputed."""
     folder = os.path.join(root, ASSETS, name)
     has = {f: os.path.isfile(os.path.join(folder, f)) for f in REPORT_FILES + ('cells.json',)}
     cells = json.loads(_read(os.path.join(folder, 'cells.json'))) if has['cells.json'] else None
+    verdicts = json.loads(_read(os.path.join(folder, 'verdict.json'))) if has['verdict.json'] else []
+    phase = json.loads(_read(os.path.join(folder, 'phase.json'))) if has['phase.json'] else {}
+    if (has['phase.json'] and 'peak_window' not in phase) or any(not v.get('posed') for v in verdicts):
+        raise ReportError(f"{folder} predates the 3-eval peak rule (phase.json without 'peak_window' or a verdict "
+                          f"without 'posed'): rerun its grid, then --collect")
     if has['phase.json'] and has['phase.md']:
-        phase = json.loads(_read(os.path.join(folder, 'phase.json')))
-        if 'peak_window' not in phase:
-            raise ReportError(f"{folder}/phase.json predates the 3-eval peak rule (no 'peak_window'): rerun its grid, "
-                              f"then --collect")
-        return {'kind': 'phase', 'name': name, 'phase': phase,
-                'md': _read(os.path.join(folder, 'phase.md')), 'cells': cells, 'figure': has['phase.png'],
-                'verdicts': json.loads(_read(os.path.join(folder, 'verdict.json'))) if has['verdict.json'] else []}
+        return {'kind': 'phase', 'name': name, 'phase': phase, 'md': _read(os.path.join(folder, 'phase.md')),
+                'cells': cells, 'figure': has['phase.png'], 'verdicts': verdicts}
     if has['report.md'] and has['verdict.json']:
-        return {'kind': 'verdict', 'name': name, 'verdicts': json.loads(_read(os.path.join(folder, 'verdict.json'))),
+        return {'kind': 'verdict', 'name': name, 'verdicts': verdicts,
                 'md': _read(os.path.join(folder, 'report.md')), 'cells': cells, 'figure': has['icl_vs_steps.png']}
     return None
 
@@ -210,19 +212,11 @@ def _first(n):
     return 'never' if n is None else str(n)
 
 
-def posed_of(v):
-    """A verdict's rule as posed (verdict.json's 'posed'); a report made before that key was written is refused, since
-    its peaks are single evals (rerun its grid)."""
-    if not v.get('posed'):
-        raise ReportError("a verdict.json without 'posed' predates the 3-eval peak rule: rerun its grid, then --collect")
-    return v['posed']
-
-
 def rules_text(v, many="Many's", short=False):
     """'as posed NOT MET (best wd=0.01: 0.52 of Many's peak); chance-corrected NOT SUPPORTED over 4 levers (best
     wd=0.01: 0.03 of the gain)': both rules, the posed one first (short: 'posed NOT MET (wd=0.01: 0.52);
     corrected NOT SUPPORTED (0.03, 4 levers)'). Both on the 3-eval peak."""
-    posed, best, n = posed_of(v), v.get('best') or {}, v.get('n_levers')
+    posed, best, n = v['posed'], v.get('best') or {}, v.get('n_levers')
     raw = posed.get('raw_max_ratio')
     bar = v.get('threshold', 0.9)  # a ratio that misses it prints at 3 decimals where 2 would round it onto it
     ratio = peak_text(posed['ratio'], bar)

@@ -357,8 +357,13 @@ def test_a_report_from_before_the_3_eval_rule_is_refused(tmp_path):
     (folder / 'phase.md').write_text('| regulariser |\n|---|\n')
     with pytest.raises(rt.ReportError, match='predates the 3-eval peak rule'):
         rt.load('levers', str(tmp_path))
-    with pytest.raises(rt.ReportError, match="without 'posed'"):
-        rt.rules_text({'verdict': 'SUPPORTED', 'candidates': []})
+    (folder / 'phase.json').unlink()
+    (folder / 'report.md').write_text('best mean of 3 consecutive evals')
+    (folder / 'verdict.json').write_text(json.dumps([{'verdict': 'SUPPORTED', 'candidates': []}]))  # no 'posed'
+    with pytest.raises(rt.ReportError, match='predates the 3-eval peak rule'):
+        rt.load('levers', str(tmp_path))
+    (folder / 'verdict.json').write_text(json.dumps([{'verdict': 'SUPPORTED', 'candidates': [], 'posed': {'verdict': 'MET'}}]))
+    assert rt.load('levers', str(tmp_path))['kind'] == 'verdict'
 
 
 def test_a_decay_axis_of_three_strengths_gets_the_dose_response_figure_and_table(tmp_path):
