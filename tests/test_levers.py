@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, scaled_error
 from data import EpisodeSampler, make_synthetic
 from model import ICLTransformer, ModelConfig, parse_decay_modules
 from test_group import assert_close, group
@@ -237,7 +237,9 @@ def test_head_input_ablation_gives_one_answer_for_every_episode(trained):
     means = part_means(model, reference_sequences(dataset, config, n=128), ['head', 'mlp0'])
     with mean_ablated(model, {'head': means['head']}):
         logits, _ = run_episodes(model, iwl)
-    assert torch.allclose(logits, logits[:1].expand_as(logits), atol=1e-5)   # the head sees only the mean
+    # the head sees only the mean: one input row through one matmul, which may round rows by their block position
+    # (<= 64 roundings: the sum over d=64) of the logits' scale
+    assert scaled_error(logits, logits[:1].expand_as(logits)) <= 64
     plain, _ = run_episodes(model, iwl)
     with mean_ablated(model, {'mlp0': means['mlp0']}):
         knocked, _ = run_episodes(model, iwl)

@@ -3,6 +3,8 @@ import pytest
 import torch
 import torch.nn as nn
 
+from conftest import scaled_error
+
 from data import make_icl_episodes, make_synthetic
 from eval import attention_masses, evaluate, expected_calibration_error
 from model import ICLTransformer, ModelConfig
@@ -45,7 +47,9 @@ def test_the_record_gives_same_logits_valid_attention_and_each_blocks_activation
     plain = model(items, labels)
     assert set(plain) == {'logits'}  # one shape of return, whatever is recorded
     out = model(items, labels, record=('attention', 'attn_out', 'mlp_hidden', 'mlp_out'))
-    torch.testing.assert_close(out['logits'], plain['logits'], rtol=1e-5, atol=1e-5)
+    # recording takes the explicit softmax(QK^T)V path, plain the fused kernel: per layer <= 2 sums of <= 64 terms in
+    # another order, over 3 layers: <= 3 x 2 x 64 roundings of the logits' scale
+    assert scaled_error(out['logits'], plain['logits']) <= 3 * 2 * 64
     assert len(out['attention']) == 3
     for a in out['attention']:
         assert a.shape == (6, 4, 17, 17)

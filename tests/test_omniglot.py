@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 import data
-from conftest import ROOT
+from conftest import ROOT, scaled_error
 from data import (N_CHARACTERS, load_omniglot, make_omniglot, omniglot_class_split, omniglot_files, read_cache,
                   write_cache)
 from model import ICLTransformer, ModelConfig
@@ -289,7 +289,9 @@ def test_pixel_noise_only_while_training_and_chunked_eval_is_exact():
     clean.eval()
     clean.load_state_dict(resnet_model().encoder.state_dict())        # undo the running-stat updates
     clean.eval_chunk = 7
-    torch.testing.assert_close(clean(items), whole)
+    # 7 images at a time against 40: convolutions blocked otherwise, <= 64 roundings per op (the widest sum: 64
+    # channels) over <= 26 ops deep (stem, 4 groups of 2 bottlenecks of 3 convs, the mean), of the output's scale
+    assert scaled_error(clean(items), whole) <= 26 * 64
 
 
 # ---- configs and train.py ----------------------------------------------------------------------

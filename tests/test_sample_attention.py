@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from checkpoint import read_metrics
-from conftest import ROOT
+from conftest import ROOT, scaled_error
 from data import build_eval_episodes
 from eval import attention_masses, load_run, run_episodes
 from sample_attention import (draw_item, fixed_episodes, label_reads_image, matching_positions, measure,
@@ -61,8 +61,10 @@ def test_highlighted_positions_sum_to_eval_attention_masses():
     image_mass, label_mass = attention_masses(attentions, classes, 8)
     for layer, a in enumerate(attentions):
         q = a[:, :, 16]
-        torch.testing.assert_close((q * image_pos[:, None]).sum(-1).mean(0), image_mass[layer])
-        torch.testing.assert_close((q * label_pos[:, None]).sum(-1).mean(0), label_mass[layer])
+        # the same sums of 17 positions and a mean of 10 episodes, perhaps in another order: <= 27 roundings of a
+        # mass (a share of attention: scale 1)
+        assert scaled_error((q * image_pos[:, None]).sum(-1).mean(0), image_mass[layer], scale=1.0) <= 27
+        assert scaled_error((q * label_pos[:, None]).sum(-1).mean(0), label_mass[layer], scale=1.0) <= 27
     # and the path picks the argmax head
     image_mass[1, 0], label_mass[2, 1] = 5.0, 6.0
     heads = path_heads(image_mass, label_mass, label_reads_image(attentions, 8))
