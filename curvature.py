@@ -141,6 +141,7 @@ def kfac_factors(model, episodes, names, batch_size=256, seed=0, positions='expa
             seen[name] = (args[0].detach(), out)
         return hook
 
+    from data import make_generator   # looked up per call: the fake-CUDA tests stand a CPU one in for it
     generator = None
     was_training = model.training
     model.eval()
@@ -149,7 +150,7 @@ def kfac_factors(model, episodes, names, batch_size=256, seed=0, positions='expa
         for items, targets in episodes:
             B = targets.shape[0]
             N += B
-            generator = generator or torch.Generator(device=targets.device).manual_seed(seed)
+            generator = generator or make_generator(targets.device).manual_seed(seed)
             seen.clear()
             with torch.enable_grad():
                 logits = model(items, targets)['logits'].float()
