@@ -670,15 +670,23 @@ def dose_lines(groups, widths, class_names, verdicts):
 
 
 def numerics_line(summaries):
-    """What the cells' numbers depend on beyond their config (training.numerics): the code commit, torch version,
-    device, CPU threads, and the CPU kernel path and model. 'not recorded' where a cell predates a key."""
+    """What the cells' numbers depend on beyond their config (training.numerics): the code commit and the tracked files
+    that differed from it, torch version, device, CPU threads, and the CPU kernel path and model. 'not recorded' where
+    a cell predates a key."""
     def values(key):
         return ', '.join(sorted({str(s.get(key) or 'not recorded') for s in summaries}))
-    return (f"Numerics: code {values('git_commit')}; torch {values('torch_version')}, device {values('device')}, "
-            f"CPU threads per cell {values('threads')}, CPU capability {values('cpu_capability')} "
-            f"({values('cpu_model')}). A cell rerun where all of these match repeats its numbers bit for bit; on another "
-            f"CPU capability, thread count or torch version its floats differ in the last digits from the first steps, "
-            f"and over thousands of steps a run that is still learning can drift apart within the seed spread.")
+
+    def changes(s):
+        if 'code_changes' not in s:
+            return 'not recorded'
+        return 'unknown' if s['code_changes'] is None else ' '.join(s['code_changes']) or 'none'
+    return (f"Numerics: code {values('git_commit')} (tracked files changed: "
+            f"{'; '.join(sorted({changes(s) for s in summaries}))}); torch {values('torch_version')}, device "
+            f"{values('device')}, CPU threads per cell {values('threads')}, CPU capability {values('cpu_capability')} "
+            f"({values('cpu_model')}). A cell rerun where all of these match, the CPU model included, repeats its "
+            f"numbers bit for bit; on another CPU, capability, thread count or torch version its floats differ in the "
+            f"last digits from the first steps, and over thousands of steps a run that is still learning drifts like "
+            f"another seed.")
 
 
 def header_lines(root_dir, cells):

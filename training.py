@@ -537,18 +537,26 @@ def better_peak(row, best):
     return row['iter'] > 0 and row['icl_acc'] > best['icl_acc']
 
 
-def git_commit():
-    """HEAD's commit, with '-dirty' when a tracked Python file differs from it (the code that ran is not that commit)."""
+def code_state():
+    """The code this process loaded: HEAD's commit, with '-dirty' when a tracked Python file differs from it, and the
+    tracked files that differ (so a report can say whether training or evaluation code changed under a run). Outside
+    a git checkout (a downloaded ZIP) the commit is 'none (not a git checkout)' and the files are unknown (None)."""
     def git(*args):
-        return subprocess.run(['git', *args], cwd=HERE, capture_output=True, text=True, timeout=5).stdout.strip()
+        done = subprocess.run(['git', *args], cwd=HERE, capture_output=True, text=True, timeout=5)
+        if done.returncode:
+            raise subprocess.SubprocessError(done.stderr.strip())
+        return done.stdout
     try:
-        commit = git('rev-parse', 'HEAD')
-        return (commit + ('-dirty' if git('status', '--porcelain', '--untracked-files=no', '--', '*.py') else '')) or None
+        commit = git('rev-parse', 'HEAD').strip()
+        changed = sorted(line[3:].split(' -> ')[-1].strip('"') for line in
+                         git('status', '--porcelain', '--untracked-files=no').splitlines() if line.strip())
     except (OSError, subprocess.SubprocessError):
-        return None
+        return NO_CHECKOUT, None
+    return commit + ('-dirty' if any(f.endswith('.py') for f in changed) else ''), changed
 
 
-CODE_AT_START = git_commit()  # the code this process loaded (HEAD may move while a long run trains)
+NO_CHECKOUT = 'none (not a git checkout)'
+CODE_AT_START, CHANGED_AT_START = code_state()  # the code this process loaded (HEAD may move while a long run trains)
 
 
 def cpu_model():
@@ -565,12 +573,14 @@ def cpu_model():
 
 
 def numerics(device_name):
-    """What a run's float numbers depend on beyond its config: the code (as loaded when the process started), torch, the device, the CPU threads and the
-    CPU kernel path torch takes (AVX2, AVX512, ...: sums are ordered differently per path). A rerun repeats its
-    numbers bit for bit only where all of these match (tests/test_reproduce.py)."""
-    return {'git_commit': CODE_AT_START, 'torch_version': torch.__version__, 'device': device_name,
-            'threads': torch.get_num_threads(), 'cpu_capability': torch.backends.cpu.get_cpu_capability(),
-            'cpu_model': cpu_model()}
+    """What a run's float numbers depend on beyond its config: the code (as loaded when the process started, and the
+    tracked files that differed from its commit), torch, the device, the CPU threads, the CPU kernel path torch takes
+    (AVX2, AVX512, ...: sums are ordered differently per path) and the CPU model (MKL and oneDNN choose their kernels
+    by vendor and model too). A rerun repeats its numbers bit for bit only where all of these match
+    (tests/test_reproduce.py)."""
+    return {'git_commit': CODE_AT_START, 'code_changes': CHANGED_AT_START, 'torch_version': torch.__version__,
+            'device': device_name, 'threads': torch.get_num_threads(),
+            'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'cpu_model': cpu_model()}
 
 
 def _spread(counts):

@@ -184,7 +184,7 @@ def provenance_missing(report):
     m = re.search(r'^Numerics: (.*)$', report['md'], re.M)
     if not m:
         return list(PROVENANCE.values())
-    line = m.group(1).split('. A cell')[0]
+    line = re.sub(r' \(tracked files changed: [^)]*\)', '', m.group(1).split('. A cell')[0])
     starts = sorted((line.find(f), f) for f in PROVENANCE if line.find(f) >= 0)
     values = {f: line[i + len(f):(starts[k + 1][0] if k + 1 < len(starts) else len(line))].strip(' ;,')
               for k, (i, f) in enumerate(starts)}
@@ -192,10 +192,23 @@ def provenance_missing(report):
     return missing
 
 
+def ran_on_changed_code(report):
+    """The code commits in the report's Numerics line that ran with a tracked Python file changed ('-dirty'), and
+    the changed files where the cells recorded them: [] when every cell ran committed code."""
+    m = re.search(r'^Numerics: code (.*?)(?: \(tracked files changed: ([^)]*)\))?;', report['md'], re.M)
+    if not m:
+        return []
+    dirty = [c for c in m.group(1).split(', ') if c.endswith('-dirty')]
+    changed = [f for f in re.split(r'[;\s]+', m.group(2) or '') if f.endswith('.py')]
+    return dirty + changed
+
+
 def provenance_text(report):
     """'; not recorded: code commit, CPU capability' for a report that lacks some of them ('' when complete)."""
     missing = provenance_missing(report)
-    return f"; not recorded: {', '.join(missing)}" if missing else ''
+    changed = ran_on_changed_code(report)
+    return ((f"; not recorded: {', '.join(missing)}" if missing else '')
+            + ("; ran uncommitted code, to rerun" if changed else ''))
 
 
 def wall_text(report):

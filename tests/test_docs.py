@@ -329,6 +329,36 @@ def test_every_report_records_its_provenance():
     assert len(lacking) >= 10 and not any(lacking.values()), {k: v for k, v in lacking.items() if v}
 
 
+def test_a_run_on_changed_code_is_named_from_its_commit_or_its_changed_files():
+    """A '-dirty' commit, or a Python file recorded as changed (training.code_state), marks a report as resting on
+    uncommitted code; a clean commit with no changes, or changes outside the code, does not."""
+    from report import numerics_line
+    clean = {'git_commit': 'a' * 40, 'code_changes': [], 'torch_version': '2.14.1', 'device': 'cpu', 'threads': 1,
+             'cpu_capability': 'AVX2', 'cpu_model': 'AMD EPYC'}
+    assert rt.ran_on_changed_code({'md': numerics_line([clean])}) == []
+    assert rt.ran_on_changed_code({'md': numerics_line([clean, {**clean, 'code_changes': ['README.md']}])}) == []
+    assert rt.provenance_missing({'md': numerics_line([clean, {**clean, 'code_changes': None}])}) == []
+    dirty = {**clean, 'git_commit': 'b' * 40 + '-dirty', 'code_changes': ['training.py']}
+    assert rt.ran_on_changed_code({'md': numerics_line([clean, dirty])}) == ['b' * 40 + '-dirty', 'training.py']
+    older = {k: v for k, v in dirty.items() if k != 'code_changes'}   # before the files were recorded: the commit
+    assert rt.ran_on_changed_code({'md': numerics_line([older])}) == ['b' * 40 + '-dirty']
+
+
+# Reports some of whose cells ran with uncommitted changes to tracked Python files (recorded only as '-dirty', before
+# runs named the changed files): each grid is to be rerun from committed code and --collected, and its name dropped.
+RAN_ON_CHANGED_CODE = {'dose', 'dose_lr2x', 'dose_omniglot', 'curvature', 'curvature_long', 'forget_long',
+                       'swap_confirm'}
+
+
+def test_no_report_rests_on_uncommitted_code_but_those_awaiting_their_rerun():
+    """Every committed report ran committed code, except the listed ones, whose text says they are to be rerun; a
+    listed report that has been rerun clean must leave the list."""
+    reports = [rt.load(r['report']) for r in rt.RESULTS if r.get('report')]
+    changed = {report['name'] for report in reports if report is not None and rt.ran_on_changed_code(report)}
+    assert changed == RAN_ON_CHANGED_CODE, (f"ran on uncommitted code, not listed: {changed - RAN_ON_CHANGED_CODE}; "
+                                            f"listed, now clean: {RAN_ON_CHANGED_CODE - changed}")
+
+
 def test_every_report_and_row_uses_the_3_eval_peak():
     """Both rules and every table on the 3-eval peak: each committed phase.json says its window is 3, each verdict
     states the posed rule it was judged on, and every Few/Many row and block gives a judged chance-corrected verdict;

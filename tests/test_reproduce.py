@@ -1,9 +1,11 @@
 """A committed cell reruns from its recorded settings: tests/data/reference_cell holds the metrics of a short run and
 what its numbers depend on (training.numerics: torch version, device, CPU threads, CPU capability and model).
 
-Where torch, device, threads and CPU capability all match the recorded ones, the rerun must repeat every number bit
-for bit. Elsewhere (another CPU kernel path: AVX512 against AVX2, or ATEN_CPU_CAPABILITY=default) reductions are
-ordered differently, so every discrete number (steps, tokens, accuracies, hit counts, episode counts) must still be
+Where torch, device, threads, CPU capability and CPU model all match the recorded ones, the rerun must repeat every
+number bit for bit. The model counts because MKL and oneDNN pick kernels by vendor and model, not only by capability:
+the reference cell (recorded on AMD EPYC, AVX2, 1 thread) rerun on an Intel Xeon with ATEN_CPU_CAPABILITY=avx2 differed
+in 18 values from iter 0 on (ece 0.31987485 against 0.31987488). Elsewhere (another CPU, or another kernel path: AVX512
+against AVX2, or ATEN_CPU_CAPABILITY=default) reductions are ordered differently, so every discrete number (steps, tokens, accuracies, hit counts, episode counts) must still be
 equal and every other float (loss, ECE, attention masses, weight norm) within FLOAT_RTOL relative. Measured on the
 reference cell (300 steps): AVX2 against the run recorded before capabilities were, 1.0e-6 at most (ECE); the
 'default' path against the same, 6.4e-7; a 4k-step posed cell on AVX512 against AVX2, 7e-7 (train loss). 1e-5 is
@@ -26,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 REF = os.path.join(ROOT, 'tests', 'data', 'reference_cell')
 FLOAT_RTOL = 1e-5
-MATCH_KEYS = ('torch_version', 'device', 'threads', 'cpu_capability')  # bit for bit only where all of these match
+MATCH_KEYS = ('torch_version', 'device', 'threads', 'cpu_capability', 'cpu_model')  # bit for bit only where all match
 DISCRETE_WORDS = ('iter', 'tokens', 'acc', 'hits', 'conflict', 'chance', 'episodes')  # counts and shares of counts
 
 
@@ -84,8 +86,8 @@ def test_the_comparison_catches_one_changed_accuracy_and_tolerates_float_noise()
 @pytest.mark.slow
 @pytest.mark.parametrize('capability', ['this machine', 'default'])
 def test_the_reference_cell_reruns_from_its_recorded_settings(tmp_path, capability):
-    """Rerun the reference cell with its recorded threads: bit for bit where torch, device, threads and CPU capability
-    match the record, else within the documented tolerance. 'default' forces torch's plain CPU kernels
+    """Rerun the reference cell with its recorded threads: bit for bit where torch, device, threads, CPU capability and
+    CPU model match the record, else within the documented tolerance. 'default' forces torch's plain CPU kernels
     (ATEN_CPU_CAPABILITY), so the tolerant path runs on every machine, whatever its CPU."""
     recorded = json.load(open(os.path.join(REF, 'summary.json')))
     if torch.__version__ != recorded['torch_version']:

@@ -61,8 +61,32 @@ def test_run_writes_metrics_summary_and_checkpoint(reference_run):
     assert sum(exposure['seen_count']) == 60 * 16 * 9
     assert os.path.exists(os.path.join(reference_run, 'ckpt.pt'))
     assert summary['torch_version'] and summary['device'] == 'cpu'
-    assert summary['git_commit'] is None or re.fullmatch(r'[0-9a-f]{40}(-dirty)?', summary['git_commit'])
+    assert re.fullmatch(r'[0-9a-f]{40}(-dirty)?', summary['git_commit'])   # the suite runs in a git checkout
+    assert isinstance(summary['code_changes'], list)   # tracked files that differ from it, [] when clean
+    assert summary['git_commit'].endswith('-dirty') == any(f.endswith('.py') for f in summary['code_changes'])
     assert summary['cpu_capability'] == torch.backends.cpu.get_cpu_capability() and summary['cpu_model']
+
+
+def test_code_state_names_the_changed_files_and_says_so_outside_a_git_checkout(tmp_path):
+    """In a git checkout: HEAD's commit and the tracked files that differ from it (a changed .py makes it -dirty).
+    In a copy without .git (a downloaded ZIP): 'none (not a git checkout)' and no file list, not a crash."""
+    import shutil
+    probe = "import training; print(repr(training.code_state()))"
+    for name in [n for n in os.listdir(ROOT) if n.endswith('.py')]:   # the top-level modules, as a ZIP has them
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    env = {**os.environ, 'GIT_CEILING_DIRECTORIES': str(tmp_path.parent)}
+    out = subprocess.run([sys.executable, '-c', probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == repr(("none (not a git checkout)", None))
+    subprocess.run(['git', 'init', '-q'], cwd=tmp_path, check=True)
+    subprocess.run(['git', 'add', '.'], cwd=tmp_path, check=True)
+    subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'c'], cwd=tmp_path, check=True)
+    (tmp_path / 'notes.md').write_text('x')   # untracked: not a change to the code
+    with open(tmp_path / 'model.py', 'a') as f:
+        f.write('# edited\n')
+    out = subprocess.run([sys.executable, '-c', probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    commit, changed = eval(out.stdout.strip())
+    assert re.fullmatch(r'[0-9a-f]{40}-dirty', commit) and changed == ['model.py'], out.stdout + out.stderr
 
 
 @pytest.mark.slow
