@@ -9,11 +9,15 @@ Speed of the pieces that set a grid's wall time, measured in one run (after nano
     float32 vs bfloat16 autocast;
  3. share:   the part of a training step spent sampling, and in eval (amortised over eval_interval);
  4. jobs:    aggregate steps/s of N bench.py workers sharing the device (decides grid --jobs);
- 5. group:   cell-steps/s of K cells trained as one stacked model (a train.py group, grid --group_size) vs one solo step.
+ 5. group:   cell-steps/s of K cells trained as one stacked model (a train.py group, grid --group_size) vs one solo step;
+ 6. profile: where the time of one training step goes (torch.profiler), by part: sampling, the ResNet's forward and
+    backward, the transformer's forward and backward, the optimizer; by default for the Omniglot CPU cell
+    (config/omniglot_small.py: 14x14 images, batch 32) at 4 and at 12 layers ('omniglot4', 'omniglot12').
 
     python bench.py                          # every section, CUDA if present
     python bench.py --quick                  # small counts: < 2 minutes on a CPU
     python bench.py --sections=sampler,jobs --device=cpu --json_out=bench.json
+    python bench.py --sections=train,profile --cells=omniglot4,omniglot12 --device=cpu   # the Omniglot CPU step
 
 It prints a table and, last, one JSON line with every number ('n/a: reason' where a combination
 failed or does not apply). No numbers are asserted anywhere: they go in the README.
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 
 # -----------------------------------------------------------------------------
-sections = 'sampler,train,share,jobs,group'   # comma-separated subset to run
+sections = 'sampler,train,share,jobs,group,profile'   # comma-separated subset to run
 quick = False               # small step counts (whole run < 2 minutes on a CPU)
 device = 'auto'             # 'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...
 json_out = ''               # also write the JSON result to this file
@@ -43,7 +47,7 @@ image_size = 105
 exemplars = 20
 min_time = 1.5              # seconds per sampler measurement (best of 3 windows, each >= 2 calls)
 # train
-cells = 'default,paper'
+cells = 'default,paper'     # and 'omniglot4', 'omniglot12': config/omniglot_small.py's cell at 4 / 12 layers
 train_combos = 'auto'       # 'auto' or e.g. 'eager-fp32,compile-bf16' (auto: all four; CPU: no compile if quick or paper)
 compile_mode = 'default'    # torch.compile mode; 'reduce-overhead' = CUDA graphs (fewer launches) for the paper cell
 tf32 = False                # CUDA: TF32 float32 matmuls/convs (train.py does not turn them on: off = its numbers)
@@ -62,6 +66,9 @@ jobs_threads = 0            # torch threads per worker (0 = cores // N)
 group_sizes = '1,2,4,8,16,30'
 group_cell = 'default'      # 'default' or 'paper'
 group_steps = 20            # timed steps per K (quick: 4)
+# profile
+profile_cells = 'omniglot4,omniglot12'
+profile_steps = 10          # profiled steps per cell (after warmup_steps)
 # internal: worker mode for the jobs section
 worker = False
 worker_sync = ''
@@ -94,12 +101,13 @@ if device_type == 'cuda' and not torch.cuda.is_available():
 if threads > 0 or device_type == 'cpu':
     torch.set_num_threads(threads if threads > 0 else 1)
 wanted = {s.strip() for s in sections.split(',') if s.strip()}
-unknown = wanted - {'sampler', 'train', 'share', 'jobs', 'group'}
+unknown = wanted - {'sampler', 'train', 'share', 'jobs', 'group', 'profile'}
 if unknown:
     print(f"error: sections={sections!r} names unknown section(s) {sorted(unknown)}; "
-          f"choose from sampler,train,share,jobs,group", file=sys.stderr)
+          f"choose from sampler,train,share,jobs,group,profile", file=sys.stderr)
     sys.exit(2)
-for key, value, allowed in [('cells', cells, {'default', 'paper'}), ('jobs_cell', jobs_cell, {'default', 'paper'}),
+CELLS = {'default', 'paper', 'omniglot4', 'omniglot12'}
+for key, value, allowed in [('cells', cells, CELLS), ('jobs_cell', jobs_cell, CELLS), ('profile_cells', profile_cells, CELLS),
                             ('train_combos', train_combos, {'auto', 'eager-fp32', 'eager-bf16', 'compile-fp32', 'compile-bf16'})]:
     bad = {v.strip() for v in value.split(',') if v.strip()} - allowed
     if bad:
@@ -274,8 +282,12 @@ def make_cell(cell, cell_seed=None):
         config.update(n_layer=12, n_head=8, n_embd=64, batch_size=32, learning_rate=3e-4)
         data = image_dataset(image_classes, image_size, exemplars, seed=seed)
         config['n_labels'] = data.n_labels
+    elif cell in ('omniglot4', 'omniglot12'):  # config/omniglot_small.py's cell (1623 labels), at 4 or 12 layers
+        config.update(n_layer=int(cell[8:]), n_head=8, n_embd=64, batch_size=32, learning_rate=1e-3)
+        data = image_dataset(image_classes, 14, exemplars, n_labels=1623, seed=seed)
+        config['n_labels'] = data.n_labels
     else:
-        raise ValueError(f"cell={cell!r} must be 'default' or 'paper'")
+        raise ValueError(f"cell={cell!r} must be one of {sorted(CELLS)}")
     config['n_eval_episodes'] = n_eval_episodes
     torch.manual_seed(cell_seed)
     data = data.to(device)
@@ -324,7 +336,7 @@ def combos(cell):
     everything = ['eager-fp32', 'eager-bf16', 'compile-fp32', 'compile-bf16']
     if device_type == 'cuda':
         return [(c, None) for c in everything]
-    # CPU: compiling takes longer than a quick run allows, and minutes for the 12-layer ResNet cell
+    # CPU: compiling takes longer than a quick run allows, and minutes for the 12-layer ResNet cell at 105x105
     skip = quick or cell == 'paper'
     why = 'skipped on CPU (compile takes minutes); force with --train_combos=' + ','.join(everything)
     return [(c, why if (skip and c.startswith('compile')) else None) for c in everything]
@@ -514,6 +526,75 @@ def bench_group(results, rows):
 
 
 # ---------------------------------------------------------------------------------------------
+# 6. where a training step's time goes
+
+RESNET_BACKWARD = ('Convolution', 'BatchNorm', 'MaxPool', 'Threshold', 'Relu')  # the ResNet's ops (the MLP's is GELU)
+
+
+def step_parts(events):
+    """{part: ms} summed over a profile's events: the ranges make_profiled_step marks, and the backward's autograd
+    functions split into the ResNet's (its convolutions, BatchNorms, pooling and ReLUs) and the transformer's."""
+    parts = dict.fromkeys(['sample', 'forward: ResNet', 'forward: transformer', 'backward: ResNet',
+                           'backward: transformer', 'optimizer'], 0.0)
+    forward = 0.0
+    for e in events:
+        ms = e.cpu_time_total / 1e3
+        if e.name in ('sample', 'optimizer', 'forward: ResNet'):
+            parts[e.name] += ms
+        elif e.name == 'forward':
+            forward += ms
+        elif e.name.startswith('autograd::engine::evaluate_function: '):
+            op = e.name.split(': ', 1)[1]
+            parts['backward: ResNet' if op.startswith(RESNET_BACKWARD) else 'backward: transformer'] += ms
+    parts['forward: transformer'] = forward - parts['forward: ResNet']
+    return parts
+
+
+def bench_profile(results, rows):
+    """One eager fp32 training step (train.py's on a CPU), profiled: each part's share of the step's wall time."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+    out = results.setdefault('profile', {})
+    for cell in [c.strip() for c in profile_cells.split(',') if c.strip()]:
+        config, data, sampler, model, optimizer = make_cell(cell)
+        marks = []   # record_function ranges opened by the hooks, closed by their partner hook
+        model.register_forward_pre_hook(lambda m, a, kw: marks.append(record_function('forward').__enter__()),
+                                        with_kwargs=True)
+        model.register_forward_hook(lambda m, a, o: marks.pop().__exit__(None, None, None))
+        model.encoder.register_forward_pre_hook(lambda m, a: marks.append(record_function('forward: ResNet').__enter__()))
+        model.encoder.register_forward_hook(lambda m, a, o: marks.pop().__exit__(None, None, None))
+        sample, opt_step = sampler.sample, optimizer.step
+
+        def marked(name, fn):
+            def call(*args, **kwargs):
+                with record_function(name):
+                    return fn(*args, **kwargs)
+            return call
+        sampler.sample, optimizer.step = marked('sample', sample), marked('optimizer', opt_step)
+        step, state = make_step(config, sampler, model, optimizer, False, 'fp32')
+        for _ in range(warmup_steps):
+            step()
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(profile_steps):
+                step()
+        wall_ms = (time.perf_counter() - t0) * 1e3 / profile_steps
+        parts = {k: v / profile_steps for k, v in step_parts(prof.events()).items()}
+        # the profile's own overhead: the same steps unprofiled
+        unprofiled_ms = 1e3 * time_steps(step, state, 0, profile_steps)
+        out[cell] = {'step_ms_profiled': wall_ms, 'step_ms': unprofiled_ms,
+                     'parts_ms': parts, 'shares': {k: v / wall_ms for k, v in parts.items()}}
+        rows.append(('profile', f'{cell} step', 1e3 / unprofiled_ms, 'steps/s',
+                     f'{unprofiled_ms:.1f} ms/step eager fp32, B={config["batch_size"]}, {config["n_layer"]} layers '
+                     f'({wall_ms:.1f} ms profiled)'))
+        for k, v in parts.items():
+            rows.append(('profile', f'{cell} {k}', 100 * v / wall_ms, '% of step', f'{v:.1f} ms'))
+        rest = wall_ms - sum(parts.values())
+        rows.append(('profile', f'{cell} other (loss, exposure, zero_grad, Python)', 100 * rest / wall_ms, '% of step',
+                     f'{rest:.1f} ms'))
+        del model, optimizer, sampler, data
+
+
+# ---------------------------------------------------------------------------------------------
 
 def print_table(rows):
     print(f"\n{'section':8s} {'what':52s} {'value':>12s}  {'unit':14s} note")
@@ -535,7 +616,7 @@ if __name__ == '__main__':
     rows = []
     t_start = time.perf_counter()
     for name, fn in [('sampler', bench_sampler), ('train', bench_train), ('share', bench_share), ('jobs', bench_jobs),
-                     ('group', bench_group)]:
+                     ('group', bench_group), ('profile', bench_profile)]:
         if name in wanted:
             t = time.perf_counter()
             fn(results, rows)
