@@ -6,7 +6,6 @@ train.py calls evaluate() at every eval; the CLI evaluates a saved checkpoint th
     python eval.py --out_dir=out
     python eval.py --out_dir=out --ablate=all     # ICL / IWL with each part mean-ablated (also: encoder,
                                                   # attn0, mlp1, head, attn, mlp: a comma list of parts)
-    python eval.py --out_dir=out --edit=curvature:1,0.9,0.5@mlp,head,attn,all   # curvature map (curvature.py)
 
 Mean ablation replaces a part's output by its mean over training sequences (per position), so the part
 still passes on what it says on average but nothing about the sequence at hand: the parts whose loss costs
@@ -232,22 +231,8 @@ if __name__ == '__main__':
     ckpt_name = 'ckpt.pt'
     device = 'cpu'
     ablate = ''        # '' = plain eval; 'all' or a comma list of parts (encoder, attn<i>, mlp<i>, head, attn, mlp)
-    edit = ''          # 'curvature:<rho list>[@<module sets>]': the K-FAC curvature edit sweep (curvature.py)
-    curvature_sequences = 65536  # training sequences for the K-FAC factors (curvature.py: fewer cut too much)
-    curvature_labels = 'sampled'  # 'sampled' (the paper's), 'expected' (exact over the softmax) or 'true'
-    edit_out = ''      # folder for curvature.json / curvature.png ('' = out_dir)
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     from data import build_eval_episodes, icl_chance
-    if edit:
-        from curvature import run_cli
-        try:
-            if ablate:
-                raise ValueError(f"edit={edit!r} and ablate={ablate!r}: give one of them")
-            run_cli(out_dir, ckpt_name, device, edit, curvature_sequences, edit_out, labels=curvature_labels)
-        except (FileNotFoundError, RuntimeError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-        sys.exit(0)
     try:
         model, config, dataset, checkpoint = load_run(out_dir, ckpt_name, device)
         parts = parse_ablate(ablate, model) if ablate else []

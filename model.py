@@ -280,7 +280,7 @@ def parse_decay_modules(text):
 
 def learning_rate_at(it, config):
     """Learning rate at iteration `it` for a run's config: linear warmup, then constant, 1/sqrt(step)
-    (Chan et al.) or cosine to min_lr. training.AdamW steps by it; decay_exponent sums it."""
+    (Chan et al.) or cosine to min_lr. optimizer.AdamW steps by it; decay_exponent sums it."""
     lr, warmup, schedule = config['learning_rate'], config['warmup_iters'], config['lr_schedule']
     if it < warmup:
         return lr * (it + 1) / warmup
@@ -295,7 +295,7 @@ def learning_rate_at(it, config):
 
 def weight_decay_at(it, config):
     """AdamW's decoupled weight decay at iteration `it` for a run's config: constant. The optimizer
-    (training.AdamW) reads it at every step of a run or group member and decay_exponent sums it, so a decay
+    (optimizer.AdamW) reads it at every step of a run or group member and decay_exponent sums it, so a decay
     schedule is one edit here."""
     return config['weight_decay']
 

@@ -122,11 +122,13 @@ from data import build_run_data
 from group import GroupExposure, GroupSampler, stack_group
 from model import build_model, learning_rate_at, weight_decay_at
 from tracking import finish_tracking, require_wandb, start_tracking
-from training import (AdamW, Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config,
-                      check_members, checkpoint_run, curvature_due, curvature_edit, eval_due, eval_line,
-                      evaluate_and_log, finish_run, forget, forget_due, forgotten_names, fresh_state, log_line,
-                      parse_forget_modules, parse_train_args, read_run_dir, resolve_device, start_run_dir,
-                      stop_and_exit, train_step)
+from interventions import (curvature_due, curvature_edit, forget, forget_due, forgotten_names, fresh_state,
+                           parse_forget_modules)
+from optimizer import AdamW
+from step import Exposure, StepTerms, train_step
+from training import (NonFinite, StepRate, StopFlag, check_all_read, check_config, check_members, checkpoint_run,
+                      eval_due, eval_line, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir,
+                      resolve_device, start_run_dir, stop_and_exit)
 
 # each run's config, noting the keys it reads (one nothing reads stops the run); `config`, the first, also holds the
 # keys a group's members share (training.GROUP_SHARED)

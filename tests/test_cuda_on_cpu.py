@@ -42,7 +42,9 @@ from checkpoint import train_defaults
 from data import build_run_data, resolve_path
 from group import GroupExposure, GroupSampler, stack_group
 from model import ICLTransformer, ModelConfig, build_model
-from training import AdamW, Exposure, StepTerms, eval_row, train_step
+from optimizer import AdamW
+from step import Exposure, StepTerms, train_step
+from training import eval_row
 
 # small, with every sampler rule (label swap, instance copies, Zipf classes) and every penalty on
 SYNTHETIC = {**train_defaults(), 'n_train_classes': 100, 'n_holdout_classes': 23, 'n_eval_episodes': 16,

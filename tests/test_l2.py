@@ -3,7 +3,7 @@ import torch
 
 from data import make_synthetic, EpisodeSampler
 from model import ICLTransformer, ModelConfig
-from training import Exposure, StepTerms, l2_penalty, train_step
+from step import Exposure, StepTerms, l2_penalty, train_step
 
 
 def tiny():
@@ -43,7 +43,7 @@ def test_group_penalty_is_per_member():
 class RecordingSGD(torch.optim.SGD):
     """Keeps the gradients the step saw (train_step clears them afterwards)."""
 
-    def step(self, it):  # train_step passes the step number (training.AdamW's schedule)
+    def step(self, it):  # train_step passes the step number (optimizer.AdamW's schedule)
         self.seen = [p.grad.clone() if p.grad is not None else None for g in self.param_groups for p in g['params']]
         return super().step()
 

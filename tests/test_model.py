@@ -67,10 +67,11 @@ def test_decay_groups_exclude_layernorm_bias_and_embeddings():
             assert (id(p) in decay_ids) == should_decay, (type(module).__name__, name)
     assert id(model.label_embedding.weight) not in decay_ids
     assert len(decay) + len(no_decay) == len(list(model.parameters()))
-    from training import AdamW, train_defaults
+    from checkpoint import train_defaults
+    from optimizer import AdamW
     opt = AdamW([{**train_defaults(), 'weight_decay': 0.01}], model, dict(model.named_parameters()), False)
     assert [g['weight_decay'] for g in opt.state_dict()['param_groups']] == [0.01, 0.0]  # a solo torch AdamW's
-    assert [g['weight_decay'] for g in opt.param_groups] == [0.0, 0.0]  # the decay is training.decay_'s alone
+    assert [g['weight_decay'] for g in opt.param_groups] == [0.0, 0.0]  # the decay is optimizer.decay_'s alone
 
 
 def test_bad_model_config_raises():
