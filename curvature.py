@@ -314,10 +314,10 @@ def curvature_sweep(model, dataset, config, rhos, sets, n_sequences=65536, seed=
     bases = curvature_bases(factors)
 
     def run_eval():
-        return _summary(evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], probes=probes))
+        return _summary(evaluate(model, icl, iwl, config['context_len'], probes=probes))
 
     result = {'baseline': run_eval(), 'n_sequences': n_sequences, 'seed': seed, 'positions': positions,
-              'labels': labels, 'iwl_chance': 1 / dataset.n_labels, 'icl_chance': 1 / config['eval_ways'],
+              'labels': labels, 'iwl_chance': 1 / dataset.n_labels, 'icl_chance': 1 / icl.ways,
               'weights': {n: {'shape': list(dict(model.named_modules())[n].weight.shape),
                               'mass': (bases[n][0].sum() * bases[n][2].sum()).item()} for n in names},
               'sets': []}

@@ -89,10 +89,12 @@ def probe_metrics(model, probes, batch_size=512, autocast=None):
 
 
 @torch.no_grad()
-def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_size=512, autocast=None,
-             keep_attention=False, probes=None):
+def evaluate(model, icl_episodes, iwl_episodes, context_len, batch_size=512, autocast=None, keep_attention=False,
+             probes=None):
     """All eval metrics as a dict of plain Python numbers/lists (one metrics.jsonl row's worth);
-    with keep_attention also the ICL episodes' per-layer attention (for per-head diagnostics)."""
+    with keep_attention also the ICL episodes' per-layer attention (for per-head diagnostics). A new metric is a key
+    of this dict: it lands in every metrics.jsonl row."""
+    n_ways = icl_episodes.ways or None
     was_training = model.training
     model.eval()
     logits, attentions = run_episodes(model, icl_episodes, batch_size, return_attention=True, autocast=autocast)
@@ -212,10 +214,10 @@ def ablation_table(model, icl, iwl, reference, config, parts):
     """[(part, metrics)] with 'none' first: eval metrics with each part mean-ablated on its own."""
     singles = sorted({p for part in parts for p in _layers_of(part, model)})
     means = part_means(model, reference, singles)
-    rows = [('none', evaluate(model, icl, iwl, config['context_len'], config['eval_ways']))]
+    rows = [('none', evaluate(model, icl, iwl, config['context_len']))]
     for part in parts:
         with mean_ablated(model, {p: means[p] for p in _layers_of(part, model)}):
-            rows.append((part, evaluate(model, icl, iwl, config['context_len'], config['eval_ways'])))
+            rows.append((part, evaluate(model, icl, iwl, config['context_len'])))
     return rows
 
 
@@ -242,12 +244,12 @@ if __name__ == '__main__':
     icl, iwl = build_eval_episodes(dataset, config)
     icl, iwl = icl.to(device), iwl.to(device)
     if not parts:
-        metrics = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'])
+        metrics = evaluate(model, icl, iwl, config['context_len'])
         print(json.dumps({'iter': checkpoint['iter_num'], **metrics}))
         sys.exit(0)
     rows = ablation_table(model, icl, iwl, reference_sequences(dataset, config).to(device), config, parts)
     iwl_chance = 1 / dataset.n_labels
-    print(f"{out_dir} at iter {checkpoint['iter_num']}: mean ablation (ICL chance {icl_chance(icl, config['eval_ways']):g}, "
+    print(f"{out_dir} at iter {checkpoint['iter_num']}: mean ablation (ICL chance {icl_chance(icl):g}, "
           f"IWL chance {iwl_chance:.3f})")
     print(f"{'ablated':>8} | {'ICL':>5} | {'IWL':>5} | attn lbl")
     for part, m in rows:

@@ -36,10 +36,10 @@ class StackedModel:
                        for name, p in params.items()}
         self.name_of = {id(p): name for name, p in models[0].named_parameters()}  # models[0]'s tensor -> name
 
-    def __call__(self, items, labels, record=()):
-        def one(params, buffers, items, labels):
-            return functional_call(self.base, (params, buffers), (items, labels), {'record': record})
-        return vmap(one, randomness='different')(self.params, self.buffers, items, labels)
+    def __call__(self, items, labels, record=(), draws=None):
+        def one(params, buffers, items, labels, draws):
+            return functional_call(self.base, (params, buffers), (items, labels), {'record': record, 'draws': draws})
+        return vmap(one, randomness='different')(self.params, self.buffers, items, labels, draws or {})
 
     def member_state(self, k, keys):
         """Member k's model.state_dict() (the keys of a solo model's state_dict)."""

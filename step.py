@@ -88,13 +88,16 @@ class StepTerms:
         self.member_shape = () if decays is None else (len(configs),)
         self.record = set()  # what the terms read from the forward besides the logits
         self.terms = []
+        self.draws = {}  # name -> fn(config, generator) -> a tensor the forward reads each step (drawn_at)
         if any(self.values('l2')):  # 1/2 * l2 * ||w||^2 on the decayed group (l2_penalty)
             l2 = self.on_decayed('l2')
             self.terms.append(lambda out: l2_penalty(decayed, l2, self.member_shape))
 
     def values(self, key):
-        """Each config's `key` (every member's is read), train.py's default where a config lacks it."""
-        return [c[key] if key in c else train_defaults()[key] for c in self.configs]
+        """Each config's `key` (every member's is read), train.py's default where a config lacks it (a key train.py
+        lacks is read from the config: a run's stops at once, naming it: checkpoint.KeyReads)."""
+        defaults = train_defaults()
+        return [c[key] if key in c or key not in defaults else defaults[key] for c in self.configs]
 
     def strength(self, key):
         """`key` as a penalty's strength: the run's value, or a [K] tensor with one value per member."""
@@ -109,6 +112,16 @@ class StepTerms:
             return [values[0]] * len(self.decayed)
         return [torch.tensor([v if d else 0.0 for v, d in zip(values, mask)], device=p.device)
                 for mask, p in zip(self.decays, self.decayed)]
+
+    def drawn_at(self, it, device):
+        """The model's random inputs at step `it` ({name: tensor}, model.ICLTransformer.forward's draws): each run's or
+        member's own, from step_generator(its config, it, name), stacked for a group: a member draws what its solo run
+        draws, and a resumed run draws again what it drew."""
+        drawn = {}
+        for name, fn in self.draws.items():
+            values = [fn(c, step_generator(c, it, name, device)) for c in self.configs]
+            drawn[name] = torch.stack(values) if self.member_shape else values[0]
+        return drawn
 
     def penalty(self, out):
         return sum(term(out) for term in self.terms) if self.terms else None
@@ -125,7 +138,7 @@ def train_step(forward, optimizer, sampler, it, exposure, terms, autocast=None):
     items, labels, classes = sampler.sample(terms.batch_size)
     exposure.add(classes)
     with autocast if autocast is not None else torch.autocast('cpu', enabled=False):
-        out = forward(items, labels, record=tuple(sorted(terms.record)))
+        out = forward(items, labels, record=tuple(sorted(terms.record)), draws=terms.drawn_at(it, items.device))
     loss = query_loss(out['logits'], labels)
     penalty = terms.penalty(out)
     (loss if penalty is None else loss + penalty).sum().backward()

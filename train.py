@@ -158,6 +158,8 @@ try:
     checkpoints = [read_run_dir(c) for c in configs]  # the run to resume, or None; refuses to lose a run
 except ValueError as e:
     fail(str(e))
+for c in configs:
+    c.read.clear()  # a check's read is no use: a key that only a check reads stops the run at check_all_read
 if len({ck['iter_num'] if ck else 0 for ck in checkpoints}) > 1:
     fail("members are at different steps (" + ", ".join(f"{c['out_dir']}: {ck['iter_num'] if ck else 0}"
                                                         for c, ck in zip(configs, checkpoints))
@@ -190,8 +192,8 @@ else:  # K members as one stacked model: the same step with a leading member axi
 state_keys = list(model.state_dict().keys())
 forgotten = forgotten_names(state_keys, parse_forget_modules(config['forget_modules']))  # GROUP_SHARED
 try:
-    for c in configs:  # the schedules' keys (the optimizer reads them at every step)
-        learning_rate_at(0, c), weight_decay_at(0, c)
+    for c in configs:  # the keys the loop reads: the schedules' (the optimizer's, at every step), the interventions'
+        learning_rate_at(0, c), weight_decay_at(0, c), forget_due(0, c), curvature_due(0, c)
     check_all_read(configs)  # a key nothing above read would be silently ignored: stop before out_dir is touched
 except ValueError as e:
     fail(str(e))

@@ -42,7 +42,8 @@ READ_ON_SOME_PATHS = {
     'within_class_noise': "dataset='synthetic'", 'data_dir': "dataset='omniglot'", 'cache_dir': "dataset='omniglot'",
     'omniglot_classes': "dataset='omniglot'", 'image_size': "dataset='omniglot'", 'min_lr': "lr_schedule='cosine'",
     'dtype': 'CUDA', 'compile': 'CUDA, train.py (a group runs eager)', 'compile_mode': 'CUDA, train.py',
-    'overwrite': 'an out_dir that holds a run', 'wandb_project': 'wandb_log=True', 'wandb_group': 'wandb_log=True'}
+    'overwrite': 'an out_dir that holds a run', 'wandb_project': 'wandb_log=True', 'wandb_group': 'wandb_log=True',
+    **{k: 'curvature_every > 0' for k in ('curvature_start', 'curvature_rho', 'curvature_modules', 'curvature_sequences')}}
 
 # The keys a group's members may not differ in: one stacked model (its shape), one batch, schedule and loop, one device.
 # A group whose members differ in one is refused at start-up (check_members); every other key is applied per member,
@@ -208,9 +209,9 @@ def weight_norm(decayed):
 def eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr, autocast=None, probes=None):
     """One metrics.jsonl row: eval.evaluate's metrics (with the probes' when given) plus the step, tokens,
     loss and weight norm."""
-    metrics = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast, probes=probes)
+    metrics = evaluate(model, icl, iwl, config['context_len'], autocast=autocast, probes=probes)
     return {'iter': iter_num, 'tokens': iter_num * tokens_per_step(config), 'train_loss': train_loss,
-            'lr': lr, **metrics, 'icl_chance': icl_chance(icl, config['eval_ways']), 'icl_episodes': len(icl),
+            'lr': lr, **metrics, 'icl_chance': icl_chance(icl), 'icl_episodes': len(icl),
             'weight_norm': weight_norm(decayed), 'wall_s': round(wall_s, 2)}
 
 
