@@ -100,9 +100,9 @@ def saved_config(config):
 
 
 class KeyReads(dict):
-    """A run's config (every train.py key) that notes which keys were read (config[key] or config.get): data.build_run_data
-    keys its cache on the keys building the data read, and train.py stops a run or a group when a key was read by
-    nothing. A read of a key train.py lacks stops the process at once, naming both spellings: with a default
+    """A run's config (every train.py key) that notes which keys were read (config[key] or config.get):
+    data.build_run_data keys its cache on the keys building the data read, and train.py stops a run or a group when a
+    key was read by nothing. A read of a key train.py lacks stops the process at once, naming both spellings: with a default
     (config.get('item_drop', 0.0) for item_dropout) it would train without the lever, without one it would stop with a
     traceback."""
 

@@ -3,7 +3,7 @@ One training step and what it reads, written once for a run and a group (every t
 axis: group.py), so that train.py and bench.py step alike:
 
 - StepTerms: what a step reads from the config: batch size, grad clip, the loss terms added to the query loss (a loss
-  lever goes here) and the per-step random inputs of the model (a model-side lever that draws: `draw`, step_generator);
+  lever goes here) and the model's per-step random inputs (`draws`: a model-side lever that draws, step_generator);
 - train_step: sample -> exposure counts -> forward -> query loss (+ terms) -> backward -> clip -> optimizer, with no
   host sync.
 """
@@ -12,7 +12,7 @@ import zlib
 import torch
 import torch.nn.functional as F
 
-from checkpoint import fault_point, train_defaults
+from checkpoint import fault_point
 
 
 def step_seed(config, iter_num, stream=''):
@@ -94,10 +94,8 @@ class StepTerms:
             self.terms.append(lambda out: l2_penalty(decayed, l2, self.member_shape))
 
     def values(self, key):
-        """Each config's `key` (every member's is read), train.py's default where a config lacks it (a key train.py
-        lacks is read from the config: a run's stops at once, naming it: checkpoint.KeyReads)."""
-        defaults = train_defaults()
-        return [c[key] if key in c or key not in defaults else defaults[key] for c in self.configs]
+        """Each config's `key` (every member's is read)."""
+        return [c[key] for c in self.configs]
 
     def strength(self, key):
         """`key` as a penalty's strength: the run's value, or a [K] tensor with one value per member."""

@@ -1,6 +1,7 @@
 """Classical L2 (config key l2): 1/2*l2*||w||^2 enters the loss, over the decayed group only."""
 import torch
 
+from checkpoint import train_defaults
 from data import make_synthetic, EpisodeSampler
 from model import ICLTransformer, ModelConfig
 from step import Exposure, StepTerms, l2_penalty, train_step
@@ -54,7 +55,7 @@ def step_grads(l2):
     sampler = EpisodeSampler(data.train, data.class_labels, seed=0)
     decay, no_decay = model.decayed_parameters()
     optimizer = RecordingSGD([{'params': decay}, {'params': no_decay}], lr=0.0)
-    terms = StepTerms([{'batch_size': 8, 'grad_clip': 0.0, 'l2': l2}], decay)
+    terms = StepTerms([{**train_defaults(), 'batch_size': 8, 'l2': l2}], decay)
     loss = train_step(model, optimizer, sampler, 0, Exposure(30, 'cpu'), terms)
     return loss, optimizer.seen, [p.detach() for p in decay], len(decay)
 
