@@ -21,9 +21,10 @@ from test_group import assert_close, patched_repo, run_in
 from test_train import TINY, metrics
 from training import GROUP_SHARED, RESUMABLE_KEYS, check_config, parse_train_args, train_defaults
 
-# both members: tiny, 2 steps, decay and label swap on (so keys that refine them act)
+# both members: tiny, 2 steps, decay and label swap on, more labels than training classes (so keys that refine them
+# act: label_swap_to='train' and 'all' are one draw when the training classes own every label)
 BASE = [*TINY, '--max_iters=2', '--eval_interval=2', '--n_eval_episodes=16', '--warmup_iters=0',
-        '--learning_rate=1e-2', '--weight_decay=0.1', '--label_swap=0.3']
+        '--learning_rate=1e-2', '--weight_decay=0.1', '--label_swap=0.3', '--n_labels=256']
 # the keys whose other value is not derived: {key: the second member's settings}
 DECLARED = {'eval_ways': {'eval_ways': 4, 'eval_shots': 2}, 'eval_shots': {'eval_ways': 1, 'eval_shots': 8},
             'keep_checkpoints': {'keep_checkpoints': '2'}, 'context_len': {'context_len': 16, 'eval_shots': 8},
