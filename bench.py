@@ -402,10 +402,10 @@ def bench_share(results, rows):
         icl, iwl = (e.to(device) for e in build_eval_episodes(data.to('cpu'), {**config, 'n_eval_episodes': n_measured}))
         autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device_type == 'cuda' else None
         if not quick:  # warm-up eval (allocator, cudnn autotune)
-            evaluate(model, icl, iwl, config['context_len'], autocast=autocast)
+            evaluate(model, icl, iwl, autocast=autocast)
         sync()
         t0 = time.perf_counter()
-        evaluate(model, icl, iwl, config['context_len'], autocast=autocast)
+        evaluate(model, icl, iwl, autocast=autocast)
         sync()
         eval_s = (time.perf_counter() - t0) * n_eval_episodes / n_measured
         per_step = step_s + eval_s / eval_interval

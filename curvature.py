@@ -314,7 +314,7 @@ def curvature_sweep(model, dataset, config, rhos, sets, n_sequences=65536, seed=
     bases = curvature_bases(factors)
 
     def run_eval():
-        return _summary(evaluate(model, icl, iwl, config['context_len'], probes=probes))
+        return _summary(evaluate(model, icl, iwl, probes=probes))
 
     result = {'baseline': run_eval(), 'n_sequences': n_sequences, 'seed': seed, 'positions': positions,
               'labels': labels, 'iwl_chance': 1 / dataset.n_labels, 'icl_chance': 1 / icl.ways,

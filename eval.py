@@ -32,12 +32,12 @@ def expected_calibration_error(confidence, correct, n_bins=15):
     return ece.item()
 
 
-def attention_masses(attentions, classes, context_len):
+def attention_masses(attentions, classes):
     """Attention from the query position onto the context images of the query's class and onto
     the label token right after each of them. attentions: per-layer [N, H, 2T+1, 2T+1];
     classes: [N, T+1]. Returns (image_mass, label_mass), each [n_layer, n_head], averaged over
     episodes (summed over the matching positions within an episode)."""
-    T = context_len
+    T = classes.shape[1] - 1
     match = (classes[:, :T] == classes[:, T:T + 1]).float()            # [N, T]
     image_mass, label_mass = [], []
     for attention in attentions:
@@ -89,8 +89,7 @@ def probe_metrics(model, probes, batch_size=512, autocast=None):
 
 
 @torch.no_grad()
-def evaluate(model, icl_episodes, iwl_episodes, context_len, batch_size=512, autocast=None, keep_attention=False,
-             probes=None):
+def evaluate(model, icl_episodes, iwl_episodes, batch_size=512, autocast=None, keep_attention=False, probes=None):
     """All eval metrics as a dict of plain Python numbers/lists (one metrics.jsonl row's worth);
     with keep_attention also the ICL episodes' per-layer attention (for per-head diagnostics). A new metric is a key
     of this dict: it lands in every metrics.jsonl row."""
@@ -103,7 +102,7 @@ def evaluate(model, icl_episodes, iwl_episodes, context_len, batch_size=512, aut
     closed_probs = F.softmax(logits[:, :n_ways], dim=-1)
     confidence, prediction = closed_probs.max(-1)
     correct = prediction == target
-    image_mass, label_mass = attention_masses(attentions, icl_episodes.classes, context_len)
+    image_mass, label_mass = attention_masses(attentions, icl_episodes.classes)
     image_by_layer = image_mass.mean(1).tolist()
     label_by_layer = label_mass.mean(1).tolist()
 
@@ -214,10 +213,10 @@ def ablation_table(model, icl, iwl, reference, config, parts):
     """[(part, metrics)] with 'none' first: eval metrics with each part mean-ablated on its own."""
     singles = sorted({p for part in parts for p in _layers_of(part, model)})
     means = part_means(model, reference, singles)
-    rows = [('none', evaluate(model, icl, iwl, config['context_len']))]
+    rows = [('none', evaluate(model, icl, iwl))]
     for part in parts:
         with mean_ablated(model, {p: means[p] for p in _layers_of(part, model)}):
-            rows.append((part, evaluate(model, icl, iwl, config['context_len'])))
+            rows.append((part, evaluate(model, icl, iwl)))
     return rows
 
 
@@ -244,7 +243,7 @@ if __name__ == '__main__':
     icl, iwl = build_eval_episodes(dataset, config)
     icl, iwl = icl.to(device), iwl.to(device)
     if not parts:
-        metrics = evaluate(model, icl, iwl, config['context_len'])
+        metrics = evaluate(model, icl, iwl)
         print(json.dumps({'iter': checkpoint['iter_num'], **metrics}))
         sys.exit(0)
     rows = ablation_table(model, icl, iwl, reference_sequences(dataset, config).to(device), config, parts)

@@ -81,9 +81,9 @@ def path_heads(image_mass, label_mass, label_image):
 def measure(model, icl, iwl, config, autocast=None):
     """The metrics train.py logs (eval.evaluate, same episodes and batch size, so the same numbers)
     plus their per-head breakdown (eval.attention_masses on the same forward pass) for the ICL set."""
-    metrics, attentions = evaluate(model, icl, iwl, config['context_len'], autocast=autocast,
+    metrics, attentions = evaluate(model, icl, iwl, autocast=autocast,
                                    keep_attention=True)
-    image_mass, label_mass = attention_masses(attentions, icl.classes, config['context_len'])
+    image_mass, label_mass = attention_masses(attentions, icl.classes)
     return {**metrics, 'image_mass': image_mass.cpu(), 'label_mass': label_mass.cpu(),
             'label_image': label_reads_image(attentions, config['context_len']).cpu()}
 
@@ -473,7 +473,7 @@ if __name__ == '__main__':
             how = 'open'
         prob, pred = (float(v) for v in probs.max(-1))
         pred = int(pred)
-        image_mass, label_mass = attention_masses(attentions, ep.classes, T)
+        image_mass, label_mass = attention_masses(attentions, ep.classes)
         query_rows = torch.stack([a[0, :, 2 * T] for a in attentions]).cpu()   # [L, H, 2T+1]
         title = (f"{out_dir} iter {iteration}, {name}: prediction y={pred} (p={prob:.3f}, {how}), "
                  f"target y={target} {'correct' if pred == target else 'WRONG'}")

@@ -209,7 +209,7 @@ def weight_norm(decayed):
 def eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr, autocast=None, probes=None):
     """One metrics.jsonl row: eval.evaluate's metrics (with the probes' when given) plus the step, tokens,
     loss and weight norm."""
-    metrics = evaluate(model, icl, iwl, config['context_len'], autocast=autocast, probes=probes)
+    metrics = evaluate(model, icl, iwl, autocast=autocast, probes=probes)
     return {'iter': iter_num, 'tokens': iter_num * tokens_per_step(config), 'train_loss': train_loss,
             'lr': lr, **metrics, 'icl_chance': icl_chance(icl), 'icl_episodes': len(icl),
             'weight_norm': weight_norm(decayed), 'wall_s': round(wall_s, 2)}

@@ -13,7 +13,7 @@ from conftest import ROOT
 from test_group import assert_close, member_argv, patched_repo, run_in
 from test_train import TINY, metrics
 
-KINDS = {'loss term': ('l1', 'attn_entropy', 'act_l2'), 'sampler rule': ('item_noise',),
+KINDS = {'loss term': ('l1',), 'sampler rule': ('item_noise',),
          'optimizer-side change': ('weight_cap',), 'model-side random draw': ('item_dropout',),
          'eval metric': ('icl_nll',), 'intervention between steps': ('shrink_every',)}
 SNIPPETS = tuple(name for names in KINDS.values() for name in names)
@@ -74,7 +74,7 @@ from step import StepTerms
 from training import check_config
 import optimizer  # noqa: F401 (its recipe compiles)
 defaults = train_defaults()
-for key in ('l1', 'attn_entropy', 'act_l2', 'item_noise', 'weight_cap', 'item_dropout', 'shrink_every'):
+for key in ('l1', 'item_noise', 'weight_cap', 'item_dropout', 'shrink_every'):
     try:
         check_config({**defaults, key: -1})
         raise SystemExit(key + ': check_config took -1')
@@ -82,15 +82,10 @@ for key in ('l1', 'attn_entropy', 'act_l2', 'item_noise', 'weight_cap', 'item_dr
         assert key in str(e), e
 assert StepTerms([defaults], []).terms == [] and StepTerms([defaults], []).draws == {}  # off at their defaults
 model = ICLTransformer(ModelConfig(n_labels=16, item_shape=(8,), n_layer=2, n_head=2, n_embd=16))
-out = model(torch.randn(4, 9, 8), torch.randint(0, 16, (4, 9)), record=('attention', 'mlp_hidden'))
+out = model(torch.randn(4, 9, 8), torch.randint(0, 16, (4, 9)))
 decayed = model.decayed_parameters()[0]
 l1 = StepTerms([{**defaults, 'l1': 0.01}], decayed)
 assert not l1.record and torch.allclose(l1.penalty(out), 0.01 * sum(p.abs().sum() for p in decayed))
-entropy = StepTerms([{**defaults, 'attn_entropy': 0.5}], decayed)
-assert entropy.record == {'attention'} and 0 < entropy.penalty(out) < 0.5 * 2 * torch.log(torch.tensor(17.0))
-act = StepTerms([{**defaults, 'act_l2': 0.1}], decayed)
-assert act.record == {'mlp_hidden'} and len(out['mlp_hidden']) == 2
-assert torch.allclose(act.penalty(out), 0.1 * sum(h.pow(2).mean() for h in out['mlp_hidden']))
 drop = StepTerms([{**defaults, 'item_dropout': 0.5}], decayed)
 keep = drop.drawn_at(3, 'cpu')['item_keep']
 assert keep.shape == (defaults['batch_size'], defaults['context_len'] + 1) and set(keep.unique().tolist()) == {0.0, 2.0}
@@ -111,7 +106,7 @@ def test_each_recipe_acts_and_a_member_equals_its_solo_run(tmp_path):
     """Every member alike but for its levers (seed 0): a lever acts when its member differs from the first, and each
     member's numbers are its solo run's; the eval metric lands in every row; a lever is a grid axis."""
     repo = patched(tmp_path)
-    members = [[], ['--l1=0.002', '--attn_entropy=0.05', '--act_l2=0.5'], ['--item_noise=0.3'], ['--weight_cap=1.0'],
+    members = [[], ['--l1=0.002'], ['--item_noise=0.3'], ['--weight_cap=1.0'],
                ['--item_dropout=0.3'], ['--shrink_every=10']]
     proc = run_in(repo, 'train.py', member_argv([[*m, f'--out_dir={tmp_path}/g{k}'] for k, m in enumerate(members)]))
     assert proc.returncode == 0, proc.stderr[-2000:]

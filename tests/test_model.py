@@ -95,7 +95,7 @@ def test_attention_masses_on_crafted_attention():
     att[0, 0, 2 * T, 3] = 0.3
     att[0, 0, 2 * T, 4] = 0.1
     classes = torch.tensor([[5, 7, 6, 6, 6, 6, 6, 6, 7]])   # query class 7 at context slots 1 only
-    image, label = attention_masses([att], classes, T)
+    image, label = attention_masses([att], classes)
     assert image.item() == pytest.approx(0.6)
     assert label.item() == pytest.approx(0.3)
 
@@ -105,7 +105,7 @@ def test_evaluate_returns_all_keys_in_range():
     ep = make_icl_episodes(ds.holdout, 64, seed=0)
     from data import make_iwl_episodes
     iwl = make_iwl_episodes(ds.train, ds.class_labels, 64, seed=0)
-    m = evaluate(tiny_model(), ep, iwl, context_len=8)
+    m = evaluate(tiny_model(), ep, iwl)
     for key in ('icl_acc', 'icl_acc_open', 'iwl_acc', 'ece', 'attn_match_image', 'attn_match_label'):
         assert 0.0 <= m[key] <= 1.0, key
     assert len(m['attn_match_image_by_layer']) == 3
