@@ -1,8 +1,8 @@
 """
 Interventions between steps, applied after a step's eval: a lever that edits the weights (or the optimizer state)
 every so many steps goes here, as a `*_due(iter_num, config)` that train.py's loop asks after each eval (and once at
-start-up, so its keys count as read) and the edit itself. Every draw comes from step.step_generator: a group member
-edits exactly as its solo run, and a resumed run repeats the edit.
+start-up, so its keys count as read) and the edit itself, on a member's tensors (train.py's member_tensors). Every
+draw is seeded by step.step_seed: a group member edits exactly as its solo run, and a resumed run repeats the edit.
 """
 import torch
 

@@ -23,7 +23,7 @@ def step_seed(config, iter_num, stream=''):
 
 
 def step_generator(config, iter_num, stream, device):
-    """A generator on `device` seeded by step_seed: the one source of a lever's per-step randomness."""
+    """A generator on `device` seeded by step_seed (what StepTerms.draws are drawn from)."""
     return torch.Generator(device=device).manual_seed(step_seed(config, iter_num, stream))
 
 

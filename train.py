@@ -117,14 +117,14 @@ sys.argv[1:] = runs[0]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
+import interventions
 from checkpoint import CKPT, KeyReads
 from data import build_run_data
 from group import GroupExposure, GroupSampler, stack_group
 from model import build_model, learning_rate_at, weight_decay_at
-from tracking import finish_tracking, require_wandb, start_tracking
-import interventions
 from optimizer import AdamW
 from step import Exposure, StepTerms, train_step
+from tracking import finish_tracking, require_wandb, start_tracking
 from training import (NonFinite, StepRate, StopFlag, check_all_read, check_config, check_members, checkpoint_run,
                       eval_due, eval_line, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir,
                       resolve_device, start_run_dir, stop_and_exit)
@@ -325,9 +325,10 @@ while True:
             if K > 1:
                 model.load_state_dict(stacked.member_state(k, state_keys))
             weights, removed = interventions.curvature_edit(model, c, datas[k], iter_num)
+            tensors = member_tensors(k)
             with torch.no_grad():
                 for name, w in weights.items():
-                    (model.get_parameter(name) if K == 1 else stacked.params[name][k]).copy_(w)
+                    tensors[name].copy_(w)
             print(f"curvature edit{' ' + c['out_dir'] if K > 1 else ''} at iter {iter_num}: {removed:.3f} of the "
                   f"mass removed (mean over weights), {time.time() - t_edit:.2f} s", flush=True)
     loss = train_step(train_model, optimizer, sampler, iter_num, exposure, terms, autocast)
