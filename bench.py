@@ -82,7 +82,9 @@ from data import ClassBank, Dataset, EpisodeSampler, assign_labels, build_datase
 from eval import evaluate
 from model import build_model
 from group import GroupExposure, GroupSampler, stack_group
-from training import AdamW, Exposure, StepTerms, train_defaults, train_step
+from checkpoint import train_defaults
+from optimizer import AdamW
+from step import Exposure, StepTerms, train_step
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEEPMIND_SEQ_PER_S = 1000   # the reference generator's rate on one core (shared/notes/findings.md), not run here
@@ -298,7 +300,7 @@ def make_cell(cell, cell_seed=None):
 
 
 def make_step(config, sampler, model, optimizer, use_compile, dtype, forward=None, exposure=None, terms=None):
-    """train.py's step (training.train_step: sample, exposure counts, forward, query loss, backward, AdamW)
+    """train.py's step (step.train_step: sample, exposure counts, forward, query loss, backward, AdamW)
     and its finite check; a group passes its stacked forward, exposure and StepTerms (group.stack_group)."""
     train_model = forward or (torch.compile(model, mode=compile_mode) if use_compile else model)
     autocast = torch.autocast(device_type=device_type, dtype=torch.bfloat16) if dtype == 'bf16' else nullcontext()
@@ -412,10 +414,10 @@ def bench_share(results, rows):
         icl, iwl = (e.to(device) for e in build_eval_episodes(data.to('cpu'), {**config, 'n_eval_episodes': n_measured}))
         autocast = torch.autocast('cuda', dtype=torch.bfloat16) if device_type == 'cuda' else None
         if not quick:  # warm-up eval (allocator, cudnn autotune)
-            evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast)
+            evaluate(model, icl, iwl, autocast=autocast)
         sync()
         t0 = time.perf_counter()
-        evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast)
+        evaluate(model, icl, iwl, autocast=autocast)
         sync()
         eval_s = (time.perf_counter() - t0) * n_eval_episodes / n_measured
         per_step = step_s + eval_s / eval_interval

@@ -6,9 +6,11 @@ with the keys newer than it filled in, saved_config):
 - metrics.jsonl gets one fsync'd JSON line per eval; a torn last line (killed mid-append) is
   dropped on read, and resume cuts the file back to the checkpoint's last eval.
 """
+import difflib
 import json
 import os
 import signal
+import sys
 
 import torch
 
@@ -98,20 +100,32 @@ def saved_config(config):
 
 
 class KeyReads(dict):
-    """A config that notes which keys were read (config[key] or config.get): data.build_run_data keys its cache on
-    the keys building the data read, and train.py stops a run or a group when a key was read by nothing."""
+    """A run's config (every train.py key) that notes which keys were read (config[key] or config.get):
+    data.build_run_data keys its cache on the keys building the data read, and train.py stops a run or a group when a
+    key was read by nothing. A read of a key train.py lacks stops the process at once, naming both spellings: with a default
+    (config.get('item_drop', 0.0) for item_dropout) it would train without the lever, without one it would stop with a
+    traceback."""
 
     def __init__(self, config):
         super().__init__(config)
         self.read = set()
 
     def __getitem__(self, key):
-        self.read.add(key)
+        self._note(key)
         return super().__getitem__(key)
 
     def get(self, key, default=None):
-        self.read.add(key)
+        self._note(key)
         return super().get(key, default)
+
+    def _note(self, key):
+        if key not in self:
+            close = difflib.get_close_matches(str(key), list(self), n=1, cutoff=0.6)
+            print(f"error: the code reads config key {key!r}, which train.py does not define"
+                  + (f" (its key is {close[0]!r}?)" if close else '') + ": read a key by its train.py name",
+                  file=sys.stderr)
+            raise SystemExit(2)
+        self.read.add(key)
 
 
 def has_checkpoint(out_dir):

@@ -14,7 +14,7 @@ mass (the smallest such set, largest products first) and drops the rest:
 Shared mechanisms are used by many sequences and sit at high curvature; what one class alone needs (its
 memorised label) averages out to low curvature, so a small mass share removed should take IWL and leave ICL.
 
-In this model only the query position's loss is trained (training.query_loss), so per sequence one label is
+In this model only the query position's loss is trained (step.query_loss), so per sequence one label is
 sampled from the softmax at the query and that loss backpropagated; a and g are taken at every position a Linear
 sees (the last block sees the query alone in its proj and MLP, as in training). Positions are weighted as K-FAC
 for weights shared over a sequence does in its 'expand' form (Eschenhagen et al. 2023), the form the paper's code
@@ -38,10 +38,10 @@ names the synthetic encoder's Linear only). Deviations from the paper's code, ea
 eigenvalues are computed in float64 and clamped at 0 (rounding makes some slightly negative), rho = 1 is no edit
 at all (W exactly), a weight with zero curvature mass is left unedited.
 
-    python eval.py --out_dir=out --edit=curvature:1,0.99,0.9,0.5@mlp,head,attn,all
+    python curvature.py --out_dir=out --edit=curvature:1,0.99,0.9,0.5@mlp,head,attn,all
 
 The same edit as a training lever: train.py's curvature_every / curvature_rho / curvature_modules / curvature_start /
-curvature_sequences (training.curvature_edit: one sampled label per sequence over fresh training sequences).
+curvature_sequences (interventions.curvature_edit: one sampled label per sequence over fresh training sequences).
 """
 import json
 import os
@@ -315,10 +315,10 @@ def curvature_sweep(model, dataset, config, rhos, sets, n_sequences=65536, seed=
     bases = curvature_bases(factors)
 
     def run_eval():
-        return _summary(evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], probes=probes))
+        return _summary(evaluate(model, icl, iwl, probes=probes))
 
     result = {'baseline': run_eval(), 'n_sequences': n_sequences, 'seed': seed, 'positions': positions,
-              'labels': labels, 'iwl_chance': 1 / dataset.n_labels, 'icl_chance': 1 / config['eval_ways'],
+              'labels': labels, 'iwl_chance': 1 / dataset.n_labels, 'icl_chance': 1 / icl.ways,
               'weights': {n: {'shape': list(dict(model.named_modules())[n].weight.shape),
                               'mass': (bases[n][0].sum() * bases[n][2].sum()).item()} for n in names},
               'sets': []}
@@ -361,7 +361,7 @@ def plot_sweep(result, path):
 
 
 def run_cli(out_dir, ckpt_name, device, edit, n_sequences, edit_out='', seed=0, positions='expand', labels='sampled'):
-    """eval.py --edit: the sweep for a saved run, printed as a table and written to <edit_out or out_dir>/
+    """python curvature.py --edit: the sweep for a saved run, printed as a table and written to <edit_out or out_dir>/
     curvature.json and curvature.png. Returns the json's dict."""
     from eval import load_run
     rhos, sets = parse_edit(edit)
@@ -386,3 +386,21 @@ def run_cli(out_dir, ckpt_name, device, edit, n_sequences, edit_out='', seed=0, 
     plot_sweep(result, os.path.join(folder, 'curvature.png'))
     print(f"wrote {os.path.join(folder, 'curvature.json')} and curvature.png")
     return result
+
+
+if __name__ == '__main__':
+    import sys
+    out_dir = 'out'
+    ckpt_name = 'ckpt.pt'
+    device = 'cpu'
+    edit = ''          # 'curvature:<rho list>[@<module sets>]': the K-FAC curvature edit sweep
+    curvature_sequences = 65536  # training sequences for the K-FAC factors (fewer cut too much)
+    curvature_labels = 'sampled'  # 'sampled' (the paper's), 'expected' (exact over the softmax) or 'true'
+    edit_out = ''      # folder for curvature.json / curvature.png ('' = out_dir)
+    exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
+    try:
+        run_cli(out_dir, ckpt_name, device, edit, curvature_sequences, edit_out, labels=curvature_labels)
+        sys.exit(0)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -545,13 +545,15 @@ class EpisodeSampler:
 
 @dataclass
 class Episodes:
-    """A fixed set of evaluation sequences, same layout as the sampler's output."""
+    """A fixed set of evaluation sequences, same layout as the sampler's output, with how they are scored: a new
+    episode kind is a function returning these, its ways said here (eval.evaluate and icl_chance read them)."""
     items: torch.Tensor     # [N, T+1, *item_shape]
     labels: torch.Tensor    # [N, T+1]; labels[:, T] is the target
     classes: torch.Tensor   # [N, T+1] class ids within their bank
+    ways: int = 0           # the answer is chosen among the labels 0..ways-1 (ICL episodes); 0: among all labels
 
     def to(self, device):
-        return Episodes(self.items.to(device), self.labels.to(device), self.classes.to(device))
+        return Episodes(self.items.to(device), self.labels.to(device), self.classes.to(device), self.ways)
 
     def __len__(self):
         return self.labels.shape[0]
@@ -581,7 +583,7 @@ def make_icl_episodes(holdout, n_episodes, context_len=8, ways=2, shots=4, seed=
     way = torch.cat([slot_way, query_way[:, None]], 1)
     classes = way_classes.gather(1, way)
     labels = way_labels.gather(1, way)
-    return Episodes(holdout.gather(classes, g), labels, classes)
+    return Episodes(holdout.gather(classes, g), labels, classes, ways)
 
 
 def make_iwl_episodes(train, class_labels, n_episodes, context_len=8, zipf_alpha=0.0, seed=0):
@@ -656,10 +658,10 @@ def build_dataset(config):
     raise ValueError(f"dataset={config['dataset']!r} is not known (expected 'synthetic' or 'omniglot')")
 
 
-def icl_chance(episodes, ways):
+def icl_chance(episodes):
     """Accuracy of the best constant answer on these episodes (0.5 on balanced 2-way episodes):
     the chance line the report draws, measured rather than assumed."""
-    counts = torch.bincount(episodes.labels[:, -1].cpu(), minlength=ways)[:ways]
+    counts = torch.bincount(episodes.labels[:, -1].cpu(), minlength=episodes.ways)[:episodes.ways or None]
     return counts.max().item() / len(episodes)
 
 

@@ -6,7 +6,6 @@ train.py calls evaluate() at every eval; the CLI evaluates a saved checkpoint th
     python eval.py --out_dir=out
     python eval.py --out_dir=out --ablate=all     # ICL / IWL with each part mean-ablated (also: encoder,
                                                   # attn0, mlp1, head, attn, mlp: a comma list of parts)
-    python eval.py --out_dir=out --edit=curvature:1,0.9,0.5@mlp,head,attn,all   # curvature map (curvature.py)
 
 Mean ablation replaces a part's output by its mean over training sequences (per position), so the part
 still passes on what it says on average but nothing about the sequence at hand: the parts whose loss costs
@@ -33,12 +32,12 @@ def expected_calibration_error(confidence, correct, n_bins=15):
     return ece.item()
 
 
-def attention_masses(attentions, classes, context_len):
+def attention_masses(attentions, classes):
     """Attention from the query position onto the context images of the query's class and onto
     the label token right after each of them. attentions: per-layer [N, H, 2T+1, 2T+1];
     classes: [N, T+1]. Returns (image_mass, label_mass), each [n_layer, n_head], averaged over
     episodes (summed over the matching positions within an episode)."""
-    T = context_len
+    T = classes.shape[1] - 1
     match = (classes[:, :T] == classes[:, T:T + 1]).float()            # [N, T]
     image_mass, label_mass = [], []
     for attention in attentions:
@@ -90,10 +89,11 @@ def probe_metrics(model, probes, batch_size=512, autocast=None):
 
 
 @torch.no_grad()
-def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_size=512, autocast=None,
-             keep_attention=False, probes=None):
+def evaluate(model, icl_episodes, iwl_episodes, batch_size=512, autocast=None, keep_attention=False, probes=None):
     """All eval metrics as a dict of plain Python numbers/lists (one metrics.jsonl row's worth);
-    with keep_attention also the ICL episodes' per-layer attention (for per-head diagnostics)."""
+    with keep_attention also the ICL episodes' per-layer attention (for per-head diagnostics). A new metric is a key
+    of this dict: it lands in every metrics.jsonl row."""
+    n_ways = icl_episodes.ways or None
     was_training = model.training
     model.eval()
     logits, attentions = run_episodes(model, icl_episodes, batch_size, return_attention=True, autocast=autocast)
@@ -102,7 +102,7 @@ def evaluate(model, icl_episodes, iwl_episodes, context_len, n_ways=2, batch_siz
     closed_probs = F.softmax(logits[:, :n_ways], dim=-1)
     confidence, prediction = closed_probs.max(-1)
     correct = prediction == target
-    image_mass, label_mass = attention_masses(attentions, icl_episodes.classes, context_len)
+    image_mass, label_mass = attention_masses(attentions, icl_episodes.classes)
     image_by_layer = image_mass.mean(1).tolist()
     label_by_layer = label_mass.mean(1).tolist()
 
@@ -213,10 +213,10 @@ def ablation_table(model, icl, iwl, reference, config, parts):
     """[(part, metrics)] with 'none' first: eval metrics with each part mean-ablated on its own."""
     singles = sorted({p for part in parts for p in _layers_of(part, model)})
     means = part_means(model, reference, singles)
-    rows = [('none', evaluate(model, icl, iwl, config['context_len'], config['eval_ways']))]
+    rows = [('none', evaluate(model, icl, iwl))]
     for part in parts:
         with mean_ablated(model, {p: means[p] for p in _layers_of(part, model)}):
-            rows.append((part, evaluate(model, icl, iwl, config['context_len'], config['eval_ways'])))
+            rows.append((part, evaluate(model, icl, iwl)))
     return rows
 
 
@@ -232,22 +232,8 @@ if __name__ == '__main__':
     ckpt_name = 'ckpt.pt'
     device = 'cpu'
     ablate = ''        # '' = plain eval; 'all' or a comma list of parts (encoder, attn<i>, mlp<i>, head, attn, mlp)
-    edit = ''          # 'curvature:<rho list>[@<module sets>]': the K-FAC curvature edit sweep (curvature.py)
-    curvature_sequences = 65536  # training sequences for the K-FAC factors (curvature.py: fewer cut too much)
-    curvature_labels = 'sampled'  # 'sampled' (the paper's), 'expected' (exact over the softmax) or 'true'
-    edit_out = ''      # folder for curvature.json / curvature.png ('' = out_dir)
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
     from data import build_eval_episodes, icl_chance
-    if edit:
-        from curvature import run_cli
-        try:
-            if ablate:
-                raise ValueError(f"edit={edit!r} and ablate={ablate!r}: give one of them")
-            run_cli(out_dir, ckpt_name, device, edit, curvature_sequences, edit_out, labels=curvature_labels)
-        except (FileNotFoundError, RuntimeError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-        sys.exit(0)
     try:
         model, config, dataset, checkpoint = load_run(out_dir, ckpt_name, device)
         parts = parse_ablate(ablate, model) if ablate else []
@@ -257,12 +243,12 @@ if __name__ == '__main__':
     icl, iwl = build_eval_episodes(dataset, config)
     icl, iwl = icl.to(device), iwl.to(device)
     if not parts:
-        metrics = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'])
+        metrics = evaluate(model, icl, iwl)
         print(json.dumps({'iter': checkpoint['iter_num'], **metrics}))
         sys.exit(0)
     rows = ablation_table(model, icl, iwl, reference_sequences(dataset, config).to(device), config, parts)
     iwl_chance = 1 / dataset.n_labels
-    print(f"{out_dir} at iter {checkpoint['iter_num']}: mean ablation (ICL chance {icl_chance(icl, config['eval_ways']):g}, "
+    print(f"{out_dir} at iter {checkpoint['iter_num']}: mean ablation (ICL chance {icl_chance(icl):g}, "
           f"IWL chance {iwl_chance:.3f})")
     print(f"{'ablated':>8} | {'ICL':>5} | {'IWL':>5} | attn lbl")
     for part, m in rows:

@@ -446,14 +446,19 @@ def cell_step(cell_dir):
 
 
 def pack_units(cells, root_dir, size):
-    """The processes to run: [cell] each, or (size > 1) groups of up to `size` unfinished cells that are at
-    the same step, in grid order, so an interrupted group resumes as the same group."""
+    """The processes to run: [cell] each, or (size > 1) groups of up to `size` unfinished cells that agree on every
+    key a group applies once for all its members (training.GROUP_SHARED, from each cell's parsed arguments) and are
+    at the same step, in grid order, so an interrupted group resumes as the same group."""
     if size <= 1:
         return [[c] for c in cells]
-    by_step = {}
+    from training import GROUP_SHARED, parse_train_args
+    plans = {}
     for c in cells:
-        by_step.setdefault(cell_step(os.path.join(root_dir, c['name'])), []).append(c)
-    return [group[i:i + size] for group in by_step.values() for i in range(0, len(group), size)]
+        with contextlib.redirect_stdout(io.StringIO()):
+            config = parse_train_args(rooted(c['args']))
+        shared = tuple(repr(config[k]) for k in sorted(GROUP_SHARED))
+        plans.setdefault((shared, cell_step(os.path.join(root_dir, c['name']))), []).append(c)
+    return [group[i:i + size] for group in plans.values() for i in range(0, len(group), size)]
 
 
 def claim(unit, root_dir, result):
@@ -696,7 +701,7 @@ if __name__ == '__main__':
     print(f"grid: {len(cells)} cells in {root_dir}; shard {index}/{count} has {len(mine)} "
           f"({finished} finished); {n_jobs} at a time, {n_threads} threads each "
           + ("(--threads)" if threads else f"({cores} cores, {busy} busy with other work, over {n_jobs} jobs)"))
-    if dry_run:
+    if dry_run:  # each process to start: a cell, or a group (--group_size) of cells that agree on GROUP_SHARED
         for unit in pack_units(mine, root_dir, group_size):
             print(f"{', '.join(c['name'] for c in unit)}: {shlex.join(unit_command(unit, root_dir))}")
         sys.exit(0)

@@ -3,7 +3,7 @@ The parts that stack K runs into one model for a member-batched group (`python t
 loop is train.py's own, over K members instead of one.
 
 Every parameter and buffer of model.py's unchanged ICLTransformer gets a leading member axis (StackedModel:
-torch.func.stack_module_state, the forward vmap over functional_call); training.AdamW steps all members at once,
+torch.func.stack_module_state, the forward vmap over functional_call); optimizer.AdamW steps all members at once,
 each with its own decay; each member draws its own batch from its own sampler and seed stream (GroupSampler), so
 its numbers do not depend on which cells share its group. On a CPU this buys nothing (the step is compute-bound);
 on a GPU one small cell leaves the chip idle.
@@ -13,7 +13,8 @@ import copy
 import torch
 from torch.func import functional_call, stack_module_state, vmap
 
-from training import AdamW, StepTerms
+from optimizer import AdamW
+from step import StepTerms
 
 
 class StackedModel:
@@ -35,10 +36,10 @@ class StackedModel:
                        for name, p in params.items()}
         self.name_of = {id(p): name for name, p in models[0].named_parameters()}  # models[0]'s tensor -> name
 
-    def __call__(self, items, labels, record=()):
-        def one(params, buffers, items, labels):
-            return functional_call(self.base, (params, buffers), (items, labels), {'record': record})
-        return vmap(one, randomness='different')(self.params, self.buffers, items, labels)
+    def __call__(self, items, labels, record=(), draws=None):
+        def one(params, buffers, items, labels, draws):
+            return functional_call(self.base, (params, buffers), (items, labels), {'record': record, 'draws': draws})
+        return vmap(one, randomness='different')(self.params, self.buffers, items, labels, draws or {})
 
     def member_state(self, k, keys):
         """Member k's model.state_dict() (the keys of a solo model's state_dict)."""
@@ -55,7 +56,7 @@ class StackedModel:
 def stack_group(models, configs, device_type):
     """(stacked model, optimizer, StepTerms) for K models of one architecture and their runs' configs. The stacked
     decayed group is every Linear/Conv weight; member k decays, and is penalised on, those of its own decay_modules
-    with its own weight_decay and penalties (training.AdamW and StepTerms, as in its solo run)."""
+    with its own weight_decay and penalties (optimizer.AdamW and step.StepTerms, as in its solo run)."""
     stacked = StackedModel(models)
     every = models[0].decayed_parameters('all')[0]
     mine = [{id(p) for p in models[0].decayed_parameters(c['decay_modules'])[0]} for c in configs]

@@ -7,8 +7,9 @@ vocabulary reads the query's (last) position.
 The encoder is the seam between data sets: a linear map for the synthetic vectors, a small
 ResNet for Omniglot images (make_encoder picks one).
 """
+import difflib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -191,13 +192,16 @@ class ICLTransformer(nn.Module):
         self.register_buffer('positions', sinusoidal_positions(256, config.n_embd), persistent=False)
         self.edits = {}  # part name ('mlp0', ...) -> fn(its output) -> the output used instead: eval.py's ablation
 
-    def forward(self, items, labels, record=()):
+    def forward(self, items, labels, record=(), draws=None):
         """items [B, T+1, *item_shape], labels [B, T+1] (the query's label, labels[:, T], is never read) -> the
         forward's record, a dict: 'logits' [B, n_labels] at the query, and for each name in `record` (RECORDS) a list:
         per layer its attention probabilities [B, n_head, S, S] ('attention'), its attention and MLP outputs
         [B, S, C] ('attn_out', 'mlp_out') and MLP hidden activations [B, S, mlp_ratio*C] ('mlp_hidden'); one entry
         for 'encoder' (the item tokens [B, T+1, C]) and 'head_in' (the head's input [B, C]). self.edits {part: fn}
-        replaces a part's output by fn(output) (eval.py's ablation): 'encoder', 'attn<i>', 'mlp<i>', 'head' (its input)."""
+        replaces a part's output by fn(output) (eval.py's ablation): 'encoder', 'attn<i>', 'mlp<i>', 'head' (its input).
+        draws {name: tensor}: what a model-side lever drew for this training step (step.StepTerms.draws, from a
+        generator seeded per run and step); none at eval."""
+        draws = draws or {}
         unknown = [name for name in record if name not in RECORDS]
         if unknown:
             raise ValueError(f"record={record!r}: unknown {unknown[0]!r}; the forward records {', '.join(RECORDS)}")
@@ -280,7 +284,7 @@ def parse_decay_modules(text):
 
 def learning_rate_at(it, config):
     """Learning rate at iteration `it` for a run's config: linear warmup, then constant, 1/sqrt(step)
-    (Chan et al.) or cosine to min_lr. training.AdamW steps by it; decay_exponent sums it."""
+    (Chan et al.) or cosine to min_lr. optimizer.AdamW steps by it; decay_exponent sums it."""
     lr, warmup, schedule = config['learning_rate'], config['warmup_iters'], config['lr_schedule']
     if it < warmup:
         return lr * (it + 1) / warmup
@@ -295,7 +299,7 @@ def learning_rate_at(it, config):
 
 def weight_decay_at(it, config):
     """AdamW's decoupled weight decay at iteration `it` for a run's config: constant. The optimizer
-    (training.AdamW) reads it at every step of a run or group member and decay_exponent sums it, so a decay
+    (optimizer.AdamW) reads it at every step of a run or group member and decay_exponent sums it, so a decay
     schedule is one edit here."""
     return config['weight_decay']
 
@@ -307,10 +311,16 @@ def decay_exponent(config):
 
 
 def build_model(config, dataset):
-    """The ICLTransformer for a run's config dict and its Dataset (shared by train/eval/sample_attention)."""
+    """The ICLTransformer for a run's config dict and its Dataset (shared by train/eval/sample_attention). Every
+    ModelConfig field the data set does not give is the train.py key of its name (a model lever is a train.py global
+    and a field); a field no key is named like is a ValueError naming it, at start-up."""
     item_shape = tuple(dataset.train.exemplars.shape[2:])
-    return ICLTransformer(ModelConfig(
-        n_labels=dataset.n_labels, item_shape=item_shape,
-        encoder='linear' if len(item_shape) == 1 else 'resnet',
-        n_layer=config['n_layer'], n_head=config['n_head'], n_embd=config['n_embd'],
-        dropout=config['dropout'], pixel_noise=config.get('pixel_noise', 0.0)))
+    given = dict(n_labels=dataset.n_labels, item_shape=item_shape, mlp_ratio=ModelConfig.mlp_ratio,
+                 encoder='linear' if len(item_shape) == 1 else 'resnet')
+    names = [f.name for f in fields(ModelConfig) if f.name not in given]
+    for k in names:
+        if k not in config:
+            close = difflib.get_close_matches(k, list(config), n=1, cutoff=0.6)
+            raise ValueError(f"ModelConfig field {k!r} is no train.py key" + (f" (is it {close[0]!r}?)" if close else '')
+                             + ": a model field is named like its train.py global, which build_model gives it")
+    return ICLTransformer(ModelConfig(**given, **{k: config[k] for k in names}))

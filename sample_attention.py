@@ -81,9 +81,9 @@ def path_heads(image_mass, label_mass, label_image):
 def measure(model, icl, iwl, config, autocast=None):
     """The metrics train.py logs (eval.evaluate, same episodes and batch size, so the same numbers)
     plus their per-head breakdown (eval.attention_masses on the same forward pass) for the ICL set."""
-    metrics, attentions = evaluate(model, icl, iwl, config['context_len'], config['eval_ways'], autocast=autocast,
+    metrics, attentions = evaluate(model, icl, iwl, autocast=autocast,
                                    keep_attention=True)
-    image_mass, label_mass = attention_masses(attentions, icl.classes, config['context_len'])
+    image_mass, label_mass = attention_masses(attentions, icl.classes)
     return {**metrics, 'image_mass': image_mass.cpu(), 'label_mass': label_mass.cpu(),
             'label_image': label_reads_image(attentions, config['context_len']).cpu()}
 
@@ -98,7 +98,7 @@ def fixed_episodes(dataset, config, n_icl, n_bursty, seed, icl=None):
         raise ValueError(f"n_icl={n_icl} must be between 0 and the run's n_eval_episodes={len(icl)}")
     if n_bursty < 0:
         raise ValueError(f"n_bursty={n_bursty} must be >= 0")
-    out = [(f'icl{i:02d}', Episodes(icl.items[i:i + 1], icl.labels[i:i + 1], icl.classes[i:i + 1]))
+    out = [(f'icl{i:02d}', Episodes(icl.items[i:i + 1], icl.labels[i:i + 1], icl.classes[i:i + 1], icl.ways))
            for i in range(n_icl)]
     if n_bursty:
         sampler = EpisodeSampler.from_config(dataset.train, dataset.class_labels, config, 'cpu', clean=True, seed=seed,
@@ -465,15 +465,15 @@ if __name__ == '__main__':
         with torch.no_grad():
             logits, attentions = run_episodes(model, ep, return_attention=True, autocast=autocast)
         target = int(ep.labels[0, T])
-        if name.startswith('icl'):  # scored as eval does: among the episode's eval_ways labels
-            probs = F.softmax(logits[0, :config['eval_ways']], -1)
-            how = f"{config['eval_ways']}-way"
+        if ep.ways:  # scored as eval does: among the episode's ways labels
+            probs = F.softmax(logits[0, :ep.ways], -1)
+            how = f"{ep.ways}-way"
         else:
             probs = F.softmax(logits[0], -1)
             how = 'open'
         prob, pred = (float(v) for v in probs.max(-1))
         pred = int(pred)
-        image_mass, label_mass = attention_masses(attentions, ep.classes, T)
+        image_mass, label_mass = attention_masses(attentions, ep.classes)
         query_rows = torch.stack([a[0, :, 2 * T] for a in attentions]).cpu()   # [L, H, 2T+1]
         title = (f"{out_dir} iter {iteration}, {name}: prediction y={pred} (p={prob:.3f}, {how}), "
                  f"target y={target} {'correct' if pred == target else 'WRONG'}")

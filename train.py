@@ -117,16 +117,17 @@ sys.argv[1:] = runs[0]
 exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
 # -----------------------------------------------------------------------------
 
+import interventions
 from checkpoint import CKPT, KeyReads
 from data import build_run_data
 from group import GroupExposure, GroupSampler, stack_group
 from model import build_model, learning_rate_at, weight_decay_at
+from optimizer import AdamW
+from step import Exposure, StepTerms, train_step
 from tracking import finish_tracking, require_wandb, start_tracking
-from training import (AdamW, Exposure, NonFinite, StepRate, StepTerms, StopFlag, check_all_read, check_config,
-                      check_members, checkpoint_run, curvature_due, curvature_edit, eval_due, eval_line,
-                      evaluate_and_log, finish_run, forget, forget_due, forgotten_names, fresh_state, log_line,
-                      parse_forget_modules, parse_train_args, read_run_dir, resolve_device, start_run_dir,
-                      stop_and_exit, train_step)
+from training import (NonFinite, StepRate, StopFlag, check_all_read, check_config, check_members, checkpoint_run,
+                      eval_due, eval_line, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir,
+                      resolve_device, start_run_dir, stop_and_exit)
 
 # each run's config, noting the keys it reads (one nothing reads stops the run); `config`, the first, also holds the
 # keys a group's members share (training.GROUP_SHARED)
@@ -156,6 +157,8 @@ try:
     checkpoints = [read_run_dir(c) for c in configs]  # the run to resume, or None; refuses to lose a run
 except ValueError as e:
     fail(str(e))
+for c in configs:
+    c.read.clear()  # a check's read is no use: a key that only a check reads stops the run at check_all_read
 if len({ck['iter_num'] if ck else 0 for ck in checkpoints}) > 1:
     fail("members are at different steps (" + ", ".join(f"{c['out_dir']}: {ck['iter_num'] if ck else 0}"
                                                         for c, ck in zip(configs, checkpoints))
@@ -186,10 +189,11 @@ else:  # K members as one stacked model: the same step with a leading member axi
     sampler, exposure = GroupSampler(samplers), GroupExposure(exposures)
     del models[1:]
 state_keys = list(model.state_dict().keys())
-forgotten = forgotten_names(state_keys, parse_forget_modules(config['forget_modules']))  # GROUP_SHARED
+forgotten = interventions.forgotten_names(state_keys, interventions.parse_forget_modules(config['forget_modules']))
 try:
-    for c in configs:  # the schedules' keys (the optimizer reads them at every step)
+    for c in configs:  # the keys the loop reads: the schedules' (the optimizer's, at every step), the interventions'
         learning_rate_at(0, c), weight_decay_at(0, c)
+        interventions.forget_due(0, c), interventions.curvature_due(0, c)
     check_all_read(configs)  # a key nothing above read would be silently ignored: stop before out_dir is touched
 except ValueError as e:
     fail(str(e))
@@ -238,6 +242,14 @@ del checkpoints
 train_model = torch.compile(model, mode=compile_mode) if (compile and device_type == 'cuda' and K == 1) else stacked
 autocast = (torch.autocast(device_type='cuda', dtype=getattr(torch, dtype))
             if device_type == 'cuda' and dtype != 'float32' else nullcontext())
+
+
+def member_tensors(k):
+    """Member k's parameters and buffers by name, a run's own tensors (a group's: views of row k): what an
+    intervention between steps edits in place."""
+    if K == 1:
+        return model.state_dict(keep_vars=True)
+    return {name: t[k] for name, t in {**stacked.params, **stacked.buffers}.items()}
 
 
 def member_state(k):
@@ -302,20 +314,21 @@ while True:
                       f"SIGTERM: checkpointed at iter {iter_num}; rerun with --init_from=resume to continue",
                       1 if failed else 0)
 
-    if forget_due(iter_num, config):  # forgetting after this step's eval; each member re-drawn from its own seed
+    # the interventions between steps, after this step's eval: each member edited as its solo run
+    if interventions.forget_due(iter_num, config):  # each member re-drawn from its own seed
         for k, c in live():
-            forget(model.state_dict(keep_vars=True) if K == 1 else
-                   {name: t[k] for name, t in {**stacked.params, **stacked.buffers}.items()},
-                   fresh_state(c, datas[k], iter_num, forgotten), optimizer.inner.state, optimizer.params)
-    for k, c in live():  # the curvature edit after this step's eval, each member on its own weights and sequences
-        if curvature_due(iter_num, c):
+            interventions.forget(member_tensors(k), interventions.fresh_state(c, datas[k], iter_num, forgotten),
+                                 optimizer.inner.state, optimizer.params)
+    for k, c in live():  # the curvature edit, each member on its own weights and sequences
+        if interventions.curvature_due(iter_num, c):
             t_edit = time.time()
             if K > 1:
                 model.load_state_dict(stacked.member_state(k, state_keys))
-            weights, removed = curvature_edit(model, c, datas[k], iter_num)
+            weights, removed = interventions.curvature_edit(model, c, datas[k], iter_num)
+            tensors = member_tensors(k)
             with torch.no_grad():
                 for name, w in weights.items():
-                    (model.get_parameter(name) if K == 1 else stacked.params[name][k]).copy_(w)
+                    tensors[name].copy_(w)
             print(f"curvature edit{' ' + c['out_dir'] if K > 1 else ''} at iter {iter_num}: {removed:.3f} of the "
                   f"mass removed (mean over weights), {time.time() - t_edit:.2f} s", flush=True)
     loss = train_step(train_model, optimizer, sampler, iter_num, exposure, terms, autocast)

@@ -2,7 +2,7 @@
 Does a run trained under an erasing lever still hold its memorisation where the lever cuts? The curvature edit of
 the lever (rho 0.5 on the MLPs, K-FAC over 256 training sequences with sampled labels: curvature_every=50's setting)
 applied once to the final checkpoint of every Few cell of a grid, with and without the lever, seeds 0-2: ICL and
-IWL before and after, the curvature mass removed and the share of components kept (eval.py --edit on each cell), and
+IWL before and after, the curvature mass removed and the share of components kept (curvature.py --edit on each cell), and
 what the lever's edits cost the cell (their seconds, from its train.log, over its wall time).
 
     python scripts/after_edit.py out_curvature assets/results/curvature/after_edit

@@ -1,5 +1,5 @@
 """
-The curvature map of the proxy runs that matter (seed 0 only): eval.py's curvature sweep (curvature.py) on each
+The curvature map of the proxy runs that matter (seed 0 only): curvature.py's sweep on each
 checkpoint below, one folder of curvature.json / curvature.png per checkpoint, and summary.md / summary.json
 beside them (a table of ICL and IWL per module set and rho, and the wall time of each sweep).
 

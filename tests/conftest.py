@@ -19,4 +19,6 @@ def scaled_error(got, want, eps=EPS32, scale=None):
     """max|got - want| in roundings (eps) of the compared tensor's scale: want's largest magnitude, or `scale`."""
     got, want = torch.as_tensor(got).double(), torch.as_tensor(want).double()
     scale = want.abs().max().item() if scale is None else scale
-    return (got - want).abs().max().item() / (eps * scale) if scale > 0 else float((got != want).any()) * float('inf')
+    if scale == 0:   # nothing to scale by: equal or infinitely far
+        return 0.0 if torch.equal(got, want) else float('inf')
+    return (got - want).abs().max().item() / (eps * scale)

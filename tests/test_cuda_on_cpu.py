@@ -2,7 +2,7 @@
 first on a GPU.
 
 - Fake CUDA (FakeTensorMode: tensors on 'cuda' without a GPU; a CPU tensor meeting a CUDA one raises
-  FakeTensorDeviceMismatchError): train.py's build (build_run_data, build_model(...).to(device), training.AdamW,
+  FakeTensorDeviceMismatchError): train.py's build (build_run_data, build_model(...).to(device), optimizer.AdamW,
   StepTerms), one train_step with every sampler rule and penalty on, then one eval_row, solo and as a train.py group of
   two (stack_group, GroupSampler, GroupExposure), on the synthetic and the Omniglot ResNet path. The step reads no
   tensor values (a host sync raises DataDependentOutputException here). The Omniglot group also checks that the group
@@ -45,8 +45,10 @@ from checkpoint import train_defaults
 from data import build_run_data, resolve_path
 from group import GroupExposure, GroupSampler, stack_group
 from model import ICLTransformer, ModelConfig, build_model
-from training import (AdamW, Exposure, StepTerms, curvature_edit, eval_row, forget, forgotten_names, fresh_state,
-                      parse_forget_modules, train_step)
+from interventions import curvature_edit, forget, forgotten_names, fresh_state, parse_forget_modules
+from optimizer import AdamW
+from step import Exposure, StepTerms, train_step
+from training import eval_row
 
 # small, with every sampler rule (label swap, instance copies, Zipf classes) and every penalty on
 SYNTHETIC = {**train_defaults(), 'n_train_classes': 100, 'n_holdout_classes': 23, 'n_eval_episodes': 16,
@@ -190,7 +192,7 @@ def test_one_step_and_one_eval_on_fake_cuda(fake_cuda, config, k):
     assert loss.device.type == 'cuda' and loss.shape == (() if k == 1 else (k,))
     every = params(run.optimizer)
     assert all(p.device.type == 'cuda' and p.grad is None for p in every)  # stepped, then zero_grad
-    state = run.optimizer.inner.state  # training.AdamW steps an inner torch AdamW
+    state = run.optimizer.inner.state  # optimizer.AdamW steps an inner torch AdamW
     assert all(state[p]['exp_avg'].device.type == 'cuda' for p in every)  # every parameter stepped
     exposures = run.exposure.members if k > 1 else [run.exposure]
     assert all(e.query.device.type == 'cuda' for e in exposures)

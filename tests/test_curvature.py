@@ -1,4 +1,4 @@
-"""The curvature edit (curvature.py, eval.py --edit): K-FAC factors, kept set and rebuilt weight against a direct
+"""The curvature edit (curvature.py and its --edit CLI): K-FAC factors, kept set and rebuilt weight against a direct
 computation on a small Linear, rho = 1 as the identity, determinism, bad spellings, the CLI's json."""
 import itertools
 import json
@@ -197,10 +197,10 @@ def test_parse_edit_reads_sets_and_defaults_to_the_mlp():
 
 
 def eval_cli(monkeypatch, capsys, *args):
-    """eval.py run as a script in this process (no second torch import): (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, 'argv', ['eval.py', *args])
+    """curvature.py run as a script in this process (no second torch import): (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, 'argv', ['curvature.py', *args])
     with pytest.raises(SystemExit) as stop:
-        runpy.run_path(os.path.join(ROOT, 'eval.py'), run_name='__main__')
+        runpy.run_path(os.path.join(ROOT, 'curvature.py'), run_name='__main__')
     out = capsys.readouterr()
     return stop.value.code, out.out, out.err
 

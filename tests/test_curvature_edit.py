@@ -7,7 +7,7 @@ import torch
 from conftest import ROOT  # noqa: F401  (puts the repository on sys.path)
 from test_forget import assert_members_equal_their_solo_runs, config, small_model_and_data
 from test_train import metrics, train
-from training import check_curvature, curvature_due, curvature_edit
+from interventions import check_curvature, curvature_due, curvature_edit
 
 
 def test_schedule_counts_completed_steps_from_curvature_start():

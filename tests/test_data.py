@@ -95,14 +95,14 @@ def test_icl_episodes_distinct_classes_remapped_labels_balanced(dataset):
             assert len(set(row_l[row_c == c].tolist())) == 1
     assert ((ctx == query[:, None]).sum(1) == 4).all()
     assert (ep.labels[:, 8] == 0).float().mean().item() == 0.5   # the query's label, not only its way
-    assert icl_chance(ep, 2) == 0.5
+    assert icl_chance(ep) == 0.5
     assert set(ep.classes.unique().tolist()) <= set(range(dataset.holdout.n_classes))
 
 
 def test_icl_chance_is_the_best_constant_answer(dataset):
     ep = make_icl_episodes(dataset.holdout, 101, context_len=8, ways=2, shots=4, seed=5)
-    assert icl_chance(ep, 2) == 51 / 101
-    assert icl_chance(ep, 2) == max((ep.labels[:, 8] == lbl).sum().item() for lbl in (0, 1)) / 101
+    assert icl_chance(ep) == 51 / 101
+    assert icl_chance(ep) == max((ep.labels[:, 8] == lbl).sum().item() for lbl in (0, 1)) / 101
 
 
 def test_episodes_drawn_on_cpu_from_a_moved_bank_is_a_clear_error(dataset):

@@ -8,7 +8,7 @@ import torch
 
 from conftest import ROOT  # noqa: F401  (puts the repository on sys.path)
 from test_train import TINY, metrics, train
-from training import check_forgetting, forget, forget_due, forgotten_names, fresh_state, parse_forget_modules
+from interventions import check_forgetting, forget, forget_due, forgotten_names, fresh_state, parse_forget_modules
 
 
 def config(**kw):

@@ -613,3 +613,16 @@ def test_a_mistyped_key_stops_the_grid_before_any_cell(tmp_path, where):
         assert proc.returncode == 2, proc.stdout
         assert "unknown key 'weight_decy'" in proc.stderr and (str(bad) in proc.stderr or where == 'train_args')
         assert 'no cell was started' in proc.stderr and not os.path.exists(tmp_path / 'g')
+
+
+def test_group_size_groups_only_cells_that_agree_on_the_keys_a_group_shares(tmp_path):
+    """dropout is applied once for a whole group (training.GROUP_SHARED): cells that differ in it never share a group,
+    so --dry_run lists the groups a run would start, none mixing them (grid order would pair the first two)."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), f'--grid_dir={tmp_path}', '--dry_run',
+                           '--axes=p_bursty=0.9,0.5;dropout=0,0.1', '--weight_decays=0', '--seeds=0', '--classes=few',
+                           '--group_size=2'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    units = [line for line in proc.stdout.splitlines() if 'train.py' in line]
+    assert len(units) == 2 and all(' :: ' in u for u in units), proc.stdout
+    for unit in units:
+        assert len(set(re.findall(r'--dropout=(\S+)', unit))) == 1, unit

@@ -1,9 +1,10 @@
 """Every train.py key, member for solo: for each key a group may vary, a 2-step group of two members that differ only
-in that key gives each member its solo run's numbers and files, and the key acts (the second member differs from the
-first); a group whose members differ in a key of training.GROUP_SHARED is refused at start-up, naming it. The keys come
-from train.py itself, so a new key is covered the moment it exists: its other value is derived from its type and its
-check (a string key from the quoted options its check names), or declared below. Runs go through train.py in this
-process (runpy) to stay fast."""
+in that key gives each member its solo run's numbers and files, and the key acts: the second member differs from the
+first (members of one group compute alike to the last bit, so a key that changes nothing leaves them equal). A group
+whose members differ in a key of training.GROUP_SHARED is refused at start-up, naming it. The keys come from train.py
+itself, so a new key is covered the moment it exists: its other value is derived from its type and its check (a string
+key from the quoted options its check names), or declared below. Runs go through train.py in this process (runpy) to
+stay fast."""
 import contextlib
 import io
 import os
@@ -16,13 +17,14 @@ import pytest
 import torch
 
 from conftest import ROOT
-from test_group import assert_close
+from test_group import assert_close, patched_repo, run_in
 from test_train import TINY, metrics
 from training import GROUP_SHARED, RESUMABLE_KEYS, check_config, parse_train_args, train_defaults
 
-# both members: tiny, 2 steps, decay and label swap on (so keys that refine them act)
+# both members: tiny, 2 steps, decay and label swap on, more labels than training classes (so keys that refine them
+# act: label_swap_to='train' and 'all' are one draw when the training classes own every label)
 BASE = [*TINY, '--max_iters=2', '--eval_interval=2', '--n_eval_episodes=16', '--warmup_iters=0',
-        '--learning_rate=1e-2', '--weight_decay=0.1', '--label_swap=0.3']
+        '--learning_rate=1e-2', '--weight_decay=0.1', '--label_swap=0.3', '--n_labels=256']
 # the keys whose other value is not derived: {key: the second member's settings}
 DECLARED = {'eval_ways': {'eval_ways': 4, 'eval_shots': 2}, 'eval_shots': {'eval_ways': 1, 'eval_shots': 8},
             'keep_checkpoints': {'keep_checkpoints': '2'}, 'context_len': {'context_len': 16, 'eval_shots': 8},
@@ -131,5 +133,41 @@ def test_each_member_trains_at_its_own_value(tmp_path, first_solo, key):
     assert_close(metrics(tmp_path / 'a'), metrics(first_solo))
     assert_close(metrics(tmp_path / 'b'), metrics(tmp_path / 'solo'))
     assert sorted(os.listdir(tmp_path / 'b')) == sorted(os.listdir(tmp_path / 'solo'))
-    if key not in NO_EFFECT:  # the key acts: a group applying the first member's value fails above
-        assert metrics(tmp_path / 'b') != metrics(first_solo), f"{key}={setting} changes nothing in 2 steps"
+    # the key acts: the two members of one group, alike but for the key, differ. Members of one group compute alike
+    # to the last bit, so a key no code applies (or applies under another name) leaves them equal and fails here
+    # (a member and a solo run always differ in the last digits on a CPU: comparing those could not fail)
+    if key in NO_EFFECT:
+        assert metrics(tmp_path / 'b') == metrics(tmp_path / 'a'), key
+    else:
+        assert metrics(tmp_path / 'b') != metrics(tmp_path / 'a'), f"{key}={setting} changes nothing in 2 steps"
+
+
+# ---- the silent paths of a new key: each stops start-up, naming the key, before out_dir is touched ------------------
+
+def start(tmp_path, patches, *args):
+    """(exit code, stderr) of a 2-step solo run of the project with `patches` ({file: [(anchor, lines)]}) applied."""
+    proc = run_in(patched_repo(tmp_path, patches), 'train.py', [*BASE, *args, f'--out_dir={tmp_path}/a'])
+    assert 'Traceback' not in proc.stderr and not (tmp_path / 'a').exists(), proc.stderr[-2000:]
+    return proc.returncode, proc.stderr
+
+
+def test_a_key_only_a_check_reads_stops_start_up(tmp_path):
+    """check_config's read is no use: a key validated there but applied nowhere would train every run without it."""
+    code, err = start(tmp_path, {'train.py': [('l2 = ', 'my_scale = 1.0\n')], 'training.py': [
+        ('    check_data_config(config)', "    if config['my_scale'] < 0:\n        raise ValueError('my_scale < 0')\n")]})
+    assert code == 2 and 'nothing reads my_scale' in err, err
+
+
+@pytest.mark.parametrize('read', ["self.configs[0].get('item_drop', 0.0)", "self.values('item_drop')"])
+def test_a_read_under_a_name_train_py_lacks_stops_at_once_naming_both(tmp_path, read):
+    """The key is item_dropout, the code reads item_drop: with a default it would train without the lever."""
+    code, err = start(tmp_path, {'train.py': [('l2 = ', 'item_dropout = 0.0\n')],
+                                 'step.py': [('self.terms = []', f'        {read}\n')]}, '--item_dropout=0.1')
+    assert code == 2 and len(err.strip().splitlines()[-1:]) == 1, err
+    assert "config key 'item_drop', which train.py does not define (its key is 'item_dropout'?)" in err, err
+
+
+def test_a_model_field_named_unlike_its_key_stops_start_up(tmp_path):
+    code, err = start(tmp_path, {'train.py': [('l2 = ', 'item_dropout = 0.0\n')],
+                                 'model.py': [('    pixel_noise: float = 0.0', '    item_drop: float = 0.0\n')]})
+    assert code == 2 and "ModelConfig field 'item_drop' is no train.py key (is it 'item_dropout'?)" in err, err

@@ -1,11 +1,11 @@
 """Classical L2 (config key l2): 1/2*l2*||w||^2 enters the loss, over the decayed group only."""
 import torch
 
+from checkpoint import train_defaults
 from conftest import scaled_error
-
 from data import make_synthetic, EpisodeSampler
 from model import ICLTransformer, ModelConfig
-from training import Exposure, StepTerms, l2_penalty, train_step
+from step import Exposure, StepTerms, l2_penalty, train_step
 
 
 def tiny():
@@ -45,7 +45,7 @@ def test_group_penalty_is_per_member():
 class RecordingSGD(torch.optim.SGD):
     """Keeps the gradients the step saw (train_step clears them afterwards)."""
 
-    def step(self, it):  # train_step passes the step number (training.AdamW's schedule)
+    def step(self, it):  # train_step passes the step number (optimizer.AdamW's schedule)
         self.seen = [p.grad.clone() if p.grad is not None else None for g in self.param_groups for p in g['params']]
         return super().step()
 
@@ -56,7 +56,7 @@ def step_grads(l2):
     sampler = EpisodeSampler(data.train, data.class_labels, seed=0)
     decay, no_decay = model.decayed_parameters()
     optimizer = RecordingSGD([{'params': decay}, {'params': no_decay}], lr=0.0)
-    terms = StepTerms([{'batch_size': 8, 'grad_clip': 0.0, 'l2': l2}], decay)
+    terms = StepTerms([{**train_defaults(), 'batch_size': 8, 'l2': l2}], decay)
     loss = train_step(model, optimizer, sampler, 0, Exposure(30, 'cpu'), terms)
     return loss, optimizer.seen, [p.detach() for p in decay], len(decay)
 

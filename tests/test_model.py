@@ -71,10 +71,11 @@ def test_decay_groups_exclude_layernorm_bias_and_embeddings():
             assert (id(p) in decay_ids) == should_decay, (type(module).__name__, name)
     assert id(model.label_embedding.weight) not in decay_ids
     assert len(decay) + len(no_decay) == len(list(model.parameters()))
-    from training import AdamW, train_defaults
+    from checkpoint import train_defaults
+    from optimizer import AdamW
     opt = AdamW([{**train_defaults(), 'weight_decay': 0.01}], model, dict(model.named_parameters()), False)
     assert [g['weight_decay'] for g in opt.state_dict()['param_groups']] == [0.01, 0.0]  # a solo torch AdamW's
-    assert [g['weight_decay'] for g in opt.param_groups] == [0.0, 0.0]  # the decay is training.decay_'s alone
+    assert [g['weight_decay'] for g in opt.param_groups] == [0.0, 0.0]  # the decay is optimizer.decay_'s alone
 
 
 def test_bad_model_config_raises():
@@ -98,7 +99,7 @@ def test_attention_masses_on_crafted_attention():
     att[0, 0, 2 * T, 3] = 0.3
     att[0, 0, 2 * T, 4] = 0.1
     classes = torch.tensor([[5, 7, 6, 6, 6, 6, 6, 6, 7]])   # query class 7 at context slots 1 only
-    image, label = attention_masses([att], classes, T)
+    image, label = attention_masses([att], classes)
     assert image.item() == pytest.approx(0.6)
     assert label.item() == pytest.approx(0.3)
 
@@ -108,7 +109,7 @@ def test_evaluate_returns_all_keys_in_range():
     ep = make_icl_episodes(ds.holdout, 64, seed=0)
     from data import make_iwl_episodes
     iwl = make_iwl_episodes(ds.train, ds.class_labels, 64, seed=0)
-    m = evaluate(tiny_model(), ep, iwl, context_len=8)
+    m = evaluate(tiny_model(), ep, iwl)
     for key in ('icl_acc', 'icl_acc_open', 'iwl_acc', 'ece', 'attn_match_image', 'attn_match_label'):
         assert 0.0 <= m[key] <= 1.0, key
     assert len(m['attn_match_image_by_layer']) == 3

@@ -58,7 +58,7 @@ def test_highlighted_positions_sum_to_eval_attention_masses():
     classes = torch.randint(3, (10, 9), generator=g)
     attentions = [torch.randn(10, 2, 17, 17, generator=g).softmax(-1) for _ in range(3)]
     image_pos, label_pos = matching_positions(classes, 8)
-    image_mass, label_mass = attention_masses(attentions, classes, 8)
+    image_mass, label_mass = attention_masses(attentions, classes)
     for layer, a in enumerate(attentions):
         q = a[:, :, 16]
         # the same sums of 17 positions and a mean of 10 episodes, perhaps in another order: <= 27 roundings of a

@@ -200,7 +200,7 @@ def test_evaluate_logs_hits_per_query_class():
     iwl = make_iwl_episodes(ds.train, ds.class_labels, 64, seed=0)
     torch.manual_seed(0)
     m = evaluate(ICLTransformer(ModelConfig(n_labels=32, item_shape=(16,), n_layer=1, n_head=2, n_embd=16)),
-                 icl, iwl, context_len=8)
+                 icl, iwl)
     table = m['icl_hits_by_class']
     assert sum(n for _, _, n in table) == 64 and all(n > 0 for _, _, n in table)
     assert sum(h for _, h, _ in table) == round(m['icl_acc'] * 64)
