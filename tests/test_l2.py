@@ -22,7 +22,8 @@ def test_penalty_is_half_l2_times_squared_norm_of_the_decayed_group_only():
     model = tiny()
     decay, no_decay = model.decayed_parameters()
     expected = 0.5 * 0.3 * sum((p.detach() ** 2).sum() for p in decay)
-    assert torch.allclose(l2_penalty(decay, 0.3), expected)
+    # sums of n positive terms in another order: <= n roundings of the total (n: the decayed weights' count)
+    assert scaled_error(l2_penalty(decay, 0.3), expected) <= sum(p.numel() for p in decay)
     everything = 0.5 * 0.3 * sum((p.detach() ** 2).sum() for p in model.parameters())
     assert not torch.allclose(l2_penalty(decay, 0.3), everything)   # biases/norms/embeddings are left out
 
@@ -32,7 +33,7 @@ def test_penalty_gradient_is_l2_times_w_on_decayed_and_zero_elsewhere():
     decay, no_decay = model.decayed_parameters()
     l2_penalty(decay, 0.25).backward()
     for p in decay:
-        assert torch.allclose(p.grad, 0.25 * p.detach())
+        assert scaled_error(p.grad, 0.25 * p.detach()) <= 2   # 0.5 * 0.25 * 2w: two roundings of w's scale
     assert all(p.grad is None for p in no_decay)
 
 

@@ -53,7 +53,7 @@ def test_the_record_gives_same_logits_valid_attention_and_each_blocks_activation
     assert len(out['attention']) == 3
     for a in out['attention']:
         assert a.shape == (6, 4, 17, 17)
-        torch.testing.assert_close(a.sum(-1), torch.ones(6, 4, 17))
+        assert scaled_error(a.sum(-1), torch.ones(6, 4, 17)) <= 2 * 17   # softmax's sum and division over 17 keys
         assert (a.triu(diagonal=1) == 0).all()   # causal
     assert [h.shape for h in out['mlp_hidden']] == [(6, 17, 4 * 32)] * 3
     assert [a.shape for a in out['attn_out'] + out['mlp_out']] == [(6, 17, 32)] * 6

@@ -113,7 +113,7 @@ def test_fixed_episodes_are_the_eval_episodes_and_attention_rows_sum_to_one(run_
     for _, ep in episodes:
         _, attentions = run_episodes(model, ep, return_attention=True)
         for a in attentions:
-            torch.testing.assert_close(a.sum(-1), torch.ones(1, 2, 17))
+            assert scaled_error(a.sum(-1), torch.ones(1, 2, 17)) <= 2 * 17   # softmax's sum and division, 17 keys
             assert (a.triu(1) == 0).all()   # causal
     with pytest.raises(ValueError, match='n_icl'):
         fixed_episodes(dataset, config, 65, 0, seed=0)
