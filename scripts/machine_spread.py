@@ -50,7 +50,8 @@ def main():
         p, summaries = peaks(d)
         if not p:
             sys.exit(f"machine_spread: {d} has no finished cells")
-        path = ', '.join(sorted({f"{s['cpu_capability']} ({s['cpu_model']})" for s in summaries}))
+        path = ', '.join(sorted({f"{s.get('cpu_capability', 'not recorded')} ({s.get('cpu_model', 'not recorded')})"
+                                 for s in summaries}))
         sets[os.path.basename(os.path.normpath(d))] = {'peaks': p, 'path': path, 'numerics': numerics_line(summaries)}
     keys = set.intersection(*[set(s['peaks']) for s in sets.values()])
     cells = sorted({name for name, _ in keys})

@@ -2,6 +2,7 @@
 the report from hand-written metrics, the verdict rule on crafted inputs, and one tiny real cell."""
 import importlib
 import json
+import math
 import os
 import re
 import subprocess
@@ -626,3 +627,25 @@ def test_group_size_groups_only_cells_that_agree_on_the_keys_a_group_shares(tmp_
     assert len(units) == 2 and all(' :: ' in u for u in units), proc.stdout
     for unit in units:
         assert len(set(re.findall(r'--dropout=(\S+)', unit))) == 1, unit
+
+
+def test_machine_spread_compares_run_sets_seed_by_seed(tmp_path):
+    """scripts/machine_spread.py: per cell and seed the peak in each run set, the machine spread beside the seed
+    spread, Few's ratio per run set, and the seeds a verdict needs so that a change of machine cannot flip it."""
+    for run_set, shift in (('a', 0.0), ('b', 0.1)):   # Many moves by 0.1 between run sets, Few not at all
+        for seed in range(3):
+            write_cell(tmp_path / run_set, f'c1600_wd0_s{seed}', 'many', 0.0, seed, [0.5] + [0.85 + shift] * 3 + [0.8],
+                       [0.0] * 5, 0.9)
+            write_cell(tmp_path / run_set, f'c100_swap0.8_s{seed}', 'few', 0.0, seed,
+                       [0.5] + [0.85 - 0.02 * seed] * 3 + [0.8], [0.1] * 5, 0.8)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'machine_spread.py'), str(tmp_path / 'a'),
+                           str(tmp_path / 'b'), f'--write={tmp_path / "out"}'], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / 'out' / 'machine.json').read_text())
+    many, few = result['cells']['c1600_wd0'], result['cells']['c100_swap0.8']
+    assert many['machine_spread_mean'] == pytest.approx(0.1) and few['machine_spread_mean'] == pytest.approx(0.0)
+    assert few['seed_spread'] == {'a': pytest.approx(0.04), 'b': pytest.approx(0.04)}
+    assert few['ratios'] == {'a': pytest.approx(0.83 / 0.85), 'b': pytest.approx(0.83 / 0.95)}
+    f, m = 0.83, 0.9   # the means over run sets; Many's sigma^2 = 0.1^2 / 2, Few's 0
+    assert few['seeds_needed'] == math.ceil(2 * (1.96 * (f / m) / 0.05) ** 2 * (0.1 ** 2 / 2) / m ** 2) == 17
+    assert 'machine spread' in (tmp_path / 'out' / 'machine.md').read_text()
