@@ -60,7 +60,8 @@ def main():
     names = list(sets)
     lines = [f"# The machine as a source of variance: {', '.join(names)}", "",
              "Run sets (one per CPU float path; every cell and seed finished in all of them counts):", ""]
-    lines += [f"- `{n}`: {sets[n]['path']}. {sets[n]['numerics']}" for n in names]
+    for n in names:   # each run set's provenance on a line of its own
+        lines += [f"`{n}`: {sets[n]['path']}.", "", sets[n]['numerics'], ""]
     lines += ["", "| cell | seed | " + " | ".join(names) + " | machine spread |", "|---|---|" + "---|" * (len(names) + 1)]
     result = {'run_sets': {n: sets[n]['path'] for n in names}, 'cells': {}}
     sigma2 = {}

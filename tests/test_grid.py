@@ -171,7 +171,8 @@ def test_threads_per_job_are_the_free_cores_over_jobs_as_the_grid_says(fake):
 @pytest.mark.slow
 def test_lock_keeps_a_second_grid_off_a_running_cell(fake):
     args = ('--seeds=0', '--weight_decays=0', '--classes=few')
-    first = run_grid(fake, *args, env={'FAKE_SLEEP': '4'}, wait=False)
+    # the first grid's cell outlasts the second grid's start-up even on a loaded machine (4 s did not at load 7)
+    first = run_grid(fake, *args, env={'FAKE_SLEEP': '15'}, wait=False)
     lock = fake['dir'] / 'few_wd0_s0' / 'lock'
     deadline = time.time() + 30
     while not lock.exists() and time.time() < deadline:
