@@ -112,3 +112,20 @@ def test_the_reference_cell_reruns_from_its_recorded_settings(tmp_path, capabili
     assert diffs == [], (f"{'bit for bit' if exact else f'within {FLOAT_RTOL:g}'} (recorded on "
                          f"{recorded['cpu_capability']}, rerun on {summary['cpu_capability']}): first differences "
                          f"{diffs[:5]}")
+
+
+def test_the_shake_offers_only_the_float_paths_below_a_cpus_own():
+    """scripts/shake_numerics.py: a path is offered only where this CPU can take it (an AVX2 CPU runs no AVX512 kernels,
+    and its own path is no other one); what is not offered says why; 'unlike' is the most conservative of all."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('shake', os.path.join(ROOT, 'scripts', 'shake_numerics.py'))
+    shake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shake)
+    why = {name: reason for name, _, reason in shake.settings({'avx2', 'fma'})}
+    assert why['ATen default'] is None and why['oneDNN sse41'] is None and why['MKL compatible'] is None
+    assert 'AVX2 is already the own path' in why['ATen avx2'] and 'AVX2 is already the own path' in why['oneDNN avx2']
+    assert all(reason is None for reason in {n: r for n, _, r in shake.settings({'avx2', 'avx512f'})}.values())
+    assert why['MKL avx2'] is None
+    assert 'no AVX2' in dict((n, r) for n, _, r in shake.settings(set()))['MKL avx2']
+    assert shake.UNLIKE == {'ATEN_CPU_CAPABILITY': 'default', 'MKL_CBWR': 'COMPATIBLE', 'ONEDNN_MAX_CPU_ISA': 'SSE41',
+                            'OMP_NUM_THREADS': '1'}
