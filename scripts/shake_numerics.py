@@ -127,8 +127,8 @@ def main():
         return 0
     print(f"shake: {len(depends)} test(s) whose outcome depends on the setting or that fail:")
     for t, by_setting in depends.items():
-        failed = [n for n, o in by_setting.items() if o != 'passed' and o != 'skipped']
-        print(f"  {t}: not passed under {', '.join(failed)}")
+        failed = [f"{n} ({o})" for n, o in by_setting.items() if o != 'passed' and o != 'skipped']
+        print(f"  {t}: not passed under {', '.join(failed)}")   # 'missing': the tree changed between settings
     return 1
 
 
