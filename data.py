@@ -23,6 +23,7 @@ import inspect
 import json
 import math
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -400,6 +401,18 @@ def draw_classes_excluding(cdf, excluded, generator, rounds=8):
     return draw
 
 
+def relabel_map(class_labels, data_seed, period):
+    """Period `period`'s class->label map under periodic relabelling: the data's map for period 0, else the labels the
+    classes own dealt out again (a random permutation over the classes, from a CPU generator seeded by data_seed and
+    the period: the same on every device, in every run of this data). A class keeps its label with chance about
+    1/n_labels."""
+    if period == 0:
+        return class_labels
+    g = torch.Generator().manual_seed(data_seed * 1_000_003 + period + (zlib.crc32(b'relabel') << 24))
+    order = torch.randperm(class_labels.numel(), generator=g)
+    return class_labels[order.to(class_labels.device)]
+
+
 def make_generator(device):
     """The sampler's random stream, on `device` (tests/test_cuda_on_cpu.py swaps in a CPU one: a CUDA generator
     needs a GPU, even under fake tensors)."""
@@ -419,7 +432,8 @@ class EpisodeSampler:
     """
 
     def __init__(self, bank, class_labels, context_len=8, p_bursty=0.9, bursty_shots=3, ways=2,
-                 zipf_alpha=0.0, seed=0, device='cpu', label_swap=0.0, n_labels=None, label_swap_to='train', p_copy=0.0):
+                 zipf_alpha=0.0, seed=0, device='cpu', label_swap=0.0, n_labels=None, label_swap_to='train', p_copy=0.0,
+                 relabel_every=0, data_seed=0):
         n_classes = bank.n_classes
         if not 0.0 <= p_bursty <= 1.0:
             raise ValueError(f"p_bursty={p_bursty} must be in [0, 1]")
@@ -440,6 +454,8 @@ class EpisodeSampler:
             raise ValueError(f"label_swap={label_swap} must be in [0, 1]")
         if not 0.0 <= p_copy <= 1.0:
             raise ValueError(f"p_copy={p_copy} must be in [0, 1]")
+        if relabel_every < 0:
+            raise ValueError(f"relabel_every={relabel_every} must be >= 0 (0 = one class->label map for the whole run)")
         if p_copy > 0 and p_bursty == 0:
             raise ValueError(f"p_copy={p_copy} turns bursty sequences into copies, but p_bursty=0 makes none")
         n_labels = int(class_labels.max()) + 1 if n_labels is None else n_labels
@@ -457,6 +473,8 @@ class EpisodeSampler:
         self.class_labels = class_labels.to(device)
         self.context_len, self.p_bursty, self.bursty_shots, self.ways = context_len, p_bursty, bursty_shots, ways
         self.label_swap, self.n_labels, self.p_copy = label_swap, n_labels, p_copy
+        self.relabel_every, self.data_seed = relabel_every, data_seed
+        self._map = (0, self.class_labels)  # (period, its class->label map): relabel_every's cache
         self.swap_to = swap_labels.to(device)  # sorted
         self.cdf = class_cdf(n_classes, zipf_alpha, device)
         self.generator = make_generator(device)
@@ -464,7 +482,7 @@ class EpisodeSampler:
 
     # The rules only training sequences follow, at the values that turn them off: a probe or sample_attention.py
     # draws the run's sequences without them (from_config(..., clean=True)). A new training-only rule goes here too.
-    TRAINING_ONLY = {'label_swap': 0.0, 'label_swap_to': 'train', 'p_copy': 0.0}
+    TRAINING_ONLY = {'label_swap': 0.0, 'label_swap_to': 'train', 'p_copy': 0.0, 'relabel_every': 0}
 
     @classmethod
     def from_config(cls, bank, class_labels, config, device, clean=False, **given):
@@ -499,10 +517,22 @@ class EpisodeSampler:
         is_bursty = torch.rand(batch_size, 1, generator=g, device=iid.device) < self.p_bursty
         return torch.where(is_bursty, bursty, iid), is_bursty
 
-    def sample(self, batch_size):
+    def sample(self, batch_size, step=0):
+        """A batch of training sequences for training step `step` (which class->label map they use: relabel_every)."""
         classes, bursty = self.sample_classes(batch_size)
         items = self.bank.gather(classes, self.generator, self.copy_sources(classes, bursty))
-        return items, self.swap_labels(self.class_labels[classes], classes), classes
+        return items, self.swap_labels(self.labels_at(step)[classes], classes), classes
+
+    def labels_at(self, step):
+        """The class->label map [n_classes] of training step `step`. Periodic relabelling (relabel_every = k > 0): step s
+        is in period s // k; period 0 keeps the data's map, every later period gives the training classes a fresh
+        permutation of the labels they own (relabel_map, seeded by data_seed and the period), so a memorised map is
+        wrong after each relabel until relearned, while every sequence of a period is consistent, context and query
+        alike. A function of the step alone: a resumed run and a group member use the maps of their solo run."""
+        period = step // self.relabel_every if self.relabel_every else 0
+        if period != self._map[0]:
+            self._map = (period, relabel_map(self.class_labels, self.data_seed, period))
+        return self._map[1]
 
     def copy_sources(self, classes, bursty):
         """Instance copies (Bratulić et al. 2025, `sequence_with_copy`): in a fraction p_copy of the bursty sequences
@@ -633,6 +663,34 @@ def build_probe_episodes(dataset, config):
     return {'train': make_train_dist_episodes(dataset.train, dataset.class_labels, config, n,
                                               seed=config['data_seed'] + 5000),
             'conflict': conflict, 'conflict_memorised': memorised}
+
+
+def memory_episodes(sampler, n, step, n_labels):
+    """n training sequences of step `step`, drawn by the run's own rules (swap, relabelling, copies: `sampler` is a fresh
+    one of the run's config), with every context label replaced by a uniformly random one: the context says nothing
+    about the query's label, so the model answers from its weights, and the target is the label the training rule
+    gave the query. evaluate()'s 'wrong_memory' is the share of these the model gets wrong: how often the in-weights
+    answer is wrong on the training distribution (a swap's p, 1 - 1/n_labels just after a relabel, chance-level
+    wrongness where nothing is memorised)."""
+    items, labels, classes = sampler.sample(n, step)
+    noise = torch.randint(0, n_labels, labels[:, :-1].shape, generator=sampler.generator, device=labels.device)
+    return Episodes(items, torch.cat([noise, labels[:, -1:]], 1), classes)
+
+
+def scored_at(episodes, sampler, step):
+    """A run's eval sets (icl, iwl, probes) as scored after `step` training steps by its training sampler: with
+    relabel_every the IWL episodes and the probes are relabelled to the class->label map the last step trained on, so
+    iwl_acc is always against the map training uses now (the conflict probe keeps its classes, chosen under the data's
+    map). The ICL episodes (held-out classes) never change; without relabelling nothing does."""
+    icl, iwl, probes = episodes
+    if not sampler.relabel_every:
+        return episodes
+    label_map = sampler.labels_at(max(step - 1, 0))
+    iwl = Episodes(iwl.items, label_map[iwl.classes], iwl.classes, iwl.ways)
+    probes = {**probes, 'train': Episodes(probes['train'].items, label_map[probes['train'].classes],
+                                          probes['train'].classes),
+              'conflict_memorised': label_map[probes['conflict'].classes[:, -1]]}
+    return icl, iwl, probes
 
 
 def probes_to(probes, device):

@@ -72,8 +72,8 @@ class GroupSampler:
     def __init__(self, samplers):
         self.samplers = samplers
 
-    def sample(self, batch_size):
-        draws = [s.sample(batch_size) for s in self.samplers]
+    def sample(self, batch_size, step=0):
+        draws = [s.sample(batch_size, step) for s in self.samplers]
         return torch.stack([d[0] for d in draws]), torch.stack([d[1] for d in draws]), [d[2] for d in draws]
 
 

@@ -116,7 +116,7 @@ def curvature_edit(model, config, data, iter_num):
     sampler = EpisodeSampler.from_config(data.train, data.class_labels, config, device, seed=seed,
                                          n_labels=data.n_labels)
     n, size = config['curvature_sequences'], config['batch_size']
-    batches = (sampler.sample(min(size, n - i))[:2] for i in range(0, n, size))
+    batches = (sampler.sample(min(size, n - i), iter_num)[:2] for i in range(0, n, size))
     names = linear_names(model, parse_curvature_modules(config['curvature_modules']))
     bases = curvature_bases(kfac_factors(model, batches, names, size, seed))
     weights, stats = edited_weights(model, bases, names, config['curvature_rho'])

@@ -130,10 +130,10 @@ def train_step(forward, optimizer, sampler, it, exposure, terms, autocast=None):
     """Step `it` of a run or a group; returns the detached query loss (shape [] or [K] for a group of K).
 
     forward(items, labels, record) -> the forward's record ('logits', and what the terms read): the (compiled) model,
-    or a group's stacked model. sampler.sample(B) -> (items, labels, classes) with a leading member axis for a group.
+    or a group's stacked model. sampler.sample(B, it) -> (items, labels, classes) with a leading member axis for a group.
     optimizer: AdamW (its lr and decay at `it`). terms: the run's StepTerms (batch size, grad clip, penalties);
     the returned loss is the data loss alone."""
-    items, labels, classes = sampler.sample(terms.batch_size)
+    items, labels, classes = sampler.sample(terms.batch_size, it)
     exposure.add(classes)
     with autocast if autocast is not None else torch.autocast('cpu', enabled=False):
         out = forward(items, labels, record=tuple(sorted(terms.record)), draws=terms.drawn_at(it, items.device))

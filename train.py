@@ -59,6 +59,9 @@ label_swap = 0.0            # fraction of training sequences whose query class g
 label_swap_to = 'train'     # the new label: 'train' = another label some training class owns (Bratulic's rule),
                             # 'all' = any other label of the n_labels (the rule before 2026-12-01; runs older than
                             # this key resume and report as 'all')
+relabel_every = 0           # every this many steps the training classes get a fresh class->label map (a permutation of
+                            # the labels they own, seeded by data_seed and the period): memorisation made wrong
+                            # without label noise (0 = off). IWL is scored against the map training uses now
 p_copy = 0.0                # fraction of bursty training sequences made of instance copies (Bratulic 2025's
                             # sequence_with_copy at 1): the query's class is the query itself, other classes one item
 eval_ways = 2
@@ -119,7 +122,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 
 import interventions
 from checkpoint import CKPT, KeyReads
-from data import build_run_data
+from data import build_run_data, scored_at
 from group import GroupExposure, GroupSampler, stack_group
 from model import build_model, learning_rate_at, weight_decay_at
 from optimizer import AdamW
@@ -127,7 +130,7 @@ from step import Exposure, StepTerms, train_step
 from tracking import finish_tracking, require_wandb, start_tracking
 from training import (NonFinite, StepRate, StopFlag, check_all_read, check_config, check_members, checkpoint_run,
                       eval_due, eval_line, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir,
-                      resolve_device, start_run_dir, stop_and_exit)
+                      resolve_device, start_run_dir, stop_and_exit, WrongMemory)
 
 # each run's config, noting the keys it reads (one nothing reads stops the run); `config`, the first, also holds the
 # keys a group's members share (training.GROUP_SHARED)
@@ -180,6 +183,7 @@ except (ValueError, FileNotFoundError) as e:
 model = models[0]  # a run trains it; a group evaluates and checkpoints each member through it
 decayed = [model.decayed_parameters(c['decay_modules'])[0] for c in configs]  # what each member's weight norm reads
 exposures = [Exposure(s.bank.n_classes, device) for s in samplers]
+wrong_memory = WrongMemory(configs, datas, device)
 if K == 1:
     stacked, optimizer = model, AdamW(configs, model, dict(model.named_parameters()), device_type == 'cuda')
     terms = StepTerms(configs, decayed[0])  # batch size, grad clip and penalties: the step reads these, not globals
@@ -218,6 +222,7 @@ if checkpoints[0] is not None:
         best[k], loss_sum[k] = ck['best'], ck['loss_sum']
         exposures[k].query.copy_(ck['query_count'])
         exposures[k].seen.copy_(ck['seen_count'])
+        wrong_memory.load(k, ck.get('wrong_memory'))
     optimizer.load_state_dicts([ck['optimizer'] for ck in checkpoints])
     torch.set_rng_state(checkpoints[0]['torch_rng'])
     if device_type == 'cuda' and checkpoints[0].get('cuda_rng') is not None:
@@ -260,6 +265,7 @@ def member_state(k):
             'cuda_rng': torch.cuda.get_rng_state() if device_type == 'cuda' else None,
             'iter_num': iter_num, 'last_eval_iter': last_eval_iter, 'wall_s': wall_offset + time.time() - t0,
             'best': best[k], 'loss_sum': loss_sum[k].item(), 'loss_count': loss_count,
+            'wrong_memory': wrong_memory.state(k),
             'query_count': exposures[k].query.cpu(), 'seen_count': exposures[k].seen.cpu(), 'config': dict(configs[k]),
             'group': [c['out_dir'] for c in configs], 'wandb_id': wandb_ids[k]}
 
@@ -292,13 +298,14 @@ while True:
         for k, c in live():
             if K > 1:
                 model.load_state_dict(stacked.member_state(k, state_keys))
-            row, best[k] = evaluate_and_log(model, episodes[k], c, iter_num,
+            row, best[k] = evaluate_and_log(model, scored_at(episodes[k], samplers[k], iter_num), c, iter_num,
                                             loss_sum[k].item() / loss_count if loss_count else None, decayed[k],
                                             wall_offset + time.time() - t0, lr_at(iter_num), autocast, best[k],
-                                            tracked[k])
+                                            tracked[k], wrong_memory.share(k))
             evals.append(row)
         loss_sum.zero_()
         loss_count = 0
+        wrong_memory.reset()
         last_eval_iter = iter_num
         for k, c in live():
             checkpoint_run(c, member_state(k), iter_num)
@@ -331,6 +338,8 @@ while True:
                     tensors[name].copy_(w)
             print(f"curvature edit{' ' + c['out_dir'] if K > 1 else ''} at iter {iter_num}: {removed:.3f} of the "
                   f"mass removed (mean over weights), {time.time() - t_edit:.2f} s", flush=True)
+    wrong_memory.measure(model, iter_num, None if K == 1 else
+                         lambda k: model.load_state_dict(stacked.member_state(k, state_keys)), autocast)
     loss = train_step(train_model, optimizer, sampler, iter_num, exposure, terms, autocast)
     non_finite.update(loss, iter_num)
     loss_sum += loss

@@ -8,6 +8,7 @@ loop) and bench.py train the same way:
 - read_run_dir:      the checkpoint to resume, or a refusal, reading out_dir only;
 - start_run_dir:     only once data and model are built: replace an old run or cut it back to its checkpoint;
 - eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run;
+- WrongMemory:       how often the in-weights answer is wrong on the training sequences, measured while training;
 - eval_due, evaluate_and_log, checkpoint_run, log_line, StopFlag, NonFinite, stop_and_exit, finish_run:
                      the loop's eval, log and stop block, the same for a run and each member of a group.
 """
@@ -20,12 +21,13 @@ import time
 
 import torch
 
-from data import check_data_config, icl_chance
+from data import EpisodeSampler, check_data_config, icl_chance, memory_episodes
 from checkpoint import (append_metrics, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint, train_defaults,
                         truncate_metrics, write_json)
 from eval import evaluate
 from interventions import check_curvature, check_forgetting
 from model import decay_exponent, parse_decay_modules
+from step import step_seed
 from tracking import TRACKING_KEYS, finish_tracking, track
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -206,13 +208,14 @@ def weight_norm(decayed):
                                                  for p in decayed])).item()
 
 
-def eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr, autocast=None, probes=None):
+def eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr, autocast=None, probes=None,
+             wrong_memory=None):
     """One metrics.jsonl row: eval.evaluate's metrics (with the probes' when given) plus the step, tokens,
-    loss and weight norm."""
+    loss, weight norm and WrongMemory's share since the previous eval (None at step 0)."""
     metrics = evaluate(model, icl, iwl, autocast=autocast, probes=probes)
     return {'iter': iter_num, 'tokens': iter_num * tokens_per_step(config), 'train_loss': train_loss,
             'lr': lr, **metrics, 'icl_chance': icl_chance(icl), 'icl_episodes': len(icl),
-            'weight_norm': weight_norm(decayed), 'wall_s': round(wall_s, 2)}
+            'weight_norm': weight_norm(decayed), 'wrong_memory': wrong_memory, 'wall_s': round(wall_s, 2)}
 
 
 def tokens_per_step(config):
@@ -302,17 +305,71 @@ def eval_due(iter_num, last_eval_iter, config):
     return (iter_num % config['eval_interval'] == 0 or iter_num == config['max_iters']) and iter_num > last_eval_iter
 
 
-def evaluate_and_log(model, episodes, config, iter_num, train_loss, decayed, wall_s, lr, autocast, best, run):
+def evaluate_and_log(model, episodes, config, iter_num, train_loss, decayed, wall_s, lr, autocast, best, run,
+                     wrong_memory=None):
     """One run's eval: its metrics row goes to metrics.jsonl and to its wandb run (run may be None).
     episodes: (icl, iwl) or (icl, iwl, probes). Returns (row, best), best being the peak ICL so far."""
     icl, iwl, *probes = episodes
     row = eval_row(model, icl, iwl, config, iter_num, train_loss, decayed, wall_s, lr, autocast,
-                   probes=probes[0] if probes else None)
+                   probes=probes[0] if probes else None, wrong_memory=wrong_memory)
     if better_peak(row, best):
         best = {'icl_acc': row['icl_acc'], 'iter': iter_num}
     append_metrics(config['out_dir'], row)
     track(run, row)
     return row, best
+
+
+class WrongMemory:
+    """How often the in-weights answer is wrong on the training distribution, the common axis of the levers that make
+    memorisation wrong (label swap: about its p once the map is memorised; relabel_every: 1 - 1/n_labels just after
+    each relabel, until relearned; a model that memorised nothing: chance-level wrongness). Every EVERY steps, before
+    the step, SEQUENCES fresh training sequences of that step (data.memory_episodes: the run's own rules, context
+    labels randomised) from a sampler seeded by the run's seed and the step, apart from the training stream, are
+    answered by the model in eval mode without gradients (so no BatchNorm statistic, pixel-noise draw or training
+    number changes). The eval row's 'wrong_memory' is the share answered wrong since the previous eval. Counted on
+    the device (no host sync), checkpointed with the run."""
+    EVERY = 7         # prime to every relabel period the grids use, so the measured steps sweep each period's phases
+    SEQUENCES = 32
+
+    def __init__(self, configs, datas, device):
+        self.configs, self.datas, self.device = configs, datas, device
+        self.wrong = torch.zeros(len(configs), device=device)
+        self.count = 0
+
+    def measure(self, model, it, load_member=None, autocast=None):
+        """At step `it` (when due), each member's sequences answered by `model`: the run's model, or for a group the
+        plain model each member is loaded into by load_member(k) (as its eval does, so a member counts exactly what
+        its solo run counts)."""
+        if it % self.EVERY:
+            return
+        was_training = model.training
+        model.eval()
+        for k, (c, d) in enumerate(zip(self.configs, self.datas)):
+            sampler = EpisodeSampler.from_config(d.train, d.class_labels, c, self.device, seed=step_seed(c, it, 'memory'),
+                                                 n_labels=d.n_labels)
+            episodes = memory_episodes(sampler, self.SEQUENCES, it, d.n_labels)
+            if load_member is not None:
+                load_member(k)
+            with torch.no_grad(), autocast if autocast is not None else torch.autocast('cpu', enabled=False):
+                logits = model(episodes.items, episodes.labels)['logits']
+            self.wrong[k] += (logits.argmax(-1) != episodes.labels[:, -1]).sum()
+        self.count += self.SEQUENCES
+        model.train(was_training)
+
+    def share(self, k):
+        """Member k's share wrong since the last reset (None before any measurement)."""
+        return self.wrong[k].item() / self.count if self.count else None
+
+    def reset(self):
+        self.wrong.zero_()
+        self.count = 0
+
+    def state(self, k):
+        return {'wrong': self.wrong[k].item(), 'count': self.count}
+
+    def load(self, k, state):
+        if state:  # runs checkpointed before this measurement resume with nothing counted
+            self.wrong[k], self.count = state['wrong'], state['count']
 
 
 def eval_line(row):

@@ -42,18 +42,18 @@ from torch.utils._pytree import tree_leaves, tree_map_only
 import data as data_module
 from conftest import scaled_error
 from checkpoint import train_defaults
-from data import build_run_data, resolve_path
+from data import build_run_data, resolve_path, scored_at
 from group import GroupExposure, GroupSampler, stack_group
 from model import ICLTransformer, ModelConfig, build_model
 from interventions import curvature_edit, forget, forgotten_names, fresh_state, parse_forget_modules
 from optimizer import AdamW
 from step import Exposure, StepTerms, train_step
-from training import eval_row
+from training import WrongMemory, eval_row
 
 # small, with every sampler rule (label swap, instance copies, Zipf classes) and every penalty on
 SYNTHETIC = {**train_defaults(), 'n_train_classes': 100, 'n_holdout_classes': 23, 'n_eval_episodes': 16,
              'batch_size': 8, 'label_swap': 0.3, 'p_copy': 0.5, 'zipf_alpha': 1.0, 'weight_decay': 0.1, 'l2': 0.01,
-             'decay_modules': 'mlp,head', 'grad_clip': 1.0}
+             'decay_modules': 'mlp,head', 'grad_clip': 1.0, 'relabel_every': 1}
 OMNIGLOT = {**SYNTHETIC, 'dataset': 'omniglot', 'data_dir': '../shared/data/omniglot', 'image_size': 14, 'n_layer': 1,
             'pixel_noise': 0.1}  # cache_dir: train.py's (decoded once per machine)
 HAVE_OMNIGLOT = os.path.isdir(os.path.join(resolve_path(OMNIGLOT['data_dir']), 'omniglot-py'))
@@ -115,9 +115,19 @@ def eval_member(run, k, lr):
     if run.stacked is not None:
         run.template.load_state_dict(run.stacked.member_state(k, list(run.template.state_dict())))
     c = run.configs[k]
-    icl, iwl, probes = run.episodes[k]
+    sampler = run.sampler.samplers[k] if run.stacked is not None else run.sampler
+    icl, iwl, probes = scored_at(run.episodes[k], sampler, 2)  # relabelled to step 1's map where relabel_every is on
     decayed = run.template.decayed_parameters(c['decay_modules'])[0]
     return eval_row(run.template, icl, iwl, c, 1, None, decayed, 0.0, lr, None, probes)
+
+
+def measure_wrong_memory(run):
+    """train.py's wrong-memory measurement at step 0 (each member loaded into the template in a group)."""
+    counter = WrongMemory(run.configs, run.datas, 'cuda')
+    keys = list(run.template.state_dict())
+    counter.measure(run.template, 0, None if run.stacked is None else
+                    lambda k: run.template.load_state_dict(run.stacked.member_state(k, keys)))
+    return counter
 
 
 def params(optimizer):
@@ -198,7 +208,9 @@ def test_one_step_and_one_eval_on_fake_cuda(fake_cuda, config, k):
     assert all(e.query.device.type == 'cuda' for e in exposures)
     with ZerosForValues(fake_cuda):
         row = eval_member(run, k - 1, 1e-3)
+        counter = measure_wrong_memory(run)
     assert {'icl_acc', 'iwl_acc', 'conflict_icl', 'train_dist_acc', 'weight_norm'} <= set(row)
+    assert counter.wrong.device.type == 'cuda' and counter.count == counter.SEQUENCES
 
 
 @pytest.mark.parametrize('where', ['sampler', 'eval'])
@@ -207,7 +219,7 @@ def test_fake_cuda_catches_a_cpu_tensor(fake_cuda, monkeypatch, where):
     run = build(members({**SYNTHETIC, 'label_swap_to': 'all'}, 1), 'cuda')
     if where == 'sampler':
         sample = run.sampler.sample
-        monkeypatch.setattr(run.sampler, 'sample', lambda b: (lambda i, l, c: (i, l.cpu(), c))(*sample(b)))
+        monkeypatch.setattr(run.sampler, 'sample', lambda b, step=0: (lambda i, l, c: (i, l.cpu(), c))(*sample(b, step)))
         with pytest.raises(RuntimeError, match='same device'):
             train_step(run.forward, run.optimizer, run.sampler, 0, run.exposure, run.terms)
     else:

@@ -34,7 +34,8 @@ DECLARED = {'eval_ways': {'eval_ways': 4, 'eval_shots': 2}, 'eval_shots': {'eval
             'curvature_rho': {'curvature_rho': 0.5, 'curvature_every': 1},
             'curvature_modules': {'curvature_modules': 'head', 'curvature_every': 1},
             'curvature_start': {'curvature_start': 1, 'curvature_every': 1},
-            'curvature_sequences': {'curvature_sequences': 32, 'curvature_every': 1}}
+            'curvature_sequences': {'curvature_sequences': 32, 'curvature_every': 1},
+            'relabel_every': {'relabel_every': 1}}  # 2 steps: only a map from step 1 on is trained on
 NO_EFFECT = {'init_from', 'overwrite', 'keep_checkpoints'}  # no numbers change (keep_checkpoints: the files do)
 SKIPPED = {'out_dir': "every member's own",
            'data_dir': 'Omniglot only (needs the data set)', 'cache_dir': 'Omniglot only (needs the data set)',
