@@ -106,6 +106,31 @@ def make_encoder(config):
     raise ValueError(f"encoder={config.encoder!r} must be 'linear' or 'resnet'")
 
 
+def augment_thetas(shape, strength, generator, device=None):
+    """One random affine map per image (`shape` = (B, T+1)), [*shape, 2, 3] for F.affine_grid: rotation up to
+    +-30 x strength degrees, shear up to +-15 x strength degrees, scale within 1 +- 0.15 x strength and a shift up to
+    0.1 x strength of the half-width, each uniform: torchvision's RandomAffine family, drawn per exemplar on `device`
+    (the generator's by default) (augmentation in training: more within-class variation, never a wrong label).
+    Batched with F.affine_grid rather than torchvision's per-call transforms: one draw per image, no loop."""
+    def uniform(half):
+        return (torch.rand(shape, generator=generator, device=device or generator.device) * 2 - 1) * half
+    angle, shear = uniform(math.radians(30) * strength), uniform(math.radians(15) * strength)
+    scale = 1 + uniform(0.15 * strength)
+    cos, sin, tan = torch.cos(angle), torch.sin(angle), torch.tan(shear)
+    row0 = torch.stack([cos, -sin + cos * tan, uniform(0.1 * strength)], -1)
+    row1 = torch.stack([sin, cos + sin * tan, uniform(0.1 * strength)], -1)
+    theta = torch.stack([row0, row1], -2)
+    return torch.cat([theta[..., :2] / scale[..., None, None], theta[..., 2:]], -1)
+
+
+def augmented(items, theta):
+    """Images [B, T+1, H, W] (uint8 values) warped by theta [B, T+1, 2, 3] (augment_thetas): float, the same 0-255
+    range, the border pixel (Omniglot's background) filling what the warp brings in."""
+    x = items.flatten(0, 1)[:, None].float()
+    grid = F.affine_grid(theta.flatten(0, 1).float(), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, padding_mode='border', align_corners=False)[:, 0].view(items.shape)
+
+
 def sinusoidal_positions(n_positions, dim):
     position = torch.arange(n_positions, dtype=torch.float32)[:, None]
     freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
@@ -207,6 +232,8 @@ class ICLTransformer(nn.Module):
             raise ValueError(f"record={record!r}: unknown {unknown[0]!r}; the forward records {', '.join(RECORDS)}")
         out, edits = {'logits': None, **{name: [] for name in record}}, self.edits
         B, S = labels.shape
+        if 'augment' in draws:  # train.py's augment: a random affine warp per training image (augment_thetas)
+            items = augmented(items, draws['augment'])
         item_tokens = self.encoder(items.flatten(0, 1)).view(B, S, -1)
         item_tokens = edits['encoder'](item_tokens) if 'encoder' in edits else item_tokens
         label_tokens = self.label_embedding(labels[:, :-1])

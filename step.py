@@ -12,7 +12,9 @@ import zlib
 import torch
 import torch.nn.functional as F
 
+import data
 from checkpoint import fault_point
+from model import augment_thetas
 
 
 def step_seed(config, iter_num, stream=''):
@@ -23,8 +25,9 @@ def step_seed(config, iter_num, stream=''):
 
 
 def step_generator(config, iter_num, stream, device):
-    """A generator on `device` seeded by step_seed (what StepTerms.draws are drawn from)."""
-    return torch.Generator(device=device).manual_seed(step_seed(config, iter_num, stream))
+    """A generator on `device` seeded by step_seed (what StepTerms.draws are drawn from), made by data.make_generator
+    (which tests/test_cuda_on_cpu.py swaps for a CPU one under fake CUDA)."""
+    return data.make_generator(device).manual_seed(step_seed(config, iter_num, stream))
 
 
 class Exposure:
@@ -89,6 +92,9 @@ class StepTerms:
         self.record = set()  # what the terms read from the forward besides the logits
         self.terms = []
         self.draws = {}  # name -> fn(config, generator) -> a tensor the forward reads each step (drawn_at)
+        if any(self.values('augment')):  # Omniglot: a random affine warp per training image (model.augment_thetas)
+            self.draws['augment'] = lambda c, g: augment_thetas((self.batch_size, c['context_len'] + 1), c['augment'], g,
+                                                                decayed[0].device)
         if any(self.values('l2')):  # 1/2 * l2 * ||w||^2 on the decayed group (l2_penalty)
             l2 = self.on_decayed('l2')
             self.terms.append(lambda out: l2_penalty(decayed, l2, self.member_shape))

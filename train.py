@@ -49,6 +49,8 @@ data_dir = '../shared/data/omniglot'  # omniglot: holds omniglot-py/images_{back
 cache_dir = '~/.cache/burstyicl'      # omniglot: decoded uint8 arrays, rebuilt when the source files change
 omniglot_classes = 'all_exemplars'    # omniglot: 'all_exemplars' (1623 characters) or 'augmented' (x8 flips/rotations)
 image_size = 105            # omniglot: images downsampled to image_size x image_size (105 = original)
+augment = 0.0               # omniglot: per-exemplar random affine warp while training, strength (1: rotation up to
+                            # +-30 deg, shear +-15 deg, scale +-15%, shift +-10%; model.augment_thetas), 0 = off
 pixel_noise = 0.0           # omniglot: std of Gaussian noise added to every pixel (0-1 scale) while training
 context_len = 8             # (item, label) pairs before the query
 p_bursty = 0.9

@@ -117,6 +117,9 @@ def check_config(config):
     for key in ('weight_decay', 'l2', 'learning_rate', 'grad_clip', 'warmup_iters', 'min_lr', 'dropout'):
         if config[key] < 0:
             raise ValueError(f"{key}={config[key]} must be >= 0")
+    if config['augment'] < 0 or (config['augment'] and config['dataset'] != 'omniglot'):
+        raise ValueError(f"augment={config['augment']} must be >= 0, and 0 unless dataset='omniglot' (images; on the "
+                         f"synthetic vectors within_class_noise is the within-class variation)")
     if not 0.0 <= config.get('label_swap', 0.0) <= 1.0:
         raise ValueError(f"label_swap={config['label_swap']} must be in [0, 1]")
     parse_decay_modules(config.get('decay_modules', 'all'))

@@ -55,7 +55,7 @@ SYNTHETIC = {**train_defaults(), 'n_train_classes': 100, 'n_holdout_classes': 23
              'batch_size': 8, 'label_swap': 0.3, 'p_copy': 0.5, 'zipf_alpha': 1.0, 'weight_decay': 0.1, 'l2': 0.01,
              'decay_modules': 'mlp,head', 'grad_clip': 1.0, 'relabel_every': 1}
 OMNIGLOT = {**SYNTHETIC, 'dataset': 'omniglot', 'data_dir': '../shared/data/omniglot', 'image_size': 14, 'n_layer': 1,
-            'pixel_noise': 0.1}  # cache_dir: train.py's (decoded once per machine)
+            'pixel_noise': 0.1, 'augment': 0.5}  # cache_dir: train.py's (decoded once per machine)
 HAVE_OMNIGLOT = os.path.isdir(os.path.join(resolve_path(OMNIGLOT['data_dir']), 'omniglot-py'))
 needs_omniglot = pytest.mark.skipif(not HAVE_OMNIGLOT, reason=f"no Omniglot at {resolve_path(OMNIGLOT['data_dir'])}"
                                     f"/omniglot-py (the ResNet path needs its images; nothing is downloaded in tests)")

@@ -40,6 +40,7 @@ NO_EFFECT = {'init_from', 'overwrite', 'keep_checkpoints'}  # no numbers change 
 SKIPPED = {'out_dir': "every member's own",
            'data_dir': 'Omniglot only (needs the data set)', 'cache_dir': 'Omniglot only (needs the data set)',
            'omniglot_classes': 'Omniglot only (needs the data set)',
+           'augment': 'Omniglot only (tests/test_augment.py: member as solo under the vmap; test_cuda_on_cpu.py)',
            'wandb_project': 'wandb_log=True only', 'wandb_group': 'wandb_log=True only',
            'wandb_run_name': 'wandb_log=True only'}
 
