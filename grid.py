@@ -174,11 +174,22 @@ def parse_regularizer(entry):
     if setting.get('label_swap', 0) > 1:
         raise ValueError(f"{entry!r}: swap={setting['label_swap']} must be in [0, 1]")
     from training import check_config
-    try:
-        check_config({**defaults, **setting})  # the rules a cell's train.py would apply, checked before any cell runs
+    try:  # the rules a cell's train.py would apply, on the grid's train configs (REGULARIZER_BASE), before any cell runs
+        check_config({**defaults, **REGULARIZER_BASE, **setting})
     except ValueError as e:
         raise ValueError(f"{entry!r}: {e}")
     return setting
+
+
+REGULARIZER_BASE = {}  # the train.py config of the grid's train config files: what a regularizer is checked on
+
+
+def train_config_base(train_configs):
+    """The train.py config the grid's train config files give (config/omniglot.py: dataset='omniglot', ...), so an entry
+    is checked as its cells will run it (augment=0.5 is refused on the synthetic default, not on Omniglot)."""
+    from training import parse_train_args
+    with contextlib.redirect_stdout(io.StringIO()):
+        return parse_train_args(rooted(train_configs))
 
 
 def parse_regularizers(text):
@@ -642,16 +653,17 @@ if __name__ == '__main__':
     decays = split_list('weight_decays', weight_decays, float)
     if any(wd < 0 for wd in decays):
         fail(f"weight_decays={weight_decays!r} must all be >= 0")
-    if regularizers:
-        decays = parse_regularizers(regularizers)
-    if axes:
-        decays = cross([r if isinstance(r, tuple) else (wd_name(r), {'weight_decay': r} if r else {})
-                        for r in decays], parse_axes(axes))
     seed_list = split_list('seeds', seeds, int)
     width_list = split_list('widths', widths, str)
     for cf in train_configs + [os.path.join('config', f'{w}.py') for w in width_list if not w.isdigit()]:
         if not os.path.isfile(os.path.join(ROOT, cf)) and not os.path.isfile(cf):
             fail(f"config file not found: {cf}")
+    REGULARIZER_BASE.update(train_config_base(train_configs))
+    if regularizers:
+        decays = parse_regularizers(regularizers)
+    if axes:
+        decays = cross([r if isinstance(r, tuple) else (wd_name(r), {'weight_decay': r} if r else {})
+                        for r in decays], parse_axes(axes))
     # cells run in ROOT: keep paths relative to it when they are inside it (shorter cmd.txt), else absolute
     train_configs = [os.path.relpath(os.path.abspath(cf), ROOT) if os.path.isfile(cf)
                      and not os.path.relpath(os.path.abspath(cf), ROOT).startswith('..')

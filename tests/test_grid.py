@@ -650,3 +650,37 @@ def test_machine_spread_compares_run_sets_seed_by_seed(tmp_path):
     f, m = 0.83, 0.9   # the means over run sets; Many's sigma^2 = 0.1^2 / 2, Few's 0
     assert few['seeds_needed'] == math.ceil(2 * (1.96 * (f / m) / 0.05) ** 2 * (0.1 ** 2 / 2) / m ** 2) == 17
     assert 'machine spread' in (tmp_path / 'out' / 'machine.md').read_text()
+
+
+def dry_run_cells(tmp_path, *configs):
+    from training import parse_train_args
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), *configs, f'--grid_dir={tmp_path}', '--dry_run'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc, {line.split(':')[0]: parse_train_args([a for a in line.split(': ', 1)[1].split()[2:]
+                                                       if not a.startswith(('--out_dir', '--init_from'))])
+                  for line in proc.stdout.splitlines() if ': ' in line and 'train.py' in line}
+
+
+RELABEL = [0, 10, 25, 50, 100, 400, 1600]
+
+
+@pytest.mark.parametrize('configs, key, few_values, many_values, steps', [
+    (['config/grid_relabel.py'], 'relabel_every', RELABEL, [0], 4000),
+    (['config/grid_principle.py'], 'within_class_noise', [0.1, 0.25, 0.5, 1.0], [0.1, 0.25, 0.5, 1.0], 4000),
+    (['config/omniglot.py', 'config/omniglot_small.py', 'config/grid_wrong_omniglot.py'], 'augment', [0, 0.5, 1.0], [0],
+     10000)])
+def test_the_wrong_memory_grids_list_their_levers_at_seeds_0_to_2(tmp_path, configs, key, few_values, many_values,
+                                                                   steps):
+    """Each lever's value at Few and at Many, every one at seeds 0-2 and one budget; an Omniglot-only key (augment)
+    passes the check on the Omniglot grid, where its cells run, and is refused on the synthetic default."""
+    _, cells = dry_run_cells(tmp_path, *configs)
+    for n, values in ((100, few_values), (1600, many_values)):
+        got = {(c[key], c['seed']) for c in cells.values() if c['n_train_classes'] == n}
+        assert got == {(v, s) for v in values for s in (0, 1, 2)}
+    assert {c['max_iters'] for c in cells.values()} == {steps}
+    if key == 'augment':
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), '--regularizers=augment=0.5',
+                               f'--grid_dir={tmp_path}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and "augment=0.5 must be >= 0, and 0 unless dataset='omniglot'" in proc.stderr
+        assert {c['relabel_every'] for c in cells.values()} == {0, 50}
