@@ -253,7 +253,7 @@ def _candidate(reg, runs, base, few0, min_attn, train_fraction, n_levers=1):
 POSED_THRESHOLD = 0.9
 
 
-def verdict(groups, threshold=0.9, attn_fraction=0.5, train_fraction=0.5):
+def verdict(groups, threshold=0.9, attn_fraction=0.5, train_fraction=0.5, family=0):
     """Does some regularised Few cell reach `threshold` of Many+wd=0's (no regulariser) peak ICL without collapse?
     Two rules, both returned. The posed one ('posed': MET / NOT MET): the raw ratio of mean peaks, Few / Many,
     >= threshold, without collapse (point estimate; seed range and seeds at the bar beside it). The chance-corrected
@@ -278,7 +278,8 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, train_fraction=0.5):
     - the grid's verdict ("some lever") is the same rule on the family intervals: each lever's interval widened
       to the Bonferroni level 1 - 0.05 / (number of levers tried), so picking the best of N is paid for. 'best'
       is the deciding cell: the highest mean corrected ratio among those that qualify (for NOT SUPPORTED: among
-      cells without collapse, or among all when every cell collapses).
+      cells without collapse, or among all when every cell collapses). family > the grid's levers: widened over that
+      many instead (the levers tried on this scale across grids: scripts/family.py).
     Raises ValueError naming a missing group."""
     groups = {(cls, as_reg(reg)): runs for (cls, reg), runs in groups.items()}
     for cls in ('many', 'few'):
@@ -293,7 +294,8 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, train_fraction=0.5):
     base_attn = _mean([r['attn_label_at_peak'] for r in base])
     levers = [(reg, runs) for (cls, reg), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], reg_order(kv[0][1])))
               if cls == 'few' and reg != NONE and runs]
-    candidates = [_candidate(reg, runs, base, few0, attn_fraction * base_attn, train_fraction, len(levers))
+    n_family = max(family, len(levers))
+    candidates = [_candidate(reg, runs, base, few0, attn_fraction * base_attn, train_fraction, n_family)
                   for reg, runs in levers]
     for c in candidates:
         c['eligible'] = c['attn_ok'] and c['train_dist_ok'] is not False
@@ -304,7 +306,7 @@ def verdict(groups, threshold=0.9, attn_fraction=0.5, train_fraction=0.5):
            'few_wd0_ratio': few0_peak / base_mean,
            'few_wd0_corrected': stats.corrected_ratio(few0_peak, base_mean, _chance(few0), _chance(base)),
            'threshold': threshold, 'decided_on': 'corrected ratio', 'candidates': candidates, 'best': None,
-           'n_levers': len(candidates)}
+           'n_levers': n_family}
     if not candidates:
         raise ValueError("no finished Few cells with a regulariser (weight decay or l2 > 0)")
     for c in candidates:
@@ -343,8 +345,9 @@ def _decide(candidates, threshold, interval='corrected'):
     rel = ('>=' if best[lo] >= threshold else 'straddles' if best[hi] >= threshold else '<')
     who = ('best Few cell without collapse' if best['eligible']
            else 'best Few cell (every regularised Few cell fails the collapse check)')
-    which = (f"interval over {len(candidates)} levers (Bonferroni, {100 * best['family_level']:.1f}%)"
-             if interval == 'family' and len(candidates) > 1 else 'interval')
+    n_family = round((1 - 0.95) / (1 - best['family_level']))  # the levers its interval was widened over
+    which = (f"interval over {n_family} levers (Bonferroni, {100 * best['family_level']:.1f}%)"
+             if interval == 'family' and n_family > 1 else 'interval')
     reason = (f"{who}: {best['regularizer']}, its peak ICL above chance is {best['corrected']:.3f} ({which} "
               f"[{best[lo]:.3f}, {best[hi]:.3f}]; raw peak ratio {best['ratio']:.3f}) of the "
               f"Many+wd=0 one, {rel} {threshold:g}; collapse judged on {best['collapse_judged_on']}")
@@ -744,15 +747,15 @@ def _candidate_row(c):
             f"{fmt_iwl(c['final_iwl'], c['iwl_chance'])} | {_fmt(c['iwl_vs_few_wd0'], '.2f')} |")
 
 
-def verdict_lines(groups, widths, threshold):
-    """(report.md lines, verdict dicts): one verdict per width, or why there is none yet."""
+def verdict_lines(groups, widths, threshold, family=0):
+    """(report.md lines, verdict dicts): one verdict per width, or why there is none yet (family: verdict's)."""
     lines, verdicts = [], []
     for width in widths:
         vgroups = {(cls, reg): [r['stats'] for r in runs if r['summary']]
                    for (w, cls, reg), runs in groups.items() if w == width}
         head = f"## Verdict{' (' + width + ')' if width else ''}"
         try:
-            v = verdict(vgroups, threshold)
+            v = verdict(vgroups, threshold, family=family)
         except ValueError as e:
             lines += [head, "", f"No verdict yet: {e}.", ""]
             continue
@@ -769,7 +772,8 @@ def verdict_lines(groups, widths, threshold):
                   f"{fmt_iwl(v['few_wd0_final_iwl'], v['iwl_chance'])}).", ""]
         if alone:
             lines += [f"Collapse judged on attention alone for {', '.join(alone)}: their rows have no train_dist_acc.", ""]
-        lines += [(f"{v['n_levers']} levers tried at Few; each has its own verdict on its own 95% interval, and the "
+        lines += [(f"{v['n_levers']} levers tried at Few{' (on this scale, across grids)' if family else ''}; each has "
+                   f"its own verdict on its own 95% interval, and the "
                    f"grid's verdict above is the best of them on its interval widened to "
                    f"{100 * (1 - 0.05 / v['n_levers']):.1f}% (Bonferroni over the {v['n_levers']})." if v['n_levers'] > 1
                    else "1 lever tried at Few: the grid's verdict is its own, on its 95% interval."), "",

@@ -228,6 +228,16 @@ def test_verdict_supported(grid):
     assert grid.verdict(g)['verdict'] == 'SUPPORTED' and grid.verdict(g)['best']['weight_decay'] == 1e-2
 
 
+def test_a_family_across_grids_widens_the_some_lever_interval(grid):
+    """family=N (scripts/family.py: the levers tried on the scale across grids) widens each lever's family interval to
+    1 - 0.05 / N; a family smaller than the grid's own levers changes nothing."""
+    g = {**base_groups(), ('few', 1e-3): runs(0.60, 0.62, 0.61, attn=0.3), ('few', 1e-2): runs(0.95, 0.96, 0.97, attn=0.7)}
+    own, wide, small = grid.verdict(g), grid.verdict(g, family=82), grid.verdict(g, family=1)
+    assert own['n_levers'] == 2 and wide['n_levers'] == 82 and small['n_levers'] == 2
+    assert wide['best']['family_level'] == pytest.approx(1 - 0.05 / 82) and own['best']['family_level'] == 0.975
+    assert 'over 82 levers' in wide['reason']
+
+
 def test_verdict_not_supported(grid):
     g = {**base_groups(), ('few', 1e-3): runs(0.55, 0.60, 0.58), ('few', 1e-2): runs(0.70, 0.75, 0.72)}
     v = grid.verdict(g)
