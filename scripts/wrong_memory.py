@@ -67,17 +67,18 @@ def main():
     for grid, classes, label, kind, seed, peak, share in points:
         groups.setdefault((grid, classes, label, kind), []).append((seed, peak, share))
     rows = []
-    for (grid, classes, label, kind), seeds in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][3], kv[0][2])):
+    for (grid, classes, label, kind), seeds in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][3], kv[0][2], kv[0][0])):
         peaks, shares = [p for _, p, _ in seeds], [s for _, _, s in seeds]
         rows.append({'grid': grid, 'classes': classes, 'lever': label, 'kind': kind,
                      'seeds': sorted(s for s, _, _ in seeds), 'peak_icl': sum(peaks) / len(peaks),
                      'peak_icl_range': [min(peaks), max(peaks)], 'wrong_memory': sum(shares) / len(shares),
                      'wrong_memory_range': [min(shares), max(shares)]})
     lines = ["# Peak ICL against how often memory is wrong", "",
-             f"Grids: {', '.join(sorted({r['grid'] for r in rows}))}. {numerics_line(summaries)}", "",
-             "| classes | lever | kind | seeds | wrong-memory share (range) | peak ICL (range) |", "|---|---|---|---|---|---|"]
+             f"Grids: {', '.join(sorted({r['grid'] for r in rows}))}.", "", numerics_line(summaries), "",
+             "| grid | classes | lever | kind | seeds | wrong-memory share (range) | peak ICL (range) |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['classes']} | {r['lever']} | {r['kind']} | {len(r['seeds'])} | {r['wrong_memory']:.3f} "
+        lines.append(f"| {r['grid']} | {r['classes']} | {r['lever']} | {r['kind']} | {len(r['seeds'])} | {r['wrong_memory']:.3f} "
                      f"({r['wrong_memory_range'][0]:.3f}-{r['wrong_memory_range'][1]:.3f}) | {r['peak_icl']:.3f} "
                      f"({r['peak_icl_range'][0]:.3f}-{r['peak_icl_range'][1]:.3f}) |")
     if skipped:

@@ -694,3 +694,31 @@ def test_the_wrong_memory_grids_list_their_levers_at_seeds_0_to_2(tmp_path, conf
                                f'--grid_dir={tmp_path}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and "augment=0.5 must be >= 0, and 0 unless dataset='omniglot'" in proc.stderr
         assert {c['relabel_every'] for c in cells.values()} == {0, 50}
+
+
+def test_wrong_memory_plots_each_lever_by_its_kind(tmp_path):
+    """scripts/wrong_memory.py: a cell's share is the mean of its rows' wrong_memory (None rows left out), its peak
+    ICL run_stats'; points are seed means per lever, each lever of its kind, and cells from before the measurement
+    are counted out."""
+    for seed in range(2):
+        write_cell(tmp_path / 'g', f'c100_swap0.8_s{seed}', 'few', 0.0, seed, [0.5, 0.9, 0.9, 0.9, 0.8],
+                   [0.0] * 5, 0.8)
+        write_cell(tmp_path / 'g', f'c100_wd0_s{seed}', 'few', 0.0, seed, [0.5] * 5, [1.0] * 5, 0.2)
+    for name, shares in (('c100_swap0.8', [None, 0.9, 0.95, 1.0, 0.95]), ('c100_wd0', [None, 0.1, 0.0, 0.0, 0.1])):
+        for seed in range(2):
+            d = tmp_path / 'g' / f'{name}_s{seed}'
+            cell = json.loads((d / 'cell.json').read_text())
+            (d / 'cell.json').write_text(json.dumps({**cell, 'setting': {'label_swap': 0.8, 'label_swap_to': 'train'} if 'swap' in name else {}}))
+            rows = [json.loads(line) for line in (d / 'metrics.jsonl').read_text().splitlines()]
+            (d / 'metrics.jsonl').write_text(''.join(json.dumps({**r, 'wrong_memory': s}) + '\n' for r, s in zip(rows, shares)))
+    write_cell(tmp_path / 'g', 'c100_wd1_s0', 'few', 1.0, 0, [0.5] * 5, [1.0] * 5, 0.2)  # before the measurement
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'wrong_memory.py'), str(tmp_path / 'g'),
+                           f'--write={tmp_path / "out"}'], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / 'out' / 'wrong_memory.json').read_text())
+    points = {(r['lever'], r['kind']): r for r in result['rows']}
+    assert set(points) == {('swap=0.8', 'wrong'), ('wd=0', 'none')} and result['skipped'] == 1
+    assert points[('swap=0.8', 'wrong')]['wrong_memory'] == pytest.approx(0.95)
+    assert points[('wd=0', 'none')]['wrong_memory'] == pytest.approx(0.05)
+    assert points[('swap=0.8', 'wrong')]['peak_icl'] == pytest.approx(0.9) and points[('swap=0.8', 'wrong')]['seeds'] == [0, 1]
+    assert (tmp_path / 'out' / 'wrong_memory.png').stat().st_size > 1000
