@@ -189,7 +189,10 @@ def train_config_base(train_configs):
     is checked as its cells will run it (augment=0.5 is refused on the synthetic default, not on Omniglot)."""
     from training import parse_train_args
     with contextlib.redirect_stdout(io.StringIO()):
-        return parse_train_args(rooted(train_configs))
+        try:
+            return parse_train_args(rooted(train_configs))
+        except SystemExit:  # the configurator printed the key and its source
+            fail("the grid's train configs are refused (above); no cell was started")
 
 
 def parse_regularizers(text):
