@@ -687,9 +687,10 @@ def scored_at(episodes, sampler, step):
         return episodes
     label_map = sampler.labels_at(max(step - 1, 0))
     iwl = Episodes(iwl.items, label_map[iwl.classes], iwl.classes, iwl.ways)
-    probes = {**probes, 'train': Episodes(probes['train'].items, label_map[probes['train'].classes],
-                                          probes['train'].classes),
-              'conflict_memorised': label_map[probes['conflict'].classes[:, -1]]}
+    if probes:
+        probes = {**probes, 'train': Episodes(probes['train'].items, label_map[probes['train'].classes],
+                                              probes['train'].classes),
+                  'conflict_memorised': label_map[probes['conflict'].classes[:, -1]]}
     return icl, iwl, probes
 
 

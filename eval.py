@@ -233,7 +233,7 @@ if __name__ == '__main__':
     device = 'cpu'
     ablate = ''        # '' = plain eval; 'all' or a comma list of parts (encoder, attn<i>, mlp<i>, head, attn, mlp)
     exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator.py')).read())
-    from data import build_eval_episodes, icl_chance
+    from data import EpisodeSampler, build_eval_episodes, icl_chance, scored_at
     try:
         model, config, dataset, checkpoint = load_run(out_dir, ckpt_name, device)
         parts = parse_ablate(ablate, model) if ablate else []
@@ -241,6 +241,9 @@ if __name__ == '__main__':
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     icl, iwl = build_eval_episodes(dataset, config)
+    # IWL against the class->label map the run's last step trained on (relabel_every), as train.py scores it
+    sampler = EpisodeSampler.from_config(dataset.train, dataset.class_labels, config, 'cpu', n_labels=dataset.n_labels)
+    icl, iwl, _ = scored_at((icl, iwl, None), sampler, checkpoint['iter_num'])
     icl, iwl = icl.to(device), iwl.to(device)
     if not parts:
         metrics = evaluate(model, icl, iwl)

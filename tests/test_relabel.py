@@ -1,11 +1,15 @@
 """Periodic relabelling (relabel_every) and the wrong-memory share (training.WrongMemory): the map of each period, the
 sequences of a period, IWL against the current map, a resumed run, and the share on a model whose map is known."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from data import EpisodeSampler, make_synthetic, relabel_map, scored_at
+from conftest import ROOT
 from test_train import metrics, train
 from training import WrongMemory, parse_train_args
 
@@ -107,7 +111,7 @@ def test_the_wrong_memory_share_on_a_model_whose_map_is_known(few):
 @pytest.mark.slow
 def test_a_resumed_relabelling_run_repeats_the_uninterrupted_one(tmp_path):
     """Maps, IWL against them and the wrong-memory share are those of the run that never stopped."""
-    args = ['--n_train_classes=50', '--relabel_every=15']
+    args = ['--n_train_classes=50', '--relabel_every=15', '--learning_rate=1e-2']
     train(tmp_path / 'whole', *args, '--max_iters=60')
     train(tmp_path / 'cut', *args, '--max_iters=40')
     train(tmp_path / 'cut', *args, '--max_iters=60', '--init_from=resume')
@@ -116,6 +120,12 @@ def test_a_resumed_relabelling_run_repeats_the_uninterrupted_one(tmp_path):
     assert [r['wrong_memory'] is None for r in whole] == [True, False, False, False]
     summary = json.load(open(tmp_path / 'whole' / 'summary.json'))
     assert summary['config']['relabel_every'] == 15
+    # eval.py on the checkpoint scores IWL against the same map as the run's last eval (step 59's, period 3)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={tmp_path / "whole"}'],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    assert row['iter'] == 60 and row['iwl_acc'] == whole[-1]['iwl_acc'] and row['icl_acc'] == whole[-1]['icl_acc']
 
 
 def test_a_checkpointed_count_resumes_where_it_stopped(few):
