@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import scaled_error
-from model import ICLTransformer, ModelConfig, augment_thetas, augmented
+from test_group import stacked_image_models
+from model import augment_thetas, augmented
 from training import check_config, parse_train_args
 
 
@@ -38,13 +39,7 @@ def test_the_identity_warp_returns_the_images():
 def test_each_member_warps_as_its_solo_model_under_the_group_vmap():
     """The stacked model passes each member its own draws: member k's logits with its warps equal its solo model's
     (the error model of tests/test_group.py's image test), and a warp changes them."""
-    from group import StackedModel
-    torch.manual_seed(0)
-    cfg = ModelConfig(n_labels=10, item_shape=(14, 14), encoder='resnet', n_layer=1, n_head=2, n_embd=16)
-    models = [ICLTransformer(cfg), ICLTransformer(cfg)]
-    stacked = StackedModel(models)
-    items = torch.randint(0, 256, (2, 3, 9, 14, 14), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (2, 3, 9))
+    models, stacked, items, labels = stacked_image_models()
     g = torch.Generator().manual_seed(3)
     thetas = torch.stack([augment_thetas((3, 9), 0.0, g), augment_thetas((3, 9), 1.0, g)])
     logits = stacked(items, labels, draws={'augment': thetas})['logits']

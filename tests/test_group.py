@@ -158,18 +158,22 @@ def test_a_key_nothing_reads_stops_a_group_and_a_solo_run_naming_the_key(tmp_pat
     assert 'Traceback' not in proc.stderr and not (tmp_path / 'a').exists() and not (tmp_path / 'b').exists()
 
 
-def test_a_stacked_image_model_trains_and_matches_its_solo_models():
-    """The ResNet encoder (channels_last on its own) runs under the group's vmap, and each member's logits and
-    gradients equal its solo model's: an Omniglot group steps like its solo runs."""
+def stacked_image_models():
+    """Two small ResNet-encoder models, their stacked group and a batch of 14x14 images and labels per member."""
     import torch
     from group import StackedModel
     from model import ICLTransformer, ModelConfig
     torch.manual_seed(0)
     cfg = ModelConfig(n_labels=10, item_shape=(14, 14), encoder='resnet', n_layer=1, n_head=2, n_embd=16)
     models = [ICLTransformer(cfg), ICLTransformer(cfg)]
-    stacked = StackedModel(models)
     items = torch.randint(0, 256, (2, 3, 9, 14, 14), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (2, 3, 9))
+    return models, StackedModel(models), items, torch.randint(0, 10, (2, 3, 9))
+
+
+def test_a_stacked_image_model_trains_and_matches_its_solo_models():
+    """The ResNet encoder (channels_last on its own) runs under the group's vmap, and each member's logits and
+    gradients equal its solo model's: an Omniglot group steps like its solo runs."""
+    models, stacked, items, labels = stacked_image_models()
     logits = stacked(items, labels)['logits']
     logits.sum().backward()
     for k, model in enumerate(models):
