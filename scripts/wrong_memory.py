@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from report import load_cells, numerics_line, reg_label, reg_of, run_stats  # noqa: E402
 
 KINDS = {'weight_decay': 'expensive', 'l2': 'expensive', 'forget_every': 'erased', 'curvature_every': 'erased',
-         'label_swap': 'wrong', 'relabel_every': 'wrong', 'within_class_noise': 'harder'}
+         'label_swap': 'wrong', 'relabel_every': 'wrong', 'within_class_noise': 'harder', 'augment': 'harder'}
 COLOURS = {'none': 'black', 'expensive': 'tab:blue', 'erased': 'tab:orange', 'wrong': 'tab:red', 'harder': 'tab:green'}
 
 
