@@ -24,7 +24,7 @@ import torch
 from data import EpisodeSampler, check_data_config, icl_chance, memory_episodes
 from checkpoint import (append_metrics, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint, train_defaults,
                         truncate_metrics, write_json)
-from eval import evaluate
+from eval import evaluate, run_episodes
 from interventions import check_curvature, check_forgetting
 from model import decay_exponent, parse_decay_modules
 from step import step_seed
@@ -353,8 +353,7 @@ class WrongMemory:
             episodes = memory_episodes(sampler, self.SEQUENCES, it, d.n_labels)
             if load_member is not None:
                 load_member(k)
-            with torch.no_grad(), autocast if autocast is not None else torch.autocast('cpu', enabled=False):
-                logits = model(episodes.items, episodes.labels)['logits']
+            logits, _ = run_episodes(model, episodes, autocast=autocast)
             self.wrong[k] += (logits.argmax(-1) != episodes.labels[:, -1]).sum()
         self.count += self.SEQUENCES
         model.train(was_training)
