@@ -722,3 +722,33 @@ def test_wrong_memory_plots_each_lever_by_its_kind(tmp_path):
     assert points[('wd=0', 'none')]['wrong_memory'] == pytest.approx(0.05)
     assert points[('swap=0.8', 'wrong')]['peak_icl'] == pytest.approx(0.9) and points[('swap=0.8', 'wrong')]['seeds'] == [0, 1]
     assert (tmp_path / 'out' / 'wrong_memory.png').stat().st_size > 1000
+
+
+@pytest.mark.parametrize('config, levers', [
+    ('config/grid_depth12.py', {(n, ('weight_decay', wd)) for n in (100, 1600) for wd in (0.0, 3e-4, 1e-3, 3e-3, 1e-2)}),
+    ('config/grid_depth12_levers.py', {(100, ('weight_decay', 0.0)), (100, ('label_swap', 0.8)),
+                                       (100, ('relabel_every', 50)), (100, ('decay_modules', 'mlp,head')),
+                                       (1600, ('weight_decay', 0.0))}),
+    ('config/grid_depth12_dose.py', {(n, ('exponent', e)) for n in (100, 1600) for e in (0, 0.3, 3, 10, 30)}),
+    ('config/grid_depth12_width.py', {(n, ('width', d, e)) for n in (100, 1600) for d in (48, 96) for e in (0, 3)})])
+def test_the_12_layer_grids_list_each_cell_at_seeds_0_to_2_and_the_declared_budget(tmp_path, config, levers):
+    """The posed model's grids: every cell 12 layers, 8 heads, 4000 steps (the budget config/grid_depth12.py declares
+    from Many's curve), data_seed 0, and each lever at Few or Many on seeds 0, 1 and 2 (an exponent to 2 significant
+    digits: grid.py writes its weight_decay to 4)."""
+    from model import decay_exponent
+    _, cells = dry_run_cells(tmp_path, config)
+
+    def lever(c):
+        if 'width' in config:
+            return ('width', c['n_embd'], float(f'{decay_exponent(c):.2g}'))
+        if 'dose' in config:
+            return ('exponent', float(f'{decay_exponent(c):.2g}'))
+        for key, off in (('label_swap', 0.0), ('relabel_every', 0), ('decay_modules', 'all')):
+            if c[key] != off:
+                return (key, c[key])
+        return ('weight_decay', c['weight_decay'])
+
+    got = {(c['n_train_classes'], lever(c), c['seed']) for c in cells.values()}
+    assert got == {(n, lv, s) for n, lv in levers for s in (0, 1, 2)}
+    assert len(cells) == 3 * len(levers)
+    assert {(c['n_layer'], c['n_head'], c['max_iters'], c['data_seed']) for c in cells.values()} == {(12, 8, 4000, 0)}
