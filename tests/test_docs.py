@@ -35,7 +35,7 @@ def read(path):
 # ---- the committed documents -----------------------------------------------------------------------
 
 @pytest.mark.parametrize('doc, limit, where', [(README, 16384, 'RESULTS.md'),
-                                               (RESULTS, 36864, 'the report a number comes from')])
+                                               (RESULTS, 37888, 'the report a number comes from')])
 def test_a_document_stays_under_its_size_limit(doc, limit, where):
     size = os.path.getsize(doc)
     assert size <= limit, f"{os.path.basename(doc)} is {size} bytes (limit {limit}); move detail into {where}"
