@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, scaled_error
-from test_train import TINY, metrics, train
+from test_train import TINY, eval_cli, metrics, printed_row, train
 
 # a Few-like and two Many-like members: different seeds, decays, l2 and class counts
 MEMBERS = [['--seed=0'], ['--seed=1', '--weight_decay=0.1'], ['--seed=2', '--n_train_classes=40', '--l2=0.01']]
@@ -89,9 +89,7 @@ def test_solo_train_py_resumes_a_member_checkpoint(solo_runs, tmp_path):
     group(dirs, '--max_iters=40')
     train(dirs[1], '--max_iters=60', '--init_from=resume', *MEMBERS[1])
     assert_close(metrics(dirs[1]), metrics(solo_runs[1]))
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={dirs[1]}'],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert json.loads(proc.stdout.strip().splitlines()[-1])['icl_acc'] == metrics(dirs[1])[-1]['icl_acc']
+    assert printed_row(eval_cli(dirs[1]))['icl_acc'] == metrics(dirs[1])[-1]['icl_acc']
 
 
 @pytest.mark.slow

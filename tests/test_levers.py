@@ -12,7 +12,7 @@ from conftest import ROOT, scaled_error
 from data import EpisodeSampler, make_synthetic
 from model import ICLTransformer, ModelConfig, parse_decay_modules
 from test_group import assert_close, group
-from test_train import metrics, train
+from test_train import eval_cli, metrics, train
 
 
 def tiny_model():
@@ -217,9 +217,7 @@ def trained(tmp_path_factory):
 
 @pytest.mark.slow
 def test_ablation_cli_prints_a_row_per_part_and_writes_json(trained):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={trained}', '--ablate=all'],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-1000:]
+    proc = eval_cli(trained, '--ablate=all')
     result = json.load(open(trained / 'ablation.json'))
     parts = [r['part'] for r in result['rows']]
     assert parts == ['none', 'encoder', 'attn0', 'attn1', 'attn*', 'mlp0', 'mlp1', 'mlp*', 'head']
@@ -250,8 +248,7 @@ def test_head_input_ablation_gives_one_answer_for_every_episode(trained):
 
 @pytest.mark.slow
 def test_unknown_ablation_part_is_a_clear_error(trained):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={trained}', '--ablate=mlp7'],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = eval_cli(trained, '--ablate=mlp7', check=False)
     assert proc.returncode == 1 and "unknown part 'mlp7'" in proc.stderr and 'Traceback' not in proc.stderr
 
 

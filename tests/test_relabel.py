@@ -1,16 +1,12 @@
 """Periodic relabelling (relabel_every) and the wrong-memory share (training.WrongMemory): the map of each period, the
 sequences of a period, IWL against the current map, a resumed run, and the share on a model whose map is known."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from data import EpisodeSampler, make_synthetic, relabel_map, scored_at
-from conftest import ROOT
-from test_train import metrics, train
+from test_train import eval_cli, metrics, printed_row, train
 from training import WrongMemory, parse_train_args
 
 
@@ -121,10 +117,7 @@ def test_a_resumed_relabelling_run_repeats_the_uninterrupted_one(tmp_path):
     summary = json.load(open(tmp_path / 'whole' / 'summary.json'))
     assert summary['config']['relabel_every'] == 15
     # eval.py on the checkpoint scores IWL against the same map as the run's last eval (step 59's, period 3)
-    done = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={tmp_path / "whole"}'],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert done.returncode == 0, done.stderr
-    row = json.loads(done.stdout.strip().splitlines()[-1])
+    row = printed_row(eval_cli(tmp_path / 'whole'))
     assert row['iter'] == 60 and row['iwl_acc'] == whole[-1]['iwl_acc'] and row['icl_acc'] == whole[-1]['icl_acc']
 
 

@@ -26,6 +26,21 @@ def train(out_dir, *args, check=True, timeout=180, env=None):
     return proc
 
 
+def eval_cli(out_dir, *args, check=True):
+    """eval.py on a run's checkpoint as a user runs it, one thread like the run; check=True fails on a non-zero exit."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={out_dir}', *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"eval.py failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return proc
+
+
+def printed_row(proc):
+    """The metrics row eval.py prints last (one JSON line)."""
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def metrics(out_dir, drop=('wall_s',)):
     with open(os.path.join(out_dir, 'metrics.jsonl')) as f:
         rows = [json.loads(line) for line in f]
@@ -193,10 +208,7 @@ def test_icl_emerges_on_a_tiny_config(tmp_path):
 
 @pytest.mark.slow
 def test_eval_cli_reproduces_the_logged_metrics(reference_run):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={reference_run}'],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    printed = json.loads(proc.stdout.strip().splitlines()[-1])
+    printed = printed_row(eval_cli(reference_run))
     logged = metrics(reference_run)[-1]
     assert printed['iter'] == logged['iter'] == 60
     for key in ('icl_acc', 'icl_acc_open', 'iwl_acc', 'ece', 'attn_match_image', 'attn_match_label_by_layer'):
@@ -205,7 +217,6 @@ def test_eval_cli_reproduces_the_logged_metrics(reference_run):
 
 @pytest.mark.slow
 def test_eval_cli_without_checkpoint_is_a_clear_error(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={tmp_path}'],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    proc = eval_cli(tmp_path, check=False)
     assert proc.returncode == 1
     assert 'no usable checkpoint' in proc.stderr and 'Traceback' not in proc.stderr
