@@ -752,3 +752,18 @@ def test_the_12_layer_grids_list_each_cell_at_seeds_0_to_2_and_the_declared_budg
     assert got == {(n, lv, s) for n, lv in levers for s in (0, 1, 2)}
     assert len(cells) == 3 * len(levers)
     assert {(c['n_layer'], c['n_head'], c['max_iters'], c['data_seed']) for c in cells.values()} == {(12, 8, 4000, 0)}
+
+
+@pytest.mark.parametrize('config, steps', [('config/grid_omniglot_swap_five.py', 10000),
+                                           ('config/grid_omniglot_swap_five_long.py', 25000)])
+def test_the_omniglot_five_seed_swap_grids_list_one_run_set_at_seeds_0_to_4(tmp_path, config, steps):
+    """Omniglot's knife-edge verdict: Few without a lever and with swap 0.8, Many without one, every cell at seeds 0-4
+    on Omniglot 14x14 with 4 layers; the 25k grid continues the 10k grid's cells (one run set for both budgets)."""
+    _, cells = dry_run_cells(tmp_path, 'config/omniglot.py', 'config/omniglot_small.py', config)
+    got = {(c['n_train_classes'], c['label_swap'], c['seed']) for c in cells.values()}
+    assert got == {(n, swap, s) for n, swap in ((100, 0.0), (100, 0.8), (1600, 0.0)) for s in range(5)}
+    assert {(c['dataset'], c['image_size'], c['n_layer'], c['max_iters'], c['weight_decay']) for c in cells.values()} \
+        == {('omniglot', 14, 4, steps, 0.0)}
+    extends = {}
+    exec(open(os.path.join(ROOT, config)).read(), {}, extends)
+    assert extends.get('extend_from', '') == ('out_omniglot_swap_five' if steps == 25000 else '')
