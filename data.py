@@ -669,7 +669,7 @@ def memory_episodes(sampler, n, step, n_labels):
     """n training sequences of step `step`, drawn by the run's own rules (swap, relabelling, copies: `sampler` is a fresh
     one of the run's config), with every context label replaced by a uniformly random one: the context says nothing
     about the query's label, so the model answers from its weights, and the target is the label the training rule
-    gave the query. training.WrongMemory counts the share of these the model gets wrong: how often the in-weights
+    gave the query. eval.WrongMemory counts the share of these the model gets wrong: how often the in-weights
     answer is wrong on the training distribution (a swap's p, 1 - 1/n_labels just after a relabel, chance-level
     wrongness where nothing is memorised)."""
     items, labels, classes = sampler.sample(n, step)

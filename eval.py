@@ -1,7 +1,8 @@
 """
 Evaluation: in-context accuracy on held-out classes, in-weights accuracy on seen classes,
-calibration, and how much the query attends to the matching context image and its label.
-train.py calls evaluate() at every eval; the CLI evaluates a saved checkpoint the same way:
+calibration, and how much the query attends to the matching context image and its label; while training, how
+often the in-weights answer is wrong on training sequences (WrongMemory). train.py calls evaluate() at every eval; the
+CLI evaluates a saved checkpoint the same way:
 
     python eval.py --out_dir=out
     python eval.py --out_dir=out --ablate=all     # ICL / IWL with each part mean-ablated (also: encoder,
@@ -122,6 +123,60 @@ def evaluate(model, icl_episodes, iwl_episodes, batch_size=512, autocast=None, k
         metrics.update(probe_metrics(model, probes, batch_size, autocast))
     model.train(was_training)
     return (metrics, attentions) if keep_attention else metrics
+
+
+class WrongMemory:
+    """How often the in-weights answer is wrong on the training distribution, the common axis of the levers that make
+    memorisation wrong (label swap: about its p once the map is memorised; relabel_every: 1 - 1/n_labels just after
+    each relabel, until relearned; a model that memorised nothing: chance-level wrongness). Every EVERY steps, before
+    the step, SEQUENCES fresh training sequences of that step (data.memory_episodes: the run's own rules, context
+    labels randomised) from a sampler seeded by the run's seed and the step, apart from the training stream, are
+    answered by the model in eval mode without gradients (so no BatchNorm statistic, pixel-noise draw or training
+    number changes). The eval row's 'wrong_memory' is the share answered wrong since the previous eval. Counted on
+    the device (no host sync), checkpointed with the run."""
+    EVERY = 7         # prime to every relabel period the grids use, so the measured steps sweep each period's phases
+    SEQUENCES = 32
+
+    def __init__(self, configs, datas, device):
+        self.configs, self.datas, self.device = configs, datas, device
+        self.wrong = torch.zeros(len(configs), device=device)
+        self.count = 0
+
+    def measure(self, model, it, load_member=None, autocast=None):
+        """At step `it` (when due), each member's sequences answered by `model`: the run's model, or for a group the
+        plain model each member is loaded into by load_member(k) (as its eval does, so a member counts exactly what
+        its solo run counts)."""
+        if it % self.EVERY:
+            return
+        was_training = model.training
+        model.eval()
+        from data import EpisodeSampler, memory_episodes
+        from step import step_seed
+        for k, (c, d) in enumerate(zip(self.configs, self.datas)):
+            sampler = EpisodeSampler.from_config(d.train, d.class_labels, c, self.device, seed=step_seed(c, it, 'memory'),
+                                                 n_labels=d.n_labels)
+            episodes = memory_episodes(sampler, self.SEQUENCES, it, d.n_labels)
+            if load_member is not None:
+                load_member(k)
+            logits, _ = run_episodes(model, episodes, autocast=autocast)
+            self.wrong[k] += (logits.argmax(-1) != episodes.labels[:, -1]).sum()
+        self.count += self.SEQUENCES
+        model.train(was_training)
+
+    def share(self, k):
+        """Member k's share wrong since the last reset (None before any measurement)."""
+        return self.wrong[k].item() / self.count if self.count else None
+
+    def reset(self):
+        self.wrong.zero_()
+        self.count = 0
+
+    def state(self, k):
+        return {'wrong': self.wrong[k].item(), 'count': self.count}
+
+    def load(self, k, state):
+        if state:  # runs checkpointed before this measurement resume with nothing counted
+            self.wrong[k], self.count = state['wrong'], state['count']
 
 
 def load_run(out_dir, ckpt_name='ckpt.pt', device='cpu'):

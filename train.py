@@ -125,6 +125,7 @@ exec(open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configurator
 import interventions
 from checkpoint import CKPT, KeyReads
 from data import build_run_data, scored_at
+from eval import WrongMemory
 from group import GroupExposure, GroupSampler, stack_group
 from model import build_model, learning_rate_at, weight_decay_at
 from optimizer import AdamW
@@ -132,7 +133,7 @@ from step import Exposure, StepTerms, train_step
 from tracking import finish_tracking, require_wandb, start_tracking
 from training import (NonFinite, StepRate, StopFlag, check_all_read, check_config, check_members, checkpoint_run,
                       eval_due, eval_line, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir,
-                      resolve_device, start_run_dir, stop_and_exit, WrongMemory)
+                      resolve_device, start_run_dir, stop_and_exit)
 
 # each run's config, noting the keys it reads (one nothing reads stops the run); `config`, the first, also holds the
 # keys a group's members share (training.GROUP_SHARED)

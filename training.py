@@ -8,7 +8,6 @@ loop) and bench.py train the same way:
 - read_run_dir:      the checkpoint to resume, or a refusal, reading out_dir only;
 - start_run_dir:     only once data and model are built: replace an old run or cut it back to its checkpoint;
 - eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run;
-- WrongMemory:       how often the in-weights answer is wrong on the training sequences, measured while training;
 - eval_due, evaluate_and_log, checkpoint_run, log_line, StopFlag, NonFinite, stop_and_exit, finish_run:
                      the loop's eval, log and stop block, the same for a run and each member of a group.
 """
@@ -21,13 +20,12 @@ import time
 
 import torch
 
-from data import EpisodeSampler, check_data_config, icl_chance, memory_episodes
+from data import check_data_config, icl_chance
 from checkpoint import (append_metrics, has_checkpoint, load_checkpoint, read_metrics, save_checkpoint, train_defaults,
                         truncate_metrics, write_json)
-from eval import evaluate, run_episodes
+from eval import WrongMemory, evaluate
 from interventions import check_curvature, check_forgetting
 from model import decay_exponent, parse_decay_modules
-from step import step_seed
 from tracking import TRACKING_KEYS, finish_tracking, track
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -320,58 +318,6 @@ def evaluate_and_log(model, episodes, config, iter_num, train_loss, decayed, wal
     append_metrics(config['out_dir'], row)
     track(run, row)
     return row, best
-
-
-class WrongMemory:
-    """How often the in-weights answer is wrong on the training distribution, the common axis of the levers that make
-    memorisation wrong (label swap: about its p once the map is memorised; relabel_every: 1 - 1/n_labels just after
-    each relabel, until relearned; a model that memorised nothing: chance-level wrongness). Every EVERY steps, before
-    the step, SEQUENCES fresh training sequences of that step (data.memory_episodes: the run's own rules, context
-    labels randomised) from a sampler seeded by the run's seed and the step, apart from the training stream, are
-    answered by the model in eval mode without gradients (so no BatchNorm statistic, pixel-noise draw or training
-    number changes). The eval row's 'wrong_memory' is the share answered wrong since the previous eval. Counted on
-    the device (no host sync), checkpointed with the run."""
-    EVERY = 7         # prime to every relabel period the grids use, so the measured steps sweep each period's phases
-    SEQUENCES = 32
-
-    def __init__(self, configs, datas, device):
-        self.configs, self.datas, self.device = configs, datas, device
-        self.wrong = torch.zeros(len(configs), device=device)
-        self.count = 0
-
-    def measure(self, model, it, load_member=None, autocast=None):
-        """At step `it` (when due), each member's sequences answered by `model`: the run's model, or for a group the
-        plain model each member is loaded into by load_member(k) (as its eval does, so a member counts exactly what
-        its solo run counts)."""
-        if it % self.EVERY:
-            return
-        was_training = model.training
-        model.eval()
-        for k, (c, d) in enumerate(zip(self.configs, self.datas)):
-            sampler = EpisodeSampler.from_config(d.train, d.class_labels, c, self.device, seed=step_seed(c, it, 'memory'),
-                                                 n_labels=d.n_labels)
-            episodes = memory_episodes(sampler, self.SEQUENCES, it, d.n_labels)
-            if load_member is not None:
-                load_member(k)
-            logits, _ = run_episodes(model, episodes, autocast=autocast)
-            self.wrong[k] += (logits.argmax(-1) != episodes.labels[:, -1]).sum()
-        self.count += self.SEQUENCES
-        model.train(was_training)
-
-    def share(self, k):
-        """Member k's share wrong since the last reset (None before any measurement)."""
-        return self.wrong[k].item() / self.count if self.count else None
-
-    def reset(self):
-        self.wrong.zero_()
-        self.count = 0
-
-    def state(self, k):
-        return {'wrong': self.wrong[k].item(), 'count': self.count}
-
-    def load(self, k, state):
-        if state:  # runs checkpointed before this measurement resume with nothing counted
-            self.wrong[k], self.count = state['wrong'], state['count']
 
 
 def eval_line(row):

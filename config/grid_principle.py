@@ -1,5 +1,5 @@
 # The principle against levers it was not fitted to, on one axis: how often the in-weights answer is wrong while
-# training (training.WrongMemory, every eval row's 'wrong_memory'). One lever or two of each kind at Few (100 classes),
+# training (eval.WrongMemory, every eval row's 'wrong_memory'). One lever or two of each kind at Few (100 classes),
 # rerun here so every cell logs that share, with Few and Many without a lever, seeds 0-2 declared here:
 #   python grid.py config/grid_principle.py         # 42 cells, ~2 min each on one core
 # - expensive: uniform decay (wd=1) and decay aimed at the weights that can hold the map (wd=1@mlp+head);

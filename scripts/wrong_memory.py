@@ -5,7 +5,7 @@ expensive or erasing it does not") predicts one rising curve whatever the kind.
 
     python scripts/wrong_memory.py out_relabel out_principle --write=assets/results/wrong_memory
 
-A cell's wrong-memory share is the mean over its eval rows of 'wrong_memory' (training.WrongMemory: the share of
+A cell's wrong-memory share is the mean over its eval rows of 'wrong_memory' (eval.WrongMemory: the share of
 measured training sequences, context labels randomised, that the model answered wrong since the previous eval), so it
 is the share over the whole run; its peak ICL is report.run_stats' (the best mean of 3 consecutive evals). Points are
 the means over the seeds that finished, with the seeds' range. Cells from before the measurement (no 'wrong_memory')

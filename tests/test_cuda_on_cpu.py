@@ -48,7 +48,8 @@ from model import ICLTransformer, ModelConfig, build_model
 from interventions import curvature_edit, forget, forgotten_names, fresh_state, parse_forget_modules
 from optimizer import AdamW
 from step import Exposure, StepTerms, train_step
-from training import WrongMemory, eval_row
+from eval import WrongMemory
+from training import eval_row
 
 # small, with every sampler rule (label swap, instance copies, Zipf classes) and every penalty on
 SYNTHETIC = {**train_defaults(), 'n_train_classes': 100, 'n_holdout_classes': 23, 'n_eval_episodes': 16,

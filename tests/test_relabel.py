@@ -1,4 +1,4 @@
-"""Periodic relabelling (relabel_every) and the wrong-memory share (training.WrongMemory): the map of each period, the
+"""Periodic relabelling (relabel_every) and the wrong-memory share (eval.WrongMemory): the map of each period, the
 sequences of a period, IWL against the current map, a resumed run, and the share on a model whose map is known."""
 import json
 
@@ -7,7 +7,8 @@ import torch
 
 from data import EpisodeSampler, make_synthetic, relabel_map, scored_at
 from test_train import eval_cli, metrics, printed_row, train
-from training import WrongMemory, parse_train_args
+from eval import WrongMemory
+from training import parse_train_args
 
 
 def config_for(**keys):
