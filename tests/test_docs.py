@@ -1,6 +1,6 @@
 """The documentation cannot drift: README.md / RESULTS.md's results blocks equal what scripts/results_table.py
 generates from the report files committed under assets/results/ ('pending' where there are none), the README
-stays under 12 KB and RESULTS under 25 KB, every `python ...` command in the README names a file that exists, CI
+stays under 16 KiB and RESULTS under 39 KiB, every `python ...` command in the README names a file that exists, CI
 runs the README's full-suite command, the resume rule lists exactly training.RESUMABLE_KEYS, and links and figures
 resolve."""
 import importlib.util
@@ -35,7 +35,7 @@ def read(path):
 # ---- the committed documents -----------------------------------------------------------------------
 
 @pytest.mark.parametrize('doc, limit, where', [(README, 16384, 'RESULTS.md'),
-                                               (RESULTS, 37888, 'the report a number comes from')])
+                                               (RESULTS, 39936, 'the report a number comes from')])
 def test_a_document_stays_under_its_size_limit(doc, limit, where):
     size = os.path.getsize(doc)
     assert size <= limit, f"{os.path.basename(doc)} is {size} bytes (limit {limit}); move detail into {where}"
