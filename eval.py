@@ -148,10 +148,10 @@ class WrongMemory:
         its solo run counts)."""
         if it % self.EVERY:
             return
-        was_training = model.training
-        model.eval()
         from data import EpisodeSampler, memory_episodes
         from step import step_seed
+        was_training = model.training
+        model.eval()
         for k, (c, d) in enumerate(zip(self.configs, self.datas)):
             sampler = EpisodeSampler.from_config(d.train, d.class_labels, c, self.device, seed=step_seed(c, it, 'memory'),
                                                  n_labels=d.n_labels)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from conftest import ROOT, scaled_error
-from test_train import TINY, eval_cli, metrics, printed_row, train
+from test_train import TINY, eval_cli, metrics, printed_row, run_script, train
 
 # a Few-like and two Many-like members: different seeds, decays, l2 and class counts
 MEMBERS = [['--seed=0'], ['--seed=1', '--weight_decay=0.1'], ['--seed=2', '--n_train_classes=40', '--l2=0.01']]
@@ -22,11 +22,7 @@ def group(out_dirs, *extra, check=True, env=None, members=MEMBERS):
     argv = []
     for out_dir, member in zip(out_dirs, members):
         argv += [*TINY, *member, *extra, f'--out_dir={out_dir}', '::']
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), *argv[:-1]], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"the group failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return proc
+    return run_script('train.py', *argv[:-1], check=check, timeout=300, env=env)
 
 
 def assert_close(rows, reference):

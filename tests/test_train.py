@@ -17,23 +17,22 @@ TINY = ['--n_train_classes=200', '--n_holdout_classes=20', '--n_labels=32', '--i
         '--warmup_iters=5', '--log_interval=10', '--eval_interval=20']
 
 
-def train(out_dir, *args, check=True, timeout=180, env=None):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), f'--out_dir={out_dir}', *TINY, *args],
-                          capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-                          env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
+def run_script(script, *argv, check=True, timeout=180, env=None):
+    """A project script run as a user runs it, one thread; check=True fails on a non-zero exit with its output."""
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ, 'OMP_NUM_THREADS': '1', **(env or {})})
     if check and proc.returncode != 0:
-        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return proc
+
+
+def train(out_dir, *args, check=True, timeout=180, env=None):
+    return run_script('train.py', f'--out_dir={out_dir}', *TINY, *args, check=check, timeout=timeout, env=env)
 
 
 def eval_cli(out_dir, *args, check=True):
-    """eval.py on a run's checkpoint as a user runs it, one thread like the run; check=True fails on a non-zero exit."""
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), f'--out_dir={out_dir}', *args],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    if check and proc.returncode != 0:
-        raise AssertionError(f"eval.py failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return proc
+    """eval.py on a run's checkpoint, one thread like the run."""
+    return run_script('eval.py', f'--out_dir={out_dir}', *args, check=check, timeout=120)
 
 
 def printed_row(proc):
