@@ -49,6 +49,8 @@ classes = 'few,many'
 weight_decays = '0'
 decay_exponents = ''        # '' = the weight_decays axis; else (replacing it) decay exponents wd * (sum of lr over the run), e.g.
                             # '0,0.3,3,30': each becomes the weight_decay that gives it under the cells' lr schedule
+exponent_iters = 0          # the steps the exponents' sum of lr is taken over; 0 = the cells' max_iters (a grid that
+                            # continues a shorter one's cells, extend_from, names that grid's max_iters to keep their decay)
 seeds = '0'
 widths = ''                 # '' = no width axis; 'd48,d96' -> config/d48.py, config/d96.py; '48' -> --n_embd=48
 few_config = 'config/few.py'
@@ -264,9 +266,12 @@ def rooted(args):
 
 def exponent_decays(exponents, args):
     """[(cell name, setting)] for each decay exponent E: weight_decay = E / (sum of the lr a cell with these train.py
-    arguments takes over its max_iters), to 4 significant digits, so the cell's lr*wd*steps is E. Cells are named
-    exp<E>; every cell of a grid shares its lr schedule and step budget, so one sum serves all."""
+    arguments takes over its max_iters, or over exponent_iters steps when set), to 4 significant digits, so the
+    cell's lr*wd*steps is E. Cells are named exp<E>; every cell of a grid shares its lr schedule and step budget, so
+    one sum serves all."""
     from training import parse_train_args
+    if exponent_iters:
+        args = [*args, f'--max_iters={exponent_iters}']
     with contextlib.redirect_stdout(io.StringIO()):
         total = cached_decay_exponent({**parse_train_args(rooted(args)), 'weight_decay': 1.0})  # linear in wd
     return [(f"exp{e:g}", {'weight_decay': float(f"{e / total:.4g}")} if e else {}) for e in exponents]
@@ -681,12 +686,16 @@ if __name__ == '__main__':
         class_args = {'few': shlex.split(synthetic_few), 'many': shlex.split(synthetic_many)}
         common = shlex.split(synthetic_args)
     common += shlex.split(train_args)
+    if exponent_iters and not decay_exponents:
+        fail(f"exponent_iters={exponent_iters} sets the steps of decay_exponents, which this grid does not set")
     if decay_exponents:
         if regularizers:
             fail("decay_exponents and regularizers are two decay axes: set one of them")
         exponents = split_list('decay_exponents', decay_exponents, float)
         if any(e < 0 for e in exponents):
             fail(f"decay_exponents={decay_exponents!r} must all be >= 0")
+        if exponent_iters < 0:
+            fail(f"exponent_iters={exponent_iters} must be >= 0 (0: the cells' max_iters)")
         decays = exponent_decays(exponents, [*train_configs, *class_cell_args(class_names[0], class_args), *common])
         if axes:
             decays = cross(decays, parse_axes(axes))

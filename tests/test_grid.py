@@ -767,3 +767,28 @@ def test_the_omniglot_five_seed_swap_grids_list_one_run_set_at_seeds_0_to_4(tmp_
     extends = {}
     exec(open(os.path.join(ROOT, config)).read(), {}, extends)
     assert extends.get('extend_from', '') == ('out_omniglot_swap_five' if steps == 25000 else '')
+
+
+def test_the_omniglot_decay_continuation_keeps_each_10k_cells_weight_decay(tmp_path):
+    """config/grid_dose_omniglot_long.py continues Few at exponents 0, 3 and 30 from the 10k dose grid to 25k: each of
+    its Few cells has the name and the weight_decay of a 10k cell (exponent_iters=10000), which the 25k sum of lr alone
+    would make 2.5x smaller and its resume refuse; Many without decay runs beside them at 25k, seeds 0-2."""
+    omniglot = ('config/omniglot.py', 'config/omniglot_small.py')
+    _, short = dry_run_cells(tmp_path / 'short', *omniglot, 'config/grid_dose_omniglot.py')
+    _, long = dry_run_cells(tmp_path / 'long', *omniglot, 'config/grid_dose_omniglot_long.py')
+    few = {name for name in long if name.startswith('few_')}
+    assert few == {f"few_exp{e}_s{s}" for e in (0, 3, 30) for s in (0, 1, 2)}
+    for name in few:
+        assert long[name]['weight_decay'] == short[name]['weight_decay'] > 0 or '_exp0_' in name, name
+        assert long[name]['max_iters'] == 25000 and short[name]['max_iters'] == 10000
+    assert {(c['n_train_classes'], c['weight_decay'], c['max_iters'], c['seed']) for n, c in long.items()
+            if n not in few} == {(1600, 0.0, 25000, s) for s in (0, 1, 2)}
+    extends = {}
+    exec(open(os.path.join(ROOT, 'config/grid_dose_omniglot_long.py')).read(), {}, extends)
+    assert extends['extend_from'] == 'out_dose_omniglot'
+
+
+def test_exponent_iters_without_decay_exponents_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), '--exponent_iters=1000',
+                           f'--grid_dir={tmp_path}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and 'exponent_iters=1000' in proc.stderr and 'decay_exponents' in proc.stderr
