@@ -792,3 +792,20 @@ def test_exponent_iters_without_decay_exponents_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, 'grid.py'), '--exponent_iters=1000',
                            f'--grid_dir={tmp_path}', '--dry_run'], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and 'exponent_iters=1000' in proc.stderr and 'decay_exponents' in proc.stderr
+
+
+def test_the_omniglot_12_layer_grid_lists_its_levers_at_seeds_0_to_2_and_the_declared_budget(tmp_path):
+    """The posed model on Omniglot: Few without decay, at decay exponents 0.3, 3 and 30 over the declared 25k steps,
+    and with swap 0.8, against Many without decay; every cell 12 layers over the 14x14 ResNet, seeds 0-2."""
+    from model import decay_exponent
+    _, cells = dry_run_cells(tmp_path, 'config/omniglot.py', 'config/omniglot_small.py', 'config/layers12.py',
+                             'config/grid_omniglot_depth12.py')
+
+    def lever(c):
+        return ('swap', c['label_swap']) if c['label_swap'] else ('exponent', float(f'{decay_exponent(c):.2g}'))
+
+    got = {(c['n_train_classes'], lever(c), c['seed']) for c in cells.values()}
+    levers = [(100, ('exponent', e)) for e in (0, 0.3, 3, 30)] + [(100, ('swap', 0.8)), (1600, ('exponent', 0))]
+    assert got == {(n, lv, s) for n, lv in levers for s in (0, 1, 2)} and len(cells) == 18
+    assert {(c['dataset'], c['image_size'], c['n_layer'], c['n_embd'], c['max_iters']) for c in cells.values()} \
+        == {('omniglot', 14, 12, 64, 25000)}
