@@ -346,8 +346,7 @@ def test_a_run_on_changed_code_is_named_from_its_commit_or_its_changed_files():
 
 # Reports some of whose cells ran with uncommitted changes to tracked Python files (recorded only as '-dirty', before
 # runs named the changed files): each grid is to be rerun from committed code and --collected, and its name dropped.
-RAN_ON_CHANGED_CODE = {'dose', 'dose_lr2x', 'dose_omniglot', 'curvature', 'curvature_long', 'forget_long',
-                       'swap_confirm'}
+RAN_ON_CHANGED_CODE = {'dose_lr2x', 'dose_omniglot', 'curvature', 'curvature_long', 'forget_long', 'swap_confirm'}
 
 
 def test_no_report_rests_on_uncommitted_code_but_those_awaiting_their_rerun():
