@@ -378,11 +378,13 @@ def result_block(name, root=ROOT):
     if report is None:
         return (f"pending: `{entry['command']}`, then `python scripts/results_table.py --collect {name} "
                 f"{entry['out'].rstrip('/')}` (copies the report files into `{source}` and rewrites this block).\n")
+    declared = entry.get('seeds', 3)  # an unfinished grid says so in its block as in its README row
+    interim = f"; interim: fewer than {declared} seeds in some cell" if seeds_missing(report, declared) else ''
     if report['kind'] == 'phase':
         counts, threshold = class_counts(report), report['phase']['threshold']
         runs = sum(e['seeds'] for e in report['phase']['table'])
         lines = [f"From `{source}` ({runs} runs; {wall_text(report)}"
-                 f"{provenance_text(report)}). Peak ICL / final IWL per class count; ° = no learning; [seed range].", ""]
+                 f"{provenance_text(report)}{interim}). Peak ICL / final IWL per class count; ° = no learning; [seed range].", ""]
         if report.get('verdicts'):
             lines += [f"Verdict, Few = 100 vs Many = 1600 classes: "
                       f"{rules_text(report['verdicts'][0], many='the 1600-class')}.", ""]
@@ -405,7 +407,7 @@ def result_block(name, root=ROOT):
         if emergence:
             lines += ['', f"![{name}: every seed's ICL, IWL and decayed-weight norm over steps]({source}emergence.png)"]
         return '\n'.join(lines) + '\n'
-    lines = [f"From `{source}` ({wall_text(report)}{provenance_text(report)}).", ""]
+    lines = [f"From `{source}` ({wall_text(report)}{provenance_text(report)}{interim}).", ""]
     if report['verdicts']:
         for v in report['verdicts']:
             width = f" ({v['width']})" if v.get('width') else ''
