@@ -384,7 +384,8 @@ def result_block(name, root=ROOT):
         counts, threshold = class_counts(report), report['phase']['threshold']
         runs = sum(e['seeds'] for e in report['phase']['table'])
         lines = [f"From `{source}` ({runs} runs; {wall_text(report)}"
-                 f"{provenance_text(report)}{interim}). Peak ICL / final IWL per class count; ° = no learning; [seed range].", ""]
+                 f"{provenance_text(report)}{interim}). Peak ICL / final IWL per class count; ° = no learning; "
+                 "[seed range].", ""]
         if report.get('verdicts'):
             lines += [f"Verdict, Few = 100 vs Many = 1600 classes: "
                       f"{rules_text(report['verdicts'][0], many='the 1600-class')}.", ""]
