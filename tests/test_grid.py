@@ -809,3 +809,19 @@ def test_the_omniglot_12_layer_grid_lists_its_levers_at_seeds_0_to_2_and_the_dec
     assert got == {(n, lv, s) for n, lv in levers for s in (0, 1, 2)} and len(cells) == 18
     assert {(c['dataset'], c['image_size'], c['n_layer'], c['n_embd'], c['max_iters']) for c in cells.values()} \
         == {('omniglot', 14, 12, 64, 25000)}
+
+
+def test_the_12_layer_omniglot_five_seed_grid_continues_the_12_layer_grid_at_seeds_0_to_4(tmp_path):
+    """The knife-edge swap verdict at 12 layers: Few without decay and with swap 0.8, Many without decay, at seeds 0-4;
+    its seeds 0-2 have the 12-layer grid's names and settings, so that grid's finished cells are copied, not rerun."""
+    layers12 = ('config/omniglot.py', 'config/omniglot_small.py', 'config/layers12.py')
+    _, five = dry_run_cells(tmp_path / 'five', *layers12, 'config/grid_omniglot_depth12_five.py')
+    _, grid = dry_run_cells(tmp_path / 'grid', *layers12, 'config/grid_omniglot_depth12.py')
+    assert {(c['n_train_classes'], c['label_swap'], c['weight_decay'], c['seed']) for c in five.values()} \
+        == {(n, swap, 0.0, s) for n, swap in ((100, 0.0), (100, 0.8), (1600, 0.0)) for s in range(5)}
+    shared = {name for name, c in five.items() if c['seed'] < 3}
+    assert len(shared) == 9 and all(five[name] == grid[name] for name in shared)
+    assert {(c['n_layer'], c['max_iters']) for c in five.values()} == {(12, 25000)}
+    extends = {}
+    exec(open(os.path.join(ROOT, 'config/grid_omniglot_depth12_five.py')).read(), {}, extends)
+    assert extends['extend_from'] == 'out_omniglot_depth12'
