@@ -5,8 +5,8 @@ lever works at 100 classes" picks among all of them, so it pays for all of them 
     python scripts/family.py out_relabel --family=82 --write=assets/results/relabel/family.md
 
 The grid's own report widens over its own levers only; this reruns report.verdict on the same cells with N levers.
-FAMILIES counts, per scale, the levers tried at Few (100 classes) in the grid configs: each grid x lever is one try
-(a lever rerun at another budget or on other seeds is another try).
+FAMILIES counts, per scale, the levers at Few (100 classes) in the grid configs, run or declared: each grid x lever is
+one try (a lever rerun at another budget or on other seeds is another try).
 """
 import argparse
 import os
@@ -25,17 +25,23 @@ FAMILIES = {
                         'grid_principle': 9},
     'Omniglot 14², 4 layers': {'grid.py config/omniglot.py (posed)': 4, 'grid_posed_omniglot_long': 4,
                                'grid_dose_omniglot': 3, 'grid_omniglot_levers': 4, 'grid_omniglot_long': 1,
-                               'grid_erase_omniglot': 2, 'grid_wrong_omniglot': 3},
+                               'grid_erase_omniglot': 2, 'grid_wrong_omniglot': 3, 'grid_dose_omniglot_long': 2,
+                               'grid_omniglot_swap_five': 1, 'grid_omniglot_swap_five_long': 1},
+    'proxy, 12 layers': {'grid_depth12 (posed)': 4, 'grid_depth12_dose': 4, 'grid_depth12_levers': 3,
+                         'grid_depth12_width': 2},
+    'Omniglot 14², 12 layers': {'grid_omniglot_depth12': 4, 'grid_omniglot_depth12_five': 1},
 }
+NO_FEW_LEVER = ('grid_axes', 'grid_levers_long', 'grid_depth12_budget', 'grid_omniglot_depth12_budget',
+                'grid_omniglot_many_long')  # Many, or classes other than 100, only
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('grid_dir')
+    ap.add_argument('grid_dir', nargs='?', default='', help='a grid folder (none: list the families)')
     ap.add_argument('--family', type=int, default=0, help="levers tried on the scale (0: list FAMILIES' counts)")
     ap.add_argument('--write', default='')
     args = ap.parse_args()
-    if args.family < 1:
+    if args.family < 1 or not args.grid_dir:
         for scale, grids in FAMILIES.items():
             print(f"{scale}: {sum(grids.values())} levers ({', '.join(f'{g} {n}' for g, n in grids.items())})")
         sys.exit(0)

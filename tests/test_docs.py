@@ -350,6 +350,22 @@ def test_a_run_on_changed_code_is_named_from_its_commit_or_its_changed_files():
 RAN_ON_CHANGED_CODE = {'dose_lr2x', 'dose_omniglot', 'curvature', 'curvature_long', 'forget_long', 'swap_confirm'}
 
 
+def test_every_grid_is_counted_in_a_family_and_results_gives_each_size():
+    """The "some lever" claim pays for every lever tried on its scale: each config/grid_*.py is counted in
+    scripts/family.py's FAMILIES or listed there as having no Few lever, and RESULTS' methods give each family's size."""
+    import glob
+    spec = importlib.util.spec_from_file_location('family', os.path.join(ROOT, 'scripts', 'family.py'))
+    family = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(family)
+    counted = [name.split()[0].removesuffix('.py') for grids in family.FAMILIES.values() for name in grids]
+    configs = {os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, 'config', 'grid*.py'))}
+    assert configs - set(counted) - set(family.NO_FEW_LEVER) == set(), "grid configs in no family"
+    assert set(family.NO_FEW_LEVER) <= configs and not set(family.NO_FEW_LEVER) & set(counted)
+    sizes = re.search(r"`python scripts/family.py`: ([^)]*)\)", read('RESULTS.md')).group(1)
+    assert [int(n) for n in re.findall(r'\b(\d+) (?:on|and|at)\b', sizes)] == \
+        [sum(grids.values()) for grids in family.FAMILIES.values()], sizes
+
+
 def test_no_report_rests_on_uncommitted_code_but_those_awaiting_their_rerun():
     """Every committed report ran committed code, except the listed ones, whose text says they are to be rerun; a
     listed report that has been rerun clean must leave the list."""
