@@ -17,8 +17,8 @@ RESULTS = os.path.join(ROOT, 'RESULTS.md')
 IMAGE = re.compile(r'!\[[^\]]*\]\(([^)]+)\)')  # a markdown image's path
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location('results_table', os.path.join(ROOT, 'scripts', 'results_table.py'))
+def _load_script(name='results_table'):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, 'scripts', f'{name}.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -354,9 +354,7 @@ def test_every_grid_is_counted_in_a_family_and_results_gives_each_size():
     """The "some lever" claim pays for every lever tried on its scale: each config/grid_*.py is counted in
     scripts/family.py's FAMILIES or listed there as having no Few lever, and RESULTS' methods give each family's size."""
     import glob
-    spec = importlib.util.spec_from_file_location('family', os.path.join(ROOT, 'scripts', 'family.py'))
-    family = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(family)
+    family = _load_script('family')
     counted = [name.split()[0].removesuffix('.py') for grids in family.FAMILIES.values() for name in grids]
     configs = {os.path.basename(f)[:-3] for f in glob.glob(os.path.join(ROOT, 'config', 'grid*.py'))}
     assert configs - set(counted) - set(family.NO_FEW_LEVER) == set(), "grid configs in no family"
