@@ -99,6 +99,8 @@ def main():
         r.update(ratios=dict(zip(names, ratios)), seeds_needed=need)
         lines.append(f"| {cell} | " + ', '.join(f"{x:.3f}" for x in ratios)
                      + f" | {max(ratios) - min(ratios):.3f} | {need} |")
+    if len(result['cells']) == 1:
+        lines.append(f"| (none: only {args.many} finished in every run set) | - | - | - |")
     text = '\n'.join(lines) + '\n'
     print(text)
     if args.write:

@@ -660,6 +660,11 @@ def test_machine_spread_compares_run_sets_seed_by_seed(tmp_path):
     f, m = 0.83, 0.9   # the means over run sets; Many's sigma^2 = 0.1^2 / 2, Few's 0
     assert few['seeds_needed'] == math.ceil(2 * (1.96 * (f / m) / 0.05) ** 2 * (0.1 ** 2 / 2) / m ** 2) == 17
     assert 'machine spread' in (tmp_path / 'out' / 'machine.md').read_text()
+    for seed in range(3):   # a run set with Many only (Omniglot's second path): no Few row, and the table says why
+        write_cell(tmp_path / 'c', f'c1600_wd0_s{seed}', 'many', 0.0, seed, [0.5] + [0.8] * 3 + [0.8], [0.0] * 5, 0.9)
+    done = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'machine_spread.py'), str(tmp_path / 'a'),
+                           str(tmp_path / 'c')], capture_output=True, text=True)
+    assert done.returncode == 0 and '| (none: only c1600_wd0 finished in every run set) |' in done.stdout, done.stderr
 
 
 def dry_run_cells(tmp_path, *configs):
