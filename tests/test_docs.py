@@ -347,7 +347,7 @@ def test_a_run_on_changed_code_is_named_from_its_commit_or_its_changed_files():
 
 # Reports some of whose cells ran with uncommitted changes to tracked Python files (recorded only as '-dirty', before
 # runs named the changed files): each grid is to be rerun from committed code and --collected, and its name dropped.
-RAN_ON_CHANGED_CODE = {'dose_omniglot', 'forget_long'}
+RAN_ON_CHANGED_CODE = {'dose_omniglot'}
 
 
 def test_every_grid_is_counted_in_a_family_and_results_gives_each_size():
