@@ -250,17 +250,25 @@ NO_CHECKOUT = 'none (not a git checkout)'
 CODE_AT_START, CHANGED_AT_START = code_state()  # the code this process loaded (HEAD may move while a long run trains)
 
 
-def cpu_model():
-    """The CPU's model name (/proc/cpuinfo on Linux, else platform's answer)."""
+def cpu_model(cpuinfo='/proc/cpuinfo'):
+    """The CPU's model name and, on x86, its family and model numbers: a virtual machine may name two generations alike
+    ('AMD EPYC' for an AVX2-only and an AVX512 part), and their kernels' floats differ (/proc/cpuinfo on Linux, else
+    platform's answer)."""
+    fields = {}
     try:
-        with open('/proc/cpuinfo') as f:
-            for line in f:
-                if line.startswith(('model name', 'Model', 'cpu model')):
-                    return line.split(':', 1)[1].strip()
+        with open(cpuinfo) as f:
+            for line in f:   # the first processor's values (an ARM board names its Model in a block of its own)
+                key, _, value = line.partition(':')
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    import platform
-    return platform.processor() or platform.machine() or 'unknown'
+    name = fields.get('model name') or fields.get('Model') or fields.get('cpu model')
+    if name is None:
+        import platform
+        return platform.processor() or platform.machine() or 'unknown'
+    if 'cpu family' in fields and fields.get('model', '').isdigit():
+        return f"{name} (family {fields['cpu family']}, model {fields['model']})"
+    return name
 
 
 def numerics(device_name):

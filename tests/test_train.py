@@ -219,3 +219,17 @@ def test_eval_cli_without_checkpoint_is_a_clear_error(tmp_path):
     proc = eval_cli(tmp_path, check=False)
     assert proc.returncode == 1
     assert 'no usable checkpoint' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_cpu_model_tells_apart_two_cpus_of_one_name(tmp_path):
+    """A virtual machine names an AVX2-only and an AVX512 EPYC alike; the family and model numbers tell them apart
+    (their floats differ), and a CPU without them (an ARM board names its Model in a block of its own) keeps its name."""
+    from training import cpu_model
+    x86 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n\nprocessor\t: 1\nmodel\t\t: 99\n"
+    for model in (1, 17):
+        (tmp_path / f'x86_{model}').write_text(x86.format(model))
+    assert cpu_model(str(tmp_path / 'x86_1')) == 'AMD EPYC (family 25, model 1)'
+    assert cpu_model(str(tmp_path / 'x86_17')) == 'AMD EPYC (family 25, model 17)'
+    (tmp_path / 'arm').write_text("processor\t: 0\nBogoMIPS\t: 108.00\n\nHardware\t: BCM2835\nModel\t\t: Raspberry Pi 4\n")
+    assert cpu_model(str(tmp_path / 'arm')) == 'Raspberry Pi 4'
+    assert cpu_model(str(tmp_path / 'missing')) not in ('', None)
