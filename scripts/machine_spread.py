@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from report import load_cells, numerics_line, run_stats  # noqa: E402
 
 MARGIN = 0.05
+BAR = 0.9   # the posed rule's fraction of Many's peak
 
 
 def peaks(grid_dir):
@@ -101,6 +102,12 @@ def main():
                      + f" | {max(ratios) - min(ratios):.3f} | {need} |")
     if len(result['cells']) == 1:
         lines.append(f"| (none: only {args.many} finished in every run set) | - | - | - |")
+        # Many's noise alone, for a ratio at the bar: a lower bound (a Few cell's own machine noise only adds to it)
+        m = sum(many['mean'].values()) / len(names)
+        bound = {margin: math.ceil(2 * (1.96 * BAR / margin) ** 2 * sigma2[args.many] / m ** 2) for margin in (0.05, 0.025)}
+        result['seeds_needed_at_least'] = {str(k): v for k, v in bound.items()}
+        lines += ["", f"Many's machine noise alone, for a ratio at the bar ({BAR}), a lower bound (a Few cell's own adds to "
+                  f"it): at least {bound[0.05]} seeds at a margin of 0.05, {bound[0.025]} at 0.025."]
     text = '\n'.join(lines) + '\n'
     print(text)
     if args.write:

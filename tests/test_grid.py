@@ -665,6 +665,9 @@ def test_machine_spread_compares_run_sets_seed_by_seed(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'machine_spread.py'), str(tmp_path / 'a'),
                            str(tmp_path / 'c')], capture_output=True, text=True)
     assert done.returncode == 0 and '| (none: only c1600_wd0 finished in every run set) |' in done.stdout, done.stderr
+    m = (0.85 + 0.8) / 2   # Many's sigma^2 = 0.05^2 / 2: the bound for a ratio at the bar from Many's noise alone
+    at_least = [math.ceil(2 * (1.96 * 0.9 / margin) ** 2 * (0.05 ** 2 / 2) / m ** 2) for margin in (0.05, 0.025)]
+    assert at_least == [5, 19] and f'at least {at_least[0]} seeds at a margin of 0.05, {at_least[1]} at 0.025' in done.stdout
 
 
 def dry_run_cells(tmp_path, *configs):
