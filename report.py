@@ -675,21 +675,29 @@ def dose_lines(groups, widths, class_names, verdicts):
 def numerics_line(summaries):
     """What the cells' numbers depend on beyond their config (training.numerics): the code commit and the tracked files
     that differed from it, torch version, device, CPU threads, and the CPU kernel path and model. 'not recorded' where
-    a cell predates a key."""
+    a cell predates a key. A cell run in parts (resumed, or continued to a longer budget) counts each part's numerics
+    where its checkpoint recorded them (training.numerics_segments)."""
+    parts = [p for s in summaries for p in s.get('numerics_segments') or [s] if p.get('numerics') != 'not recorded']
+    in_parts = sum(len(s.get('numerics_segments') or [s]) > 1 for s in summaries)
+    unrecorded = sum(any(p.get('numerics') == 'not recorded' for p in s.get('numerics_segments') or []) for s in summaries)
+
     def values(key):
-        return ', '.join(sorted({str(s.get(key) or 'not recorded') for s in summaries}))
+        return ', '.join(sorted({str(s.get(key) or 'not recorded') for s in parts}))
 
     def changes(s):
         if 'code_changes' not in s:
             return 'not recorded'
         return 'unknown' if s['code_changes'] is None else ' '.join(s['code_changes']) or 'none'
     return (f"Numerics: code {values('git_commit')} (tracked files changed: "
-            f"{'; '.join(sorted({changes(s) for s in summaries}))}); torch {values('torch_version')}, device "
+            f"{'; '.join(sorted({changes(s) for s in parts}))}); torch {values('torch_version')}, device "
             f"{values('device')}, CPU threads per cell {values('threads')}, CPU capability {values('cpu_capability')} "
             f"({values('cpu_model')}). A cell rerun where all of these match, the CPU model included, repeats its "
             f"numbers bit for bit; on another CPU, capability, thread count or torch version its floats differ in the "
             f"last digits from the first steps, and over thousands of steps a run that is still learning drifts like "
-            f"another seed.")
+            f"another seed."
+            + (f" {in_parts} of {len(summaries)} cells were resumed under other numerics than they started with, or "
+               f"from a checkpoint older than this record ({unrecorded}, whose earlier parts are not recorded); each "
+               f"recorded part counts above." if in_parts else ''))
 
 
 def header_lines(root_dir, cells):

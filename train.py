@@ -132,8 +132,8 @@ from optimizer import AdamW
 from step import Exposure, StepTerms, train_step
 from tracking import finish_tracking, require_wandb, start_tracking
 from training import (NonFinite, StepRate, StopFlag, check_all_read, check_config, check_members, checkpoint_run,
-                      eval_due, eval_line, evaluate_and_log, finish_run, log_line, parse_train_args, read_run_dir,
-                      resolve_device, start_run_dir, stop_and_exit)
+                      eval_due, eval_line, evaluate_and_log, finish_run, log_line, numerics_segments, parse_train_args,
+                      read_run_dir, resolve_device, start_run_dir, stop_and_exit)
 
 # each run's config, noting the keys it reads (one nothing reads stops the run); `config`, the first, also holds the
 # keys a group's members share (training.GROUP_SHARED)
@@ -243,6 +243,8 @@ for c, ck in zip(configs, checkpoints):
     rows = start_run_dir(c, ck)
 if checkpoints[0] is not None:
     print(f"resumed from iter {iter_num} ({len(rows)} metrics rows kept)")
+device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'
+segments = [numerics_segments(ck, iter_num, device_name) for ck in checkpoints]  # what each part of the run ran under
 del checkpoints
 
 # one compiled graph for a run's training forward (static shapes: batch and sequence length never change);
@@ -270,7 +272,7 @@ def member_state(k):
             'best': best[k], 'loss_sum': loss_sum[k].item(), 'loss_count': loss_count,
             'wrong_memory': wrong_memory.state(k),
             'query_count': exposures[k].query.cpu(), 'seen_count': exposures[k].seen.cpu(), 'config': dict(configs[k]),
-            'group': [c['out_dir'] for c in configs], 'wandb_id': wandb_ids[k]}
+            'group': [c['out_dir'] for c in configs], 'wandb_id': wandb_ids[k], 'numerics_segments': segments[k]}
 
 
 # ---- training loop ------------------------------------------------------------------------
@@ -354,9 +356,8 @@ while True:
         print(log_line(iter_num, loss, lr_at(iter_num - 1), step_rate(iter_num), max_iters, members=K), flush=True)
 
 # ---- summary ------------------------------------------------------------------------------
-device_name = torch.cuda.get_device_name(device) if device_type == 'cuda' else 'cpu'
 for k, c in live():
-    summary = finish_run(c, best[k], exposures[k], device_name, tracked[k])
+    summary = finish_run(c, best[k], exposures[k], device_name, tracked[k], segments[k])
     print(f"done{' ' + c['out_dir'] if K > 1 else ''}: peak icl {best[k]['icl_acc']:.3f} at iter {best[k]['iter']}, "
           f"final icl {summary['final_icl_acc']:.3f}, final iwl {summary['final_iwl_acc']:.3f}; "
           f"wrote {c['out_dir']}/summary.json")

@@ -8,6 +8,7 @@ loop) and bench.py train the same way:
 - read_run_dir:      the checkpoint to resume, or a refusal, reading out_dir only;
 - start_run_dir:     only once data and model are built: replace an old run or cut it back to its checkpoint;
 - eval_row, write_run_files: the metrics.jsonl row and summary.json / exposure.json of a run;
+- numerics, numerics_segments: what a run's floats depend on, for each part of a resumed or continued run;
 - eval_due, evaluate_and_log, checkpoint_run, log_line, StopFlag, NonFinite, stop_and_exit, finish_run:
                      the loop's eval, log and stop block, the same for a run and each member of a group.
 """
@@ -282,13 +283,28 @@ def numerics(device_name):
             'cpu_capability': torch.backends.cpu.get_cpu_capability(), 'cpu_model': cpu_model()}
 
 
+def numerics_segments(checkpoint, iter_num, device_name):
+    """The numerics each part of a run ran under: a resumed run (an interrupted cell, or one continued to a longer
+    budget) may change code, threads or CPU between its parts, and its summary's own numerics name only the last
+    process. [{'from_iter', **numerics}], a new part added only where something differs from the last one; a
+    checkpoint from before this record gives a first part whose numerics are 'not recorded'."""
+    parts = list((checkpoint or {}).get('numerics_segments') or [])
+    if checkpoint is not None and not parts:
+        parts = [{'from_iter': 0, 'numerics': 'not recorded'}]
+    now = numerics(device_name)
+    if not parts or {k: v for k, v in parts[-1].items() if k != 'from_iter'} != now:
+        parts.append({'from_iter': iter_num, **now})
+    return parts
+
+
 def _spread(counts):
     counts = counts.float().cpu()
     return {'min': int(counts.min()), 'median': float(counts.median()), 'max': int(counts.max())}
 
 
-def write_run_files(config, best, exposure, device_name):
-    """summary.json and exposure.json of a finished run (from its metrics.jsonl); returns the summary."""
+def write_run_files(config, best, exposure, device_name, segments=None):
+    """summary.json and exposure.json of a finished run (from its metrics.jsonl); returns the summary. Its numerics are
+    this process's; numerics_segments, where given, those of every part of the run."""
     out_dir = config['out_dir']
     final = read_metrics(out_dir)[-1]
     summary = {
@@ -299,7 +315,8 @@ def write_run_files(config, best, exposure, device_name):
         'tokens_per_step': tokens_per_step(config), 'total_tokens': final['tokens'],
         'decay_exponent': decay_exponent(config),  # wd * sum of lr = lr*wd*steps at constant lr: how hard decay bites
         'exposure': {'query': _spread(exposure.query), 'seen': _spread(exposure.seen)},
-        'wall_s': final['wall_s'], **numerics(device_name), 'config': config,
+        'wall_s': final['wall_s'], **numerics(device_name),
+        'numerics_segments': segments or [{'from_iter': 0, **numerics(device_name)}], 'config': config,
     }
     write_json(os.path.join(out_dir, 'summary.json'), summary)
     write_json(os.path.join(out_dir, 'exposure.json'),
@@ -401,8 +418,8 @@ class NonFinite:
         return bad
 
 
-def finish_run(config, best, exposure, device_name, run):
+def finish_run(config, best, exposure, device_name, run, segments=None):
     """A run that reached max_iters: summary.json and exposure.json written, its wandb run ended."""
-    summary = write_run_files(config, best, exposure, device_name)
+    summary = write_run_files(config, best, exposure, device_name, segments)
     finish_tracking(run)
     return summary

@@ -345,6 +345,26 @@ def test_a_run_on_changed_code_is_named_from_its_commit_or_its_changed_files():
     assert rt.ran_on_changed_code({'md': numerics_line([older])}) == ['b' * 40 + '-dirty']
 
 
+def test_a_cell_run_in_parts_counts_every_recorded_part_in_its_reports_numerics():
+    """A cell continued on clean code after a first part on changed code and another thread count (training.
+    numerics_segments): the report names both commits and thread counts and still flags the changed code; a part
+    from before the record is said to be unrecorded without making the report lack provenance."""
+    from report import numerics_line
+    clean = {'git_commit': 'a' * 40, 'code_changes': [], 'torch_version': '2.14.1', 'device': 'cpu', 'threads': 1,
+             'cpu_capability': 'AVX2', 'cpu_model': 'AMD EPYC'}
+    first = {**clean, 'git_commit': 'b' * 40 + '-dirty', 'code_changes': ['training.py'], 'threads': 2}
+    cell = {**clean, 'numerics_segments': [{'from_iter': 0, **first}, {'from_iter': 10000, **clean}]}
+    line = numerics_line([cell, {**clean, 'numerics_segments': [{'from_iter': 0, **clean}]}])
+    assert 'code ' + 'a' * 40 + ', ' + 'b' * 40 + '-dirty' in line and 'CPU threads per cell 1, 2' in line
+    assert rt.ran_on_changed_code({'md': line}) == ['b' * 40 + '-dirty', 'training.py']
+    assert '1 of 2 cells were resumed under other numerics' in line and rt.provenance_missing({'md': line}) == []
+    resumed = {**clean, 'numerics_segments': [{'from_iter': 0, 'numerics': 'not recorded'}, {'from_iter': 500, **clean}]}
+    line = numerics_line([resumed])
+    assert rt.provenance_missing({'md': line}) == [] and rt.ran_on_changed_code({'md': line}) == []
+    assert '1 of 1 cells were resumed under other numerics than they started with, or from a checkpoint older than ' \
+           'this record (1, whose earlier parts are not recorded)' in line
+
+
 # Reports some of whose cells ran with uncommitted changes to tracked Python files (recorded only as '-dirty', before
 # runs named the changed files): each grid is to be rerun from committed code and --collected, and its name dropped.
 RAN_ON_CHANGED_CODE = {'dose_omniglot'}

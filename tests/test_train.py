@@ -79,6 +79,31 @@ def test_run_writes_metrics_summary_and_checkpoint(reference_run):
     assert isinstance(summary['code_changes'], list)   # tracked files that differ from it, [] when clean
     assert summary['git_commit'].endswith('-dirty') == any(f.endswith('.py') for f in summary['code_changes'])
     assert summary['cpu_capability'] == torch.backends.cpu.get_cpu_capability() and summary['cpu_model']
+    keys = ('git_commit', 'code_changes', 'torch_version', 'device', 'threads', 'cpu_capability', 'cpu_model')
+    assert summary['numerics_segments'] == [{'from_iter': 0, **{k: summary[k] for k in keys}}]   # one part: this one
+
+
+def test_a_run_continued_under_other_numerics_records_each_part(tmp_path):
+    """A run continued to a longer budget (or resumed) under another thread count records both parts: its summary's
+    own numerics name only the process that finished it."""
+    train(tmp_path, '--max_iters=40')
+    train(tmp_path, '--max_iters=60', '--init_from=resume', env={'OMP_NUM_THREADS': '2'})
+    summary = json.load(open(os.path.join(tmp_path, 'summary.json')))
+    parts = summary['numerics_segments']
+    assert [(p['from_iter'], p['threads']) for p in parts] == [(0, 1), (40, 2)] and summary['threads'] == 2
+    assert {k: v for k, v in parts[1].items() if k != 'from_iter'} == {k: summary[k] for k in parts[0] if k != 'from_iter'}
+
+
+def test_numerics_segments_adds_a_part_only_where_the_numerics_change():
+    from training import numerics, numerics_segments
+    now = numerics('cpu')
+    assert numerics_segments(None, 0, 'cpu') == [{'from_iter': 0, **now}]
+    same = {'numerics_segments': [{'from_iter': 0, **now}]}
+    assert numerics_segments(same, 500, 'cpu') == same['numerics_segments']
+    other = {'numerics_segments': [{'from_iter': 0, **now, 'threads': now['threads'] + 1}]}
+    assert numerics_segments(other, 500, 'cpu') == other['numerics_segments'] + [{'from_iter': 500, **now}]
+    assert numerics_segments({'iter_num': 500}, 500, 'cpu') == [{'from_iter': 0, 'numerics': 'not recorded'},
+                                                                {'from_iter': 500, **now}]   # a checkpoint from before
 
 
 def test_code_state_names_the_changed_files_and_says_so_outside_a_git_checkout(tmp_path):
