@@ -677,9 +677,10 @@ def numerics_line(summaries):
     that differed from it, torch version, device, CPU threads, and the CPU kernel path and model. 'not recorded' where
     a cell predates a key. A cell run in parts (resumed, or continued to a longer budget) counts each part's numerics
     where its checkpoint recorded them (training.numerics_segments)."""
-    parts = [p for s in summaries for p in s.get('numerics_segments') or [s] if p.get('numerics') != 'not recorded']
-    in_parts = sum(len(s.get('numerics_segments') or [s]) > 1 for s in summaries)
-    unrecorded = sum(any(p.get('numerics') == 'not recorded' for p in s.get('numerics_segments') or []) for s in summaries)
+    runs = [s.get('numerics_segments') or [s] for s in summaries]   # each cell's parts (a cell from before: itself)
+    parts = [p for run in runs for p in run if p.get('numerics') != 'not recorded']
+    in_parts = sum(len(run) > 1 for run in runs)
+    unrecorded = sum(any(p.get('numerics') == 'not recorded' for p in run) for run in runs)
 
     def values(key):
         return ', '.join(sorted({str(s.get(key) or 'not recorded') for s in parts}))

@@ -302,9 +302,9 @@ def _spread(counts):
     return {'min': int(counts.min()), 'median': float(counts.median()), 'max': int(counts.max())}
 
 
-def write_run_files(config, best, exposure, device_name, segments=None):
+def write_run_files(config, best, exposure, device_name, segments):
     """summary.json and exposure.json of a finished run (from its metrics.jsonl); returns the summary. Its numerics are
-    this process's; numerics_segments, where given, those of every part of the run."""
+    this process's; segments (numerics_segments) those of every part of the run."""
     out_dir = config['out_dir']
     final = read_metrics(out_dir)[-1]
     summary = {
@@ -316,7 +316,7 @@ def write_run_files(config, best, exposure, device_name, segments=None):
         'decay_exponent': decay_exponent(config),  # wd * sum of lr = lr*wd*steps at constant lr: how hard decay bites
         'exposure': {'query': _spread(exposure.query), 'seen': _spread(exposure.seen)},
         'wall_s': final['wall_s'], **numerics(device_name),
-        'numerics_segments': segments or [{'from_iter': 0, **numerics(device_name)}], 'config': config,
+        'numerics_segments': segments, 'config': config,
     }
     write_json(os.path.join(out_dir, 'summary.json'), summary)
     write_json(os.path.join(out_dir, 'exposure.json'),
@@ -418,7 +418,7 @@ class NonFinite:
         return bad
 
 
-def finish_run(config, best, exposure, device_name, run, segments=None):
+def finish_run(config, best, exposure, device_name, run, segments):
     """A run that reached max_iters: summary.json and exposure.json written, its wandb run ended."""
     summary = write_run_files(config, best, exposure, device_name, segments)
     finish_tracking(run)

@@ -26,6 +26,12 @@ MARGIN = 0.05
 BAR = 0.9   # the posed rule's fraction of Many's peak
 
 
+def seeds_needed(ratio, rel_var, margin):
+    """The seeds n at which 1.96 sd of a ratio of n-seed means stays within margin, where sd^2 = ratio^2 * 2 / n *
+    rel_var and rel_var sums each side's machine variance over its mean squared (the module's docstring)."""
+    return math.ceil(2 * (1.96 * ratio / margin) ** 2 * rel_var)
+
+
 def peaks(grid_dir):
     """{(cell name without its seed, seed): peak ICL} of the finished cells, and their summaries."""
     out, summaries = {}, []
@@ -96,7 +102,7 @@ def main():
         ratios = [r['mean'][n] / many['mean'][n] for n in names]
         f, m = sum(r['mean'].values()) / len(names), sum(many['mean'].values()) / len(names)
         rel = sigma2[cell] / f ** 2 + sigma2[args.many] / m ** 2
-        need = math.ceil(2 * (1.96 * (f / m) / MARGIN) ** 2 * rel)
+        need = seeds_needed(f / m, rel, MARGIN)
         r.update(ratios=dict(zip(names, ratios)), seeds_needed=need)
         lines.append(f"| {cell} | " + ', '.join(f"{x:.3f}" for x in ratios)
                      + f" | {max(ratios) - min(ratios):.3f} | {need} |")
@@ -104,7 +110,7 @@ def main():
         lines.append(f"| (none: only {args.many} finished in every run set) | - | - | - |")
         # Many's noise alone, for a ratio at the bar: a lower bound (a Few cell's own machine noise only adds to it)
         m = sum(many['mean'].values()) / len(names)
-        bound = {margin: math.ceil(2 * (1.96 * BAR / margin) ** 2 * sigma2[args.many] / m ** 2) for margin in (0.05, 0.025)}
+        bound = {margin: seeds_needed(BAR, sigma2[args.many] / m ** 2, margin) for margin in (0.05, 0.025)}
         result['seeds_needed_at_least'] = {str(k): v for k, v in bound.items()}
         lines += ["", f"Many's machine noise alone, for a ratio at the bar ({BAR}), a lower bound (a Few cell's own adds to "
                   f"it): at least {bound[0.05]} seeds at a margin of 0.05, {bound[0.025]} at 0.025."]
