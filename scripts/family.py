@@ -6,7 +6,8 @@ lever works at 100 classes" picks among all of them, so it pays for all of them 
 
 The grid's own report widens over its own levers only; this reruns report.verdict on the same cells with N levers.
 FAMILIES counts, per scale, the levers at Few (100 classes) in the grid configs, run or declared: each grid x lever is
-one try (a lever rerun at another budget or on other seeds is another try).
+one try (a lever rerun at another budget or on other seeds is another try, also where its first runs were
+later continued into a larger grid and their config deleted).
 """
 import argparse
 import os
@@ -24,7 +25,8 @@ FAMILIES = {
                         'grid_curvature': 2, 'grid_curvature_long': 2, 'grid_relabel': 6, 'grid_relabel_five': 1,
                         'grid_principle': 9},
     'Omniglot 14², 4 layers': {'grid.py config/omniglot.py (posed)': 4, 'grid_posed_omniglot_long': 4,
-                               'grid_dose_omniglot': 3, 'grid_omniglot_levers': 4, 'grid_omniglot_long': 1,
+                               'grid_dose_omniglot': 3, 'grid_omniglot_levers': 4,
+                               'grid_omniglot_long (seeds 0-2 of _swap_five_long, judged first)': 1,
                                'grid_erase_omniglot': 2, 'grid_wrong_omniglot': 3, 'grid_dose_omniglot_long': 2,
                                'grid_omniglot_swap_five': 1, 'grid_omniglot_swap_five_long': 1},
     'proxy, 12 layers': {'grid_depth12 (posed)': 4, 'grid_depth12_dose': 4, 'grid_depth12_levers': 3,

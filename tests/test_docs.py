@@ -42,7 +42,7 @@ def test_a_document_stays_under_its_size_limit(doc, limit, where):
 
 
 @pytest.mark.parametrize('doc, names', [(README, {'summary'}), (RESULTS, {'posed', 'posed_omniglot', 'levers', 'omniglot_levers3',
-                                                                         'omniglot_long', 'levers_emergence'})])
+                                                                         'omniglot_swap_five_long', 'levers_emergence'})])
 def test_results_blocks_equal_the_report_files(doc, names):
     text = read(doc)
     blocks = rt.blocks_in(text)
