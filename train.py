@@ -357,7 +357,7 @@ while True:
 
 # ---- summary ------------------------------------------------------------------------------
 for k, c in live():
-    summary = finish_run(c, best[k], exposures[k], device_name, tracked[k], segments[k])
+    summary = finish_run(c, best[k], exposures[k], tracked[k], segments[k])
     print(f"done{' ' + c['out_dir'] if K > 1 else ''}: peak icl {best[k]['icl_acc']:.3f} at iter {best[k]['iter']}, "
           f"final icl {summary['final_icl_acc']:.3f}, final iwl {summary['final_iwl_acc']:.3f}; "
           f"wrote {c['out_dir']}/summary.json")

@@ -302,9 +302,9 @@ def _spread(counts):
     return {'min': int(counts.min()), 'median': float(counts.median()), 'max': int(counts.max())}
 
 
-def write_run_files(config, best, exposure, device_name, segments):
+def write_run_files(config, best, exposure, segments):
     """summary.json and exposure.json of a finished run (from its metrics.jsonl); returns the summary. Its numerics are
-    this process's; segments (numerics_segments) those of every part of the run."""
+    this process's, the last of segments (numerics_segments: those of every part of the run)."""
     out_dir = config['out_dir']
     final = read_metrics(out_dir)[-1]
     summary = {
@@ -315,7 +315,7 @@ def write_run_files(config, best, exposure, device_name, segments):
         'tokens_per_step': tokens_per_step(config), 'total_tokens': final['tokens'],
         'decay_exponent': decay_exponent(config),  # wd * sum of lr = lr*wd*steps at constant lr: how hard decay bites
         'exposure': {'query': _spread(exposure.query), 'seen': _spread(exposure.seen)},
-        'wall_s': final['wall_s'], **numerics(device_name),
+        'wall_s': final['wall_s'], **{k: v for k, v in segments[-1].items() if k != 'from_iter'},
         'numerics_segments': segments, 'config': config,
     }
     write_json(os.path.join(out_dir, 'summary.json'), summary)
@@ -418,8 +418,8 @@ class NonFinite:
         return bad
 
 
-def finish_run(config, best, exposure, device_name, run, segments):
+def finish_run(config, best, exposure, run, segments):
     """A run that reached max_iters: summary.json and exposure.json written, its wandb run ended."""
-    summary = write_run_files(config, best, exposure, device_name, segments)
+    summary = write_run_files(config, best, exposure, segments)
     finish_tracking(run)
     return summary
