@@ -382,8 +382,7 @@ def result_block(name, root=ROOT):
     interim = f"; interim: fewer than {declared} seeds in some cell" if seeds_missing(report, declared) else ''
     if report['kind'] == 'phase':
         counts, threshold = class_counts(report), report['phase']['threshold']
-        runs = sum(e['seeds'] for e in report['phase']['table'])
-        lines = [f"From `{source}` ({runs} runs; {wall_text(report)}"
+        lines = [f"From `{source}` ({wall_text(report)}"
                  f"{provenance_text(report)}{interim}). Peak ICL / final IWL per class count; ° = no learning; "
                  "[seed range].", ""]
         if report.get('verdicts'):
@@ -406,7 +405,7 @@ def result_block(name, root=ROOT):
         if report['figure'] and not emergence:
             lines += ['', f"![{name}: phase diagram]({source}phase.png)"]
         if emergence:
-            lines += ['', f"![{name}: every seed's ICL, IWL and decayed-weight norm over steps]({source}emergence.png)"]
+            lines += ['', f"![{name}: each seed over steps]({source}emergence.png)"]
         return '\n'.join(lines) + '\n'
     lines = [f"From `{source}` ({wall_text(report)}{provenance_text(report)}{interim}).", ""]
     if report['verdicts']:
@@ -414,14 +413,13 @@ def result_block(name, root=ROOT):
             width = f" ({v['width']})" if v.get('width') else ''
             lines += [f"**Verdict{width}**: {rules_text(v)}.", '']
     else:
-        lines.append(f"No verdict: {report_no_verdict(report) or 'none in verdict.json'}.")
-    lines += [''] + compact_cells(report)
+        lines += [f"No verdict: {report_no_verdict(report) or 'none in verdict.json'}.", '']
+    lines += compact_cells(report)
     dose = os.path.isfile(os.path.join(root, ASSETS, name, 'dose_response.png'))  # then the one figure shown
     if report['figure'] and not dose:
         lines += ['', f"![{name}: ICL and IWL vs steps]({source}icl_vs_steps.png)"]
     if dose:
-        lines += ['', f"![{name}: peak ICL, IWL, training-distribution accuracy, loss and weight norm against the decay "
-                      f"exponent]({source}dose_response.png)"]
+        lines += ['', f"![{name}: dose-response]({source}dose_response.png)"]
     return '\n'.join(lines) + '\n'
 
 

@@ -249,7 +249,7 @@ def test_phase_report_files_make_the_block_and_the_summary_row(tmp_path):
     assert '| regulariser | lr·wd·steps | ICL ≥ 0.8 from | 100 | 400 | 1600 |' in text
     assert '| none | - | 1600 | 0.50° / 1.00 | 0.60 / 0.10 | 0.95 / 0.10 |' in text  # ° = no learning
     assert '| swap=0.8 | - | 100 | 0.90 / 1.00 | 0.97 / 0.10 | 0.99 / 0.10 |' in text
-    assert 'From `assets/results/levers/` (6 runs; 6 cells, 3.0 h summed; interim: fewer than 3 seeds in some cell)' in text
+    assert 'From `assets/results/levers/` (6 cells, 3.0 h summed; interim: fewer than 3 seeds in some cell)' in text
     assert '(assets/results/levers/emergence.png)' in text and 'phase.png' not in text  # one figure a block
     row = [r for r in rt.summary_block(str(repo)).splitlines() if 'config/grid_levers.py' in r][0]
     assert re.search(r"\| 6 cells, 3\.0 h \(interim\) \| posed (MET|NOT MET) \(swap=0\.8: "
