@@ -2,7 +2,7 @@
 # (100) without decay, at decay exponents 0.3, 3 and 30, and with label swap 0.8, against Many (1600) without decay,
 # seeds 0-2, both rules.
 #   python grid.py config/omniglot.py config/omniglot_small.py config/layers12.py config/grid_omniglot_depth12.py
-#   # 18 cells, ~45 min each on one core of two busy
+#   # 18 cells, 45 min (AVX512) to 80 min (AVX2 EPYC) each on one core of two busy
 # Budget, declared from Many before any Few cell ran (config/grid_omniglot_depth12_budget.py, seeds 0-2, to 25k):
 # the seeds peak (best 3-eval mean) at 0.938 (19k), 0.870 (15.5k) and 0.853 (21k) and reach 0.8 by 5k, 15k and 20k;
 # their mean levels off from 15k (3-eval means 0.845 at 15k, 0.847 at 20k, 0.839 at 22.5k). 25k holds every seed's

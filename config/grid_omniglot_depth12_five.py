@@ -5,7 +5,7 @@
 # cells (the same commands; copied from there once finished), seeds 3-4 are new: Few without decay, Few with swap 0.8,
 # Many without decay, at that grid's declared 25k.
 #   python grid.py config/omniglot.py config/omniglot_small.py config/layers12.py config/grid_omniglot_depth12_five.py
-#   # 15 cells, 9 of them copied; ~45 min each on one core of two busy
+#   # 15 cells, 9 of them copied; 45 min (AVX512) to 80 min (AVX2 EPYC) each on one core of two busy
 classes = 'few'
 decay_exponents = '0'
 extra_cells = 'few:swap=0.8;many:none'
