@@ -380,11 +380,10 @@ def result_block(name, root=ROOT):
                 f"{entry['out'].rstrip('/')}` (copies the report files into `{source}` and rewrites this block).\n")
     declared = entry.get('seeds', 3)  # an unfinished grid says so in its block as in its README row
     interim = f"; interim: fewer than {declared} seeds in some cell" if seeds_missing(report, declared) else ''
+    origin = f"From `{source}` ({wall_text(report)}{provenance_text(report)}{interim})."  # both kinds open with it
     if report['kind'] == 'phase':
         counts, threshold = class_counts(report), report['phase']['threshold']
-        lines = [f"From `{source}` ({wall_text(report)}"
-                 f"{provenance_text(report)}{interim}). Peak ICL / final IWL per class count; ° = no learning; "
-                 "[seed range].", ""]
+        lines = [f"{origin} Peak ICL / final IWL per class count; ° = no learning; [seed range].", ""]
         if report.get('verdicts'):
             lines += [f"Verdict, Few = 100 vs Many = 1600 classes: "
                       f"{rules_text(report['verdicts'][0], many='the 1600-class')}.", ""]
@@ -407,7 +406,7 @@ def result_block(name, root=ROOT):
         if emergence:
             lines += ['', f"![{name}: each seed over steps]({source}emergence.png)"]
         return '\n'.join(lines) + '\n'
-    lines = [f"From `{source}` ({wall_text(report)}{provenance_text(report)}{interim}).", ""]
+    lines = [origin, ""]
     if report['verdicts']:
         for v in report['verdicts']:
             width = f" ({v['width']})" if v.get('width') else ''
